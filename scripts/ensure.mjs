@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+// Makes a fresh clone ready: installs the locked dependencies when they are
+// missing or stale, and builds dist/ when src/ is newer. Quick when nothing changed.
+import { execSync } from "node:child_process"
+import { existsSync, readdirSync, statSync } from "node:fs"
+import { join } from "node:path"
+
+const root = new URL("..", import.meta.url).pathname
+const run = (cmd) => execSync(cmd, { cwd: root, stdio: ["ignore", "inherit", "inherit"] })
+const mtime = (p) => (existsSync(p) ? statSync(p).mtimeMs : 0)
+const newest = (dir) => {
+  let t = 0
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs)
+  }
+  return t
+}
+
+const [major] = process.versions.node.split(".").map(Number)
+if (major < 20) {
+  console.error(`ferry needs Node.js 20 or newer; this is ${process.version}`)
+  process.exit(1)
+}
+if (mtime(join(root, "node_modules/.package-lock.json")) < mtime(join(root, "package-lock.json"))) {
+  console.error("ferry: installing dependencies (npm ci)...")
+  run("npm ci --no-audit --no-fund --loglevel=error")
+}
+const built = mtime(join(root, "dist/bin.js"))
+if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json"))) {
+  console.error("ferry: building (tsc)...")
+  run("npm run --silent build")
+}

@@ -1,0 +1,19 @@
+/** ferry's log lines: plain on stderr, with times and levels under --debug. */
+import { Layer, Logger, LogLevel } from "effect"
+
+const text = (message: unknown): string =>
+  Array.isArray(message) ? message.map((m) => (typeof m === "string" ? m : JSON.stringify(m))).join(" ") : String(message)
+
+export const ferryLogger = (debug: boolean, write: (line: string) => void = (l) => void process.stderr.write(l)) =>
+  Logger.make(({ date, logLevel, message }) => {
+    const level = logLevel.label
+    if (debug) write(`${date.toISOString().slice(11, 23)} ${level.padEnd(5)} ${text(message)}\n`)
+    else write(`ferry: ${logLevel._tag === "Warning" ? "warning: " : logLevel._tag === "Error" ? "error: " : ""}${text(message)}\n`)
+  })
+
+/** Replaces Effect's default logger; Debug and Trace lines only with --debug. */
+export const LoggingLive = (debug: boolean) =>
+  Layer.merge(
+    Logger.replace(Logger.defaultLogger, ferryLogger(debug)),
+    Logger.minimumLogLevel(debug ? LogLevel.Debug : LogLevel.Info)
+  )

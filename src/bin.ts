@@ -1,0 +1,24 @@
+/** Entry point of bin/ferry. */
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Cause, Effect, Exit } from "effect"
+import { cli, ExitCode } from "./Cli.js"
+
+cli(process.argv).pipe(
+  // @effect/cli has already printed what was wrong with the command line
+  Effect.catchIf((e) => typeof e === "object" && e !== null && "_tag" in e && String(e._tag).includes("Validation") || (e as { _tag?: string })._tag === "MissingValue" || (e as { _tag?: string })._tag === "CommandMismatch", () =>
+    Effect.sync(() => {
+      process.exitCode = ExitCode.Usage
+    })),
+  Effect.provide(NodeContext.layer),
+  (program) =>
+    NodeRuntime.runMain(program, {
+      disableErrorReporting: true,
+      disablePrettyLogger: true,
+      teardown: (exit, onExit) =>
+        onExit(
+          Exit.isFailure(exit)
+            ? Cause.isInterruptedOnly(exit.cause) ? ExitCode.Interrupted : ExitCode.Failed
+            : Number(process.exitCode ?? 0)
+        )
+    })
+)

@@ -1,0 +1,219 @@
+/**
+ * The sending side: scan the folder, wait for each dataset's marker, open the
+ * dataset on every connection, stream the missing pieces as batches through
+ * the reader pool onto the connections with the most room, and wait for the
+ * server's commit.
+ */
+import { FileSystem, Path } from "@effect/platform"
+import { Deferred, Effect, Either, Exit, Scope, Stream } from "effect"
+import { PieceBitmap } from "../domain/Bitmap.js"
+import { lengthOf, type Manifest } from "../domain/Dataset.js"
+import { type DatasetError, type DatasetRejected, FolderError, ProtocolError } from "../domain/Errors.js"
+import { DEFAULT_MAX_FRAME } from "../domain/Frame.js"
+import type { Committed } from "../domain/Protocol.js"
+import { DatasetScanner } from "../services/DatasetScanner.js"
+import { PieceReader } from "../services/PieceReader.js"
+import { type Address, formatAddress, Transport } from "../services/Transport.js"
+import { type Board, type DatasetProgress, makeBoard } from "./Progress.js"
+import { awaitMarker, firstPieceBytes, inventory, readManifest } from "./Scan.js"
+import { connect, type LinkError, type ServerLink, type TransferEvents } from "./ServerLink.js"
+
+export interface SendOptions {
+  readonly dir: string
+  readonly address: Address
+  /** TCP connections to the server. */
+  readonly connections: number
+  /** Bytes a connection may have unacknowledged. */
+  readonly window: number
+  /** Target size of one pieces frame. */
+  readonly batchBytes: number
+  /** Batches being read ahead of the network. */
+  readonly readAhead: number
+  /** Datasets sent at the same time. */
+  readonly parallelDatasets: number
+  readonly maxFrame: number
+  /** Progress board: live on a terminal, periodic lines otherwise, or none. */
+  readonly progress: "tty" | "lines" | "none"
+}
+
+export const defaultSendOptions: Omit<SendOptions, "dir" | "address"> = {
+  connections: 4,
+  window: 16 * 1024 * 1024,
+  batchBytes: 1024 * 1024,
+  readAhead: 4,
+  parallelDatasets: 2,
+  maxFrame: DEFAULT_MAX_FRAME,
+  progress: "none"
+}
+
+export interface DatasetReport {
+  readonly dataset: string
+  readonly size: number
+  readonly pieces: number
+  /** Pieces this run sent (the server already held the others). */
+  readonly sent: number
+  readonly alreadyCommitted: boolean
+  readonly crc32: string
+}
+
+export type SendError = FolderError | DatasetError | DatasetRejected | LinkError
+
+interface Task {
+  readonly seq: number
+  readonly indices: Uint32Array
+  readonly bytes: number
+}
+
+const MAX_BATCH_PIECES = 4096
+
+/** Splits the missing pieces into batches of about `batchBytes` of compressed data. */
+export const planBatches = (manifest: Manifest, held: PieceBitmap, pieceBytes: number, batchBytes: number): Array<Task> => {
+  const per = Math.max(1, Math.min(MAX_BATCH_PIECES, Math.floor(batchBytes / Math.max(1, pieceBytes))))
+  const tasks: Array<Task> = []
+  for (const [a, b] of held.missing()) {
+    for (let start = a; start < b; start += per) {
+      const end = Math.min(b, start + per)
+      const indices = new Uint32Array(end - start)
+      let bytes = 0
+      for (let k = 0; k < indices.length; k++) {
+        indices[k] = manifest.first + start + k
+        bytes += lengthOf(manifest, indices[k]!)
+      }
+      tasks.push({ seq: tasks.length, indices, bytes })
+    }
+  }
+  return tasks
+}
+
+const heldBytes = (manifest: Manifest, held: PieceBitmap): number => {
+  if (held.complete) return manifest.size
+  let missing = 0
+  for (const [a, b] of held.missing()) for (let i = a; i < b; i++) missing += lengthOf(manifest, manifest.first + i)
+  return manifest.size - missing
+}
+
+const transfer = (
+  options: SendOptions,
+  links: ReadonlyArray<ServerLink>,
+  transfers: Map<number, TransferEvents>,
+  handle: number,
+  manifest: Manifest,
+  progress: DatasetProgress
+) =>
+  Effect.gen(function*() {
+    const reader = yield* PieceReader
+    const committed = yield* Deferred.make<Committed, DatasetRejected | LinkError>()
+    let tasks: Array<Task> = []
+    const acked = new Set<number>()
+    transfers.set(handle, {
+      onAck: (seq) => {
+        const task = tasks[seq]
+        if (task === undefined || acked.has(seq)) return
+        acked.add(seq)
+        progress.ackedPieces += task.indices.length
+        progress.ackedBytes += task.bytes
+        if (progress.ackedPieces === progress.totalPieces) progress.phase = "committing"
+      },
+      onCommitted: (m) => Deferred.unsafeDone(committed, Exit.succeed(m)),
+      onFailed: (e) => Deferred.unsafeDone(committed, Exit.fail(e))
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(() => transfers.delete(handle)))
+
+    const opened = yield* Effect.forEach(links, (link) => link.open(handle, manifest), { concurrency: "unbounded" })
+    const first = opened[0]!
+    if (first.committed) {
+      progress.start(manifest.count, manifest.size, manifest.count, manifest.size)
+      progress.phase = "committed"
+      return { dataset: manifest.dataset, size: manifest.size, pieces: manifest.count, sent: 0, alreadyCommitted: true, crc32: "" } satisfies DatasetReport
+    }
+    const held = first.bitmap === null ? new PieceBitmap(manifest.count) : PieceBitmap.fromBase64(manifest.count, first.bitmap)
+    if (held === undefined) {
+      return yield* Effect.fail(new ProtocolError({ peer: links[0]!.peer, code: "BadMessage", reason: "server sent a bitmap of the wrong length" }))
+    }
+    const pieceBytes = yield* firstPieceBytes(options.dir, { dataset: manifest.dataset, lowest: manifest.first, highest: manifest.first, pieces: 1, marker: true })
+    tasks = planBatches(manifest, held, pieceBytes, options.batchBytes)
+    const missing = manifest.count - held.held
+    progress.start(manifest.count, manifest.size, held.held, heldBytes(manifest, held))
+    if (held.held > 0) yield* Effect.logInfo(`${manifest.dataset}: server already holds ${held.held} of ${manifest.count} pieces; sending the other ${missing}`)
+
+    const pickLink = () => {
+      let best = links[0]!
+      for (const l of links) if (l.inflight() < best.inflight()) best = l
+      return best
+    }
+    const pump = Stream.fromIterable(tasks).pipe(
+      Stream.mapEffect(
+        (task) =>
+          reader.read({ dir: options.dir, dataset: manifest.dataset, handle, seq: task.seq, indices: task.indices, maxPieceBytes: options.maxFrame - 64 }),
+        { concurrency: options.readAhead }
+      ),
+      Stream.mapEffect(
+        (batch) =>
+          Effect.suspend(() => {
+            progress.sentBytes += batch.pieceBytes
+            return pickLink().sendBatch(handle, batch.frame.readUInt32BE(9), batch.frame)
+          }),
+        { concurrency: links.length, unordered: true }
+      ),
+      Stream.runDrain
+    )
+    const result = yield* Effect.raceFirst(Effect.zipRight(pump, Deferred.await(committed)), Deferred.await(committed))
+    progress.phase = "committed"
+    return { dataset: manifest.dataset, size: result.size, pieces: manifest.count, sent: missing, alreadyCommitted: false, crc32: result.crc32 } satisfies DatasetReport
+  }).pipe(Effect.scoped)
+
+/** Sends every dataset in `options.dir`; answers one report per dataset, or the first failure. */
+export const send = (
+  options: SendOptions
+): Effect.Effect<
+  Array<DatasetReport>,
+  SendError,
+  Transport | PieceReader | DatasetScanner | FileSystem.FileSystem | Path.Path | Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const found = yield* inventory(options.dir)
+    if (found.datasets.size === 0) {
+      return yield* Effect.fail(new FolderError({ path: options.dir, reason: "no pieces found (expected files named like abc-0000000.gz and abc.done)" }))
+    }
+    const names = [...found.datasets.keys()].sort()
+    yield* Effect.logDebug(`found ${names.length} dataset(s): ${names.map((n) => `${n} (${found.datasets.get(n)!.pieces} pieces${found.datasets.get(n)!.marker ? "" : ", no marker yet"})`).join(", ")}`)
+
+    const transfers = new Map<number, TransferEvents>()
+    const links = yield* Effect.forEach(
+      Array.from({ length: Math.max(1, options.connections) }),
+      () => connect(options.address, transfers, { window: options.window, maxFrame: options.maxFrame }),
+      { concurrency: "unbounded" }
+    )
+    yield* Effect.logDebug(`${links.length} connection(s) to ${formatAddress(options.address)}`)
+
+    const board: Board = yield* makeBoard({ mode: options.progress })
+    const slots = yield* Effect.makeSemaphore(Math.max(1, options.parallelDatasets))
+
+    const one = (name: string, handle: number) =>
+      Effect.gen(function*() {
+        const progress = board.track(name)
+        let holdings = found.datasets.get(name)!
+        if (!holdings.marker) {
+          yield* awaitMarker(options.dir, name)
+          // pieces may have landed while we waited: count again
+          holdings = (yield* inventory(options.dir)).datasets.get(name) ?? holdings
+        }
+        const manifest = yield* readManifest(options.dir, holdings)
+        return yield* slots.withPermits(1)(transfer(options, links, transfers, handle, manifest, progress)).pipe(
+          Effect.tapError((e) =>
+            Effect.sync(() => {
+              progress.phase = "failed"
+              progress.note = e.message
+            })
+          )
+        )
+      })
+
+    const outcomes = yield* Effect.forEach(names, (name, i) => Effect.either(one(name, i + 1)), { concurrency: "unbounded" })
+    yield* board.flush
+    const failures = outcomes.filter(Either.isLeft).map((e) => e.left)
+    for (const f of failures.slice(1)) yield* Effect.logError(f.message)
+    if (failures.length > 0) return yield* Effect.fail(failures[0]!)
+    return outcomes.filter(Either.isRight).map((r) => r.right)
+  })
+

@@ -1,0 +1,99 @@
+/**
+ * Progress of the datasets being sent: a live board on a terminal, plain
+ * periodic lines otherwise (logs, CI). Counts are plain numbers updated by
+ * the transfer; a render fiber reads them on its own schedule.
+ */
+import { Duration, Effect, Schedule } from "effect"
+
+export type Phase = "waiting" | "sending" | "committing" | "committed" | "failed"
+
+export class DatasetProgress {
+  phase: Phase = "waiting"
+  startedAt = 0
+  ackedPieces = 0
+  ackedBytes = 0
+  sentBytes = 0
+  note = ""
+  constructor(
+    readonly dataset: string,
+    public totalPieces = 0,
+    public totalBytes = 0,
+    public heldAtStart = 0
+  ) {}
+
+  start(totalPieces: number, totalBytes: number, held: number, heldBytes: number) {
+    this.totalPieces = totalPieces
+    this.totalBytes = totalBytes
+    this.heldAtStart = held
+    this.ackedPieces = held
+    this.ackedBytes = heldBytes
+    this.phase = "sending"
+    this.startedAt = Date.now()
+  }
+}
+
+const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`
+
+const clock = (seconds: number) => {
+  if (!Number.isFinite(seconds) || seconds < 0) return "--:--"
+  const s = Math.round(seconds)
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`
+}
+
+export const describe = (p: DatasetProgress, width = 24): string => {
+  if (p.phase === "waiting") return `${p.dataset}: waiting for ${p.dataset}.done`
+  const fraction = p.totalPieces === 0 ? 1 : p.ackedPieces / p.totalPieces
+  const elapsed = (Date.now() - p.startedAt) / 1000
+  const fresh = p.ackedBytes - (p.heldAtStart / Math.max(1, p.totalPieces)) * p.totalBytes
+  const rate = elapsed > 0 ? fresh / elapsed : 0
+  const eta = rate > 0 ? (p.totalBytes - p.ackedBytes) / rate : Number.NaN
+  const filled = Math.round(fraction * width)
+  const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}]`
+  const pieces = `${p.ackedPieces.toLocaleString("en-US")}/${p.totalPieces.toLocaleString("en-US")} pieces`
+  const tail = p.phase === "sending" ? `${mb(rate)}/s ETA ${clock(eta)}` : p.phase === "committed" ? "committed" : p.phase === "committing" ? "committing" : `failed${p.note === "" ? "" : `: ${p.note}`}`
+  return `${p.dataset} ${bar} ${(fraction * 100).toFixed(1).padStart(5)}% ${pieces} ${mb(p.ackedBytes)} of ${mb(p.totalBytes)} ${tail}`
+}
+
+export interface Board {
+  readonly track: (dataset: string) => DatasetProgress
+  /** Draws once more, now (at the end). */
+  readonly flush: Effect.Effect<void>
+}
+
+/** A board that redraws in place on a terminal, or prints lines every `every` elsewhere. */
+export const makeBoard = (options: {
+  readonly mode: "tty" | "lines" | "none"
+  readonly every?: Duration.DurationInput
+  readonly write?: (s: string) => void
+}) =>
+  Effect.gen(function*() {
+    const write = options.write ?? ((s: string) => void process.stderr.write(s))
+    const rows: Array<DatasetProgress> = []
+    let drawn = 0
+    const tty = options.mode === "tty"
+    const draw = Effect.sync(() => {
+      if (rows.length === 0) return
+      if (tty) {
+        let out = drawn > 0 ? `\x1b[${drawn}A` : ""
+        for (const p of rows) out += `\x1b[2K${describe(p)}\n`
+        drawn = rows.length
+        write(out)
+      } else {
+        for (const p of rows) if (p.phase === "sending" || p.phase === "committing") write(`${describe(p)}\n`)
+      }
+    })
+    if (options.mode !== "none") {
+      yield* draw.pipe(
+        Effect.repeat(Schedule.spaced(options.every ?? (tty ? "200 millis" : "5 seconds"))),
+        Effect.forkScoped
+      )
+    }
+    return {
+      track: (dataset: string) => {
+        const p = new DatasetProgress(dataset)
+        rows.push(p)
+        return p
+      },
+      flush: tty ? draw : Effect.void
+    } satisfies Board
+  })

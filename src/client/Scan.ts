@@ -1,0 +1,125 @@
+/**
+ * Finding the datasets in a folder, waiting for their markers, and turning a
+ * folder's pieces and marker into a manifest.
+ */
+import { FileSystem, Path } from "@effect/platform"
+import { Effect, Stream } from "effect"
+import * as zlib from "node:zlib"
+import {
+  Manifest,
+  manifestProblem,
+  markerFileName,
+  MAX_NAME_LENGTH,
+  parseEntry,
+  parseMarker,
+  pieceFileName
+} from "../domain/Dataset.js"
+import { DatasetError, FolderError } from "../domain/Errors.js"
+import { firstGap, type Holdings, Inventory, isContiguous } from "../domain/Inventory.js"
+import { DatasetScanner } from "../services/DatasetScanner.js"
+
+/** Every entry of the folder, folded into per-dataset holdings. */
+export const inventory = (dir: string): Effect.Effect<Inventory, FolderError, DatasetScanner> =>
+  Effect.gen(function*() {
+    const scanner = yield* DatasetScanner
+    const inv = new Inventory()
+    const skipped: Array<string> = []
+    yield* scanner.list(dir).pipe(
+      Stream.runForEach((names) =>
+        Effect.sync(() => {
+          for (const name of names) if (!inv.add(name) && skipped.length < 20) skipped.push(name)
+        })
+      )
+    )
+    for (const name of skipped) yield* Effect.logDebug(`ignoring ${name}: not a piece or a marker`)
+    if (inv.ignored > skipped.length) yield* Effect.logDebug(`ignoring ${inv.ignored - skipped.length} more entries`)
+    for (const h of inv.datasets.values()) {
+      if (h.dataset.length > MAX_NAME_LENGTH) {
+        return yield* Effect.fail(new FolderError({ path: dir, reason: `dataset name ${h.dataset.slice(0, 20)}... is longer than ${MAX_NAME_LENGTH} characters` }))
+      }
+    }
+    return inv
+  })
+
+/** Waits until `NAME.done` exists, watching the folder; says so once. */
+export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner | FileSystem.FileSystem | Path.Path> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const scanner = yield* DatasetScanner
+    const marker = path.join(dir, markerFileName(dataset))
+    const present = fs.exists(marker).pipe(Effect.orElseSucceed(() => false))
+    if (yield* present) return
+    yield* Effect.logInfo(`waiting for ${markerFileName(dataset)} in ${dir}`)
+    yield* scanner.changes(dir).pipe(
+      Stream.mapEffect(() => present),
+      Stream.takeUntil((found) => found),
+      Stream.runDrain
+    )
+    yield* Effect.logInfo(`found ${markerFileName(dataset)}`)
+  })
+
+/** Reads the marker and the first piece, checks the numbering, and answers the manifest. */
+export const readManifest = (
+  dir: string,
+  holdings: Holdings
+): Effect.Effect<Manifest, DatasetError, FileSystem.FileSystem | Path.Path | DatasetScanner> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const name = holdings.dataset
+    const bad = (reason: string) => new DatasetError({ dataset: name, reason })
+    const text = yield* fs.readFileString(path.join(dir, markerFileName(name))).pipe(
+      Effect.mapError((e) => bad(`${markerFileName(name)} cannot be read (${e.message})`))
+    )
+    const marker = parseMarker(text)
+    if ("problem" in marker) return yield* Effect.fail(bad(`${markerFileName(name)} ${marker.problem}`))
+    const size = marker.size
+    if (holdings.pieces === 0) {
+      if (size === 0) return new Manifest({ dataset: name, size: 0, sliceSize: 0, first: 0, count: 0 })
+      return yield* Effect.fail(bad(`${markerFileName(name)} says ${size} bytes but there are no pieces`))
+    }
+    if (!isContiguous(holdings)) {
+      const present = yield* indicesOf(dir, name)
+      return yield* Effect.fail(bad(`piece ${firstGap(name, holdings.lowest, present)} is missing (found ${holdings.pieces} pieces numbered ${holdings.lowest} to ${holdings.highest})`))
+    }
+    const firstName = pieceFileName(name, holdings.lowest)
+    const first = yield* fs.readFile(path.join(dir, firstName)).pipe(
+      Effect.mapError((e) => bad(`${firstName} cannot be read (${e.message})`))
+    )
+    const sliceSize = yield* Effect.try({
+      try: () => zlib.gunzipSync(first, { maxOutputLength: 2 ** 31 - 1 }).length,
+      catch: (e) => bad(`${firstName} is not valid gzip (${(e as Error).message})`)
+    })
+    const manifest = new Manifest({ dataset: name, size, sliceSize, first: holdings.lowest, count: holdings.pieces })
+    const problem = manifestProblem(manifest)
+    if (problem !== undefined) return yield* Effect.fail(bad(problem))
+    return manifest
+  })
+
+/** All piece numbers of one dataset: only needed to name a gap. */
+const indicesOf = (dir: string, dataset: string) =>
+  Effect.gen(function*() {
+    const scanner = yield* DatasetScanner
+    const found: Array<number> = []
+    yield* scanner.list(dir).pipe(
+      Stream.runForEach((names) =>
+        Effect.sync(() => {
+          for (const n of names) {
+            const e = parseEntry(n)
+            if (e._tag === "Piece" && e.dataset === dataset) found.push(e.index)
+          }
+        })
+      ),
+      Effect.orElse(() => Effect.void)
+    )
+    return found
+  })
+
+export const firstPieceBytes = (dir: string, holdings: Holdings) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const info = yield* fs.stat(path.join(dir, pieceFileName(holdings.dataset, holdings.lowest)))
+    return Number(info.size)
+  }).pipe(Effect.orElseSucceed(() => 16 * 1024))

@@ -1,0 +1,179 @@
+/**
+ * The client's end of one connection: the handshake, a window of bytes in
+ * flight, and the routing of what the server says (acks, opened, committed,
+ * failed) to the transfers waiting for it.
+ */
+import { Chunk, Deferred, Effect, Either, Option, Scope, Stream } from "effect"
+import { DatasetRejected, ProtocolError, TransportError } from "../domain/Errors.js"
+import type { Manifest } from "../domain/Dataset.js"
+import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
+import { type ControlMessage, decodeControl, encodeControl, Hello, Open, type Opened, PROTOCOL_VERSION } from "../domain/Protocol.js"
+import { VERSION } from "../domain/Version.js"
+import { type Address, type Link, Transport } from "../services/Transport.js"
+
+export type LinkError = TransportError | ProtocolError
+
+/** What a dataset being sent needs to hear from any connection. */
+export interface TransferEvents {
+  readonly onAck: (seq: number) => void
+  readonly onCommitted: (message: Extract<ControlMessage, { _tag: "Committed" }>) => void
+  readonly onFailed: (error: DatasetRejected | LinkError) => void
+}
+
+export interface ServerLink {
+  readonly peer: string
+  /** Bytes sent and not yet acknowledged. */
+  readonly inflight: () => number
+  readonly open: (handle: number, manifest: Manifest) => Effect.Effect<Opened, LinkError | DatasetRejected>
+  /** Sends a pieces frame once the window has room; `seq` is released by its ack. */
+  readonly sendBatch: (handle: number, seq: number, frame: Buffer) => Effect.Effect<void, LinkError>
+}
+
+export interface LinkOptions {
+  readonly window: number
+  readonly maxFrame: number
+}
+
+/** Reads frames one at a time from a link (the handshake needs them one by one). */
+const frameReader = (link: Link) =>
+  Effect.map(Stream.toPull(link.frames), (pull) => {
+    let buffered: Array<RawFrame> = []
+    const next: Effect.Effect<RawFrame, LinkError> = Effect.suspend(() => {
+      const head = buffered.shift()
+      if (head !== undefined) return Effect.succeed(head)
+      return pull.pipe(
+        Effect.catchAll((e) =>
+          Option.isNone(e)
+            ? Effect.fail(new TransportError({ address: link.peer, reason: "the server closed the connection" }))
+            : Effect.fail(e.value)
+        ),
+        Effect.flatMap((chunk) => {
+          buffered = Chunk.toArray(chunk)
+          return next
+        })
+      )
+    })
+    return next
+  })
+
+const expectControl = (peer: string, frame: RawFrame): Effect.Effect<ControlMessage, ProtocolError> => {
+  if (frame.kind !== FrameKind.Control) {
+    return Effect.fail(new ProtocolError({ peer, code: "Unexpected", reason: "expected a control frame" }))
+  }
+  const decoded = decodeControl(frame.body)
+  return Either.isLeft(decoded)
+    ? Effect.fail(new ProtocolError({ peer, code: "BadMessage", reason: `malformed message from server: ${decoded.left}` }))
+    : Effect.succeed(decoded.right)
+}
+
+const refusal = (peer: string, m: ControlMessage) =>
+  m._tag === "Refused"
+    ? new ProtocolError({ peer, code: m.code, reason: `server refused: ${m.message}` })
+    : new ProtocolError({ peer, code: "Unexpected", reason: `unexpected ${m._tag} from server` })
+
+/** Dials, completes the handshake, and routes incoming frames until the scope closes. */
+export const connect = (
+  address: Address,
+  transfers: ReadonlyMap<number, TransferEvents>,
+  options: LinkOptions
+): Effect.Effect<ServerLink, LinkError, Transport | Scope.Scope> =>
+  Effect.gen(function*() {
+    const transport = yield* Transport
+    const link = yield* transport.dial(address, { maxFrame: options.maxFrame })
+    const peer = link.peer
+    const next = yield* frameReader(link)
+
+    const welcome = yield* Effect.flatMap(next, (f) => expectControl(peer, f))
+    if (welcome._tag !== "Welcome") return yield* Effect.fail(refusal(peer, welcome))
+    if (welcome.protocol !== PROTOCOL_VERSION) {
+      return yield* Effect.fail(new ProtocolError({ peer, code: "VersionMismatch", reason: `server speaks protocol ${welcome.protocol}, this client speaks ${PROTOCOL_VERSION}; upgrade the older side` }))
+    }
+    yield* link.send(encodeControl(new Hello({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}`, proof: null })))
+    const ready = yield* Effect.flatMap(next, (f) => expectControl(peer, f))
+    if (ready._tag !== "Ready") return yield* Effect.fail(refusal(peer, ready))
+    yield* Effect.logDebug(`${peer}: connected (${welcome.server})`)
+
+    const window = yield* Effect.makeSemaphore(options.window)
+    let inflight = 0
+    /** Window bytes held by each batch in flight, by handle then seq. */
+    const held = new Map<number, Map<number, number>>()
+    const opening = new Map<number, Deferred.Deferred<Opened, DatasetRejected>>()
+
+    const release = (handle: number, seq: number) => {
+      const bytes = held.get(handle)?.get(seq)
+      if (bytes === undefined) return Effect.void
+      held.get(handle)!.delete(seq)
+      inflight -= bytes
+      return window.release(bytes)
+    }
+
+    const route = (frame: RawFrame): Effect.Effect<void, LinkError> => {
+      if (frame.kind === FrameKind.Ack) {
+        const ack = decodeAck(frame.body)
+        if (ack === undefined) return Effect.fail(new ProtocolError({ peer, code: "BadFrame", reason: "malformed ack" }))
+        transfers.get(ack.handle)?.onAck(ack.seq)
+        return release(ack.handle, ack.seq)
+      }
+      return Effect.flatMap(expectControl(peer, frame), (m) => {
+        switch (m._tag) {
+          case "Opened": {
+            const d = opening.get(m.handle)
+            opening.delete(m.handle)
+            return d === undefined ? Effect.void : Deferred.succeed(d, m)
+          }
+          case "Committed":
+            transfers.get(m.handle)?.onCommitted(m)
+            return Effect.void
+          case "Failed": {
+            const error = new DatasetRejected({ dataset: m.dataset, code: m.code, reason: m.message })
+            const d = opening.get(m.handle)
+            opening.delete(m.handle)
+            transfers.get(m.handle)?.onFailed(error)
+            // the server drops the handle: free its window
+            const seqs = [...(held.get(m.handle)?.keys() ?? [])]
+            return Effect.zipRight(
+              d === undefined ? Effect.void : Deferred.fail(d, error),
+              Effect.forEach(seqs, (seq) => release(m.handle, seq), { discard: true })
+            )
+          }
+          default:
+            return Effect.fail(refusal(peer, m))
+        }
+      })
+    }
+
+    const lost = yield* Deferred.make<never, LinkError>()
+    yield* Effect.forever(Effect.flatMap(next, route)).pipe(
+      Effect.catchAll((e) =>
+        Effect.gen(function*() {
+          yield* Effect.logDebug(`${peer}: ${e.message}`)
+          for (const t of transfers.values()) t.onFailed(e)
+          yield* Deferred.fail(lost, e)
+        })
+      ),
+      Effect.forkScoped
+    )
+
+    const whileUp = <A, E>(effect: Effect.Effect<A, E>) => Effect.raceFirst(effect, Deferred.await(lost))
+
+    return {
+      peer,
+      inflight: () => inflight,
+      open: (handle, manifest) =>
+        Effect.gen(function*() {
+          const d = yield* Deferred.make<Opened, DatasetRejected>()
+          opening.set(handle, d)
+          held.set(handle, new Map())
+          yield* link.send(encodeControl(new Open({ handle, manifest })))
+          return yield* whileUp(Deferred.await(d))
+        }),
+      sendBatch: (handle, seq, frame) =>
+        Effect.gen(function*() {
+          const bytes = Math.min(frame.length, options.window)
+          yield* whileUp(window.take(bytes))
+          inflight += bytes
+          held.get(handle)?.set(seq, bytes)
+          yield* link.send(frame)
+        })
+    } satisfies ServerLink
+  })

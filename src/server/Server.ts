@@ -1,0 +1,191 @@
+/**
+ * The receiving side: accepts connections, runs the handshake, opens the
+ * datasets clients announce, and feeds their piece batches to the piece
+ * store, acknowledging each batch once it is on disk.
+ */
+import { Deferred, Duration, Effect, Either, Scope, Stream } from "effect"
+import { randomBytes } from "node:crypto"
+import { ProtocolError, StoreError, TransportError } from "../domain/Errors.js"
+import { decodePieces, DEFAULT_MAX_FRAME, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
+import {
+  Committed,
+  decodeControl,
+  encodeControl,
+  Failed,
+  Opened,
+  PROTOCOL_VERSION,
+  Ready,
+  Refused,
+  Welcome
+} from "../domain/Protocol.js"
+import { VERSION } from "../domain/Version.js"
+import { PieceStore, type Session } from "../services/PieceStore.js"
+import { type Address, formatAddress, type Link, Transport } from "../services/Transport.js"
+
+export interface ServeOptions {
+  readonly host: string
+  readonly port: number
+  readonly maxFrame: number
+  /** A client that has not finished the handshake by then is dropped. */
+  readonly handshakeTimeout: Duration.DurationInput
+  /** Piece batches of one connection being verified and written at once. */
+  readonly batchesInFlight: number
+}
+
+export const defaultServeOptions: ServeOptions = {
+  host: "0.0.0.0",
+  port: 0,
+  maxFrame: DEFAULT_MAX_FRAME,
+  handshakeTimeout: "10 seconds",
+  batchesInFlight: 4
+}
+
+/** Starts listening; serves until the scope closes. Answers the bound address. */
+export const serve = (options: ServeOptions): Effect.Effect<Address, TransportError, Transport | PieceStore | Scope.Scope> =>
+  Effect.gen(function*() {
+    const transport = yield* Transport
+    const store = yield* PieceStore
+    const address = yield* transport.listen(
+      { host: options.host, port: options.port, maxFrame: options.maxFrame },
+      (link) => serveLink(store, link, options)
+    )
+    yield* Effect.logInfo(`serving on ${formatAddress(address)}, writing to ${store.dest}`)
+    return address
+  })
+
+const serveLink = (
+  store: PieceStore["Type"],
+  link: Link,
+  options: ServeOptions
+): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const scope = yield* Effect.scope
+    const sessions = new Map<number, Session>()
+    /** Handles whose dataset failed: their batches still in flight are dropped quietly. */
+    const dropped = new Set<number>()
+    const handshake = yield* Deferred.make<void>()
+    let ready = false
+
+    const send = (bytes: Uint8Array) => link.send(bytes)
+    const refuse = (code: string, message: string) =>
+      send(encodeControl(new Refused({ code, message }))).pipe(
+        Effect.ignore,
+        Effect.zipRight(Effect.fail(new ProtocolError({ peer: link.peer, code, reason: message })))
+      )
+
+    const fail = (handle: number, e: StoreError) =>
+      Effect.gen(function*() {
+        sessions.delete(handle)
+        dropped.add(handle)
+        yield* Effect.logWarning(`${link.peer}: ${e.message}`)
+        yield* send(encodeControl(new Failed({ handle, dataset: e.dataset, code: e.code, message: e.reason })))
+      })
+
+    const open = (handle: number, manifest: Session["manifest"]) =>
+      Effect.gen(function*() {
+        if (sessions.has(handle)) return yield* refuse("HandleInUse", `handle ${handle} is already open`)
+        const opened = yield* Effect.either(Scope.extend(store.open(manifest), scope))
+        if (Either.isLeft(opened)) return yield* fail(handle, opened.left)
+        const session = opened.right
+        sessions.set(handle, session)
+        dropped.delete(handle)
+        yield* Effect.logDebug(`${link.peer}: opened ${manifest.dataset} as handle ${handle} (${session.held.held}/${manifest.count} held)`)
+        yield* send(encodeControl(
+          new Opened({
+            handle,
+            held: session.held.held,
+            bitmap: session.held.held > 0 && !session.committed ? session.held.toBase64() : null,
+            committed: session.committed
+          })
+        ))
+        // Tell this client when the dataset is committed, whoever finished it.
+        yield* session.commit.pipe(
+          Effect.flatMap((c) => send(encodeControl(new Committed({ handle, dataset: c.dataset, size: c.size, crc32: c.crc32 })))),
+          Effect.catchTag("StoreError", (e) => fail(handle, e)),
+          Effect.ignore,
+          Effect.forkIn(scope)
+        )
+      })
+
+    const onControl = (body: Buffer) =>
+      Effect.gen(function*() {
+        const decoded = decodeControl(body)
+        if (Either.isLeft(decoded)) return yield* refuse("BadMessage", `malformed control message: ${decoded.left}`)
+        const message = decoded.right
+        switch (message._tag) {
+          case "Hello": {
+            if (ready) return yield* refuse("Unexpected", "second Hello")
+            if (message.protocol !== PROTOCOL_VERSION) {
+              return yield* refuse(
+                "VersionMismatch",
+                `client speaks protocol ${message.protocol}, this server speaks ${PROTOCOL_VERSION}; upgrade the older side`
+              )
+            }
+            ready = true
+            yield* Effect.logDebug(`${link.peer}: hello from ${message.client}`)
+            yield* send(encodeControl(new Ready()))
+            yield* Deferred.succeed(handshake, undefined)
+            return
+          }
+          case "Open":
+            if (!ready) return yield* refuse("NotReady", "Open before the handshake")
+            return yield* open(message.handle, message.manifest)
+          default:
+            return yield* refuse("Unexpected", `unexpected ${message._tag} from a client`)
+        }
+      })
+
+    const onPieces = (body: Buffer) =>
+      Effect.gen(function*() {
+        if (!ready) return yield* refuse("NotReady", "pieces before the handshake")
+        const batch = decodePieces(body)
+        if ("problem" in batch) return yield* refuse("BadFrame", batch.problem)
+        const session = sessions.get(batch.handle)
+        if (session === undefined) {
+          if (dropped.has(batch.handle)) return
+          return yield* refuse("UnknownHandle", `pieces for handle ${batch.handle}, which is not open`)
+        }
+        const written = yield* Effect.either(session.write(batch, body))
+        if (Either.isLeft(written)) return yield* fail(batch.handle, written.left)
+        yield* send(encodeAck(batch.handle, batch.seq))
+      })
+
+    const onFrame = (frame: RawFrame) => {
+      switch (frame.kind) {
+        case FrameKind.Control:
+          return onControl(frame.body)
+        case FrameKind.Pieces:
+          return onPieces(frame.body)
+        case FrameKind.Ack:
+          return refuse("Unexpected", "ack from a client")
+      }
+    }
+
+    yield* Effect.logDebug(`${link.peer}: connected`)
+    const nonce = randomBytes(16).toString("hex")
+    const welcomed = yield* Effect.either(send(encodeControl(new Welcome({ protocol: PROTOCOL_VERSION, server: `ferry/${VERSION}`, nonce, auth: "none" }))))
+    if (Either.isLeft(welcomed)) return
+
+    const handshakeDeadline = Deferred.await(handshake).pipe(
+      Effect.timeoutFail({
+        duration: options.handshakeTimeout,
+        onTimeout: () => new ProtocolError({ peer: link.peer, code: "HandshakeTimeout", reason: "no handshake in time" })
+      }),
+      Effect.tapError((e) => refuse(e.code, e.reason).pipe(Effect.ignore)),
+      Effect.zipRight(Effect.never)
+    )
+
+    const outcome = yield* link.frames.pipe(
+      Stream.mapEffect(onFrame, { concurrency: options.batchesInFlight, unordered: true }),
+      Stream.runDrain,
+      Effect.raceFirst(handshakeDeadline),
+      Effect.either
+    )
+    if (Either.isLeft(outcome)) {
+      const e = outcome.left
+      if (e._tag === "ProtocolError") yield* Effect.logWarning(`${link.peer}: dropped: ${e.reason}`)
+      else yield* Effect.logDebug(`${link.peer}: ${e.reason}`)
+    } else yield* Effect.logDebug(`${link.peer}: disconnected`)
+    yield* link.end
+  })
+

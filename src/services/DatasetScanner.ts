@@ -1,0 +1,91 @@
+/**
+ * Dataset scanner: lists a folder's entries as a stream of batches (never all
+ * ten million names at once) and tells when the folder may have changed.
+ * Live: opendir + fs.watch with a polling fallback. Test: the injected
+ * FileSystem, polled.
+ */
+import { FileSystem } from "@effect/platform"
+import { Context, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import * as fs from "node:fs"
+import { FolderError } from "../domain/Errors.js"
+
+export class DatasetScanner extends Context.Tag("ferry/DatasetScanner")<DatasetScanner, {
+  /** The folder's entry names, in batches. */
+  readonly list: (dir: string) => Stream.Stream<ReadonlyArray<string>, FolderError>
+  /** Emits whenever the folder may have changed; never ends by itself. */
+  readonly changes: (dir: string) => Stream.Stream<void>
+}>() {}
+
+const folderError = (dir: string, e: unknown) => {
+  const err = e as NodeJS.ErrnoException
+  const reason = err.code === "ENOENT"
+    ? "no such folder"
+    : err.code === "ENOTDIR"
+    ? "not a folder"
+    : err.code === "EACCES"
+    ? "permission denied"
+    : err.message ?? String(e)
+  return new FolderError({ path: dir, reason })
+}
+
+const BATCH = 4096
+
+export const DatasetScannerLive = (pollEvery: Duration.DurationInput = "1 second") =>
+  Layer.succeed(DatasetScanner, {
+    list: (dir) =>
+      Stream.acquireRelease(
+        Effect.try({ try: () => fs.opendirSync(dir, { bufferSize: 1024 }), catch: (e) => folderError(dir, e) }),
+        (handle) => Effect.sync(() => handle.closeSync())
+      ).pipe(
+        Stream.flatMap((handle) =>
+          Stream.repeatEffectOption(
+            Effect.try({
+              try: () => {
+                const names: Array<string> = []
+                for (let entry = handle.readSync(); entry !== null; entry = handle.readSync()) {
+                  names.push(entry.name)
+                  if (names.length === BATCH) break
+                }
+                return names
+              },
+              catch: (e) => folderError(dir, e)
+            }).pipe(
+              Effect.mapError(Option.some),
+              Effect.flatMap((names) => (names.length === 0 ? Effect.fail(Option.none()) : Effect.succeed(names)))
+            )
+          )
+        )
+      ),
+    changes: (dir) =>
+      Stream.merge(
+        // Events where the platform has them (inotify on Linux)...
+        Stream.async<void>((emit) => {
+          let watcher: fs.FSWatcher | undefined
+          try {
+            watcher = fs.watch(dir, { persistent: false }, () => void emit.single(undefined))
+            watcher.on("error", () => watcher?.close())
+          } catch {
+            // no watching here (some network filesystems): polling covers it
+          }
+          return Effect.sync(() => watcher?.close())
+        }),
+        // ...and a slow poll that catches what events miss.
+        Stream.fromSchedule(Schedule.spaced(pollEvery)).pipe(Stream.as(undefined))
+      )
+  })
+
+export const DatasetScannerInProcess = Layer.effect(
+  DatasetScanner,
+  Effect.gen(function*() {
+    const files = yield* FileSystem.FileSystem
+    return {
+      list: (dir) =>
+        Stream.fromEffect(
+          files.readDirectory(dir).pipe(
+            Effect.mapError((e) => new FolderError({ path: dir, reason: e._tag === "SystemError" && e.reason === "NotFound" ? "no such folder" : e.message }))
+          )
+        ),
+      changes: () => Stream.fromSchedule(Schedule.spaced("10 millis")).pipe(Stream.as(undefined))
+    }
+  })
+)

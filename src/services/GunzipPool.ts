@@ -1,0 +1,91 @@
+/**
+ * Gunzip pool: verifies a batch of pieces and writes each slice at its place
+ * in the dataset's file. Live: worker threads, one per core, writing with
+ * pwrite into the preallocated file. Test: the same checks in-process,
+ * writing through the injected FileSystem.
+ */
+import { FileSystem } from "@effect/platform"
+import { Context, Effect, Layer } from "effect"
+import { crcOffset, type InflateTask, inflatePieces, sliceOffset } from "./Inflate.js"
+import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
+import type { InflateMessage } from "./workers/inflate.js"
+
+export interface InflateJob extends InflateTask {
+  readonly data: FileSystem.File
+  readonly crcs: FileSystem.File
+}
+
+export type InflateOutcome =
+  | { readonly _tag: "Written"; readonly bytes: number }
+  | { readonly _tag: "BadPiece"; readonly index: number; readonly reason: string }
+  | { readonly _tag: "WriteFailed"; readonly code: string; readonly reason: string }
+
+export class GunzipPool extends Context.Tag("ferry/GunzipPool")<GunzipPool, {
+  readonly workers: number
+  /** Takes ownership of `job.body`: it may be moved to another thread. */
+  readonly inflate: (job: InflateJob) => Effect.Effect<InflateOutcome>
+}>() {}
+
+export const GunzipPoolLive = (workers = defaultWorkers()) =>
+  Layer.scoped(
+    GunzipPool,
+    Effect.gen(function*() {
+      const pool = yield* makeWorkerPool<InflateMessage, InflateOutcome>(
+        new URL("./workers/inflate.js", import.meta.url),
+        workers
+      )
+      return {
+        workers,
+        inflate: (job) => {
+          const message: InflateMessage = {
+            geometry: job.geometry,
+            body: job.body,
+            indices: job.indices,
+            starts: job.starts,
+            lengths: job.lengths,
+            dataFd: job.data.fd,
+            crcFd: job.crcs.fd
+          }
+          return pool.run(message, [job.body.buffer, job.indices.buffer, job.starts.buffer, job.lengths.buffer] as Array<ArrayBuffer>)
+        }
+      }
+    })
+  )
+
+/** Same verification on the calling thread, writes through FileSystem.File: for tests and fakes. */
+export const GunzipPoolInProcess = Layer.effect(
+  GunzipPool,
+  Effect.gen(function*() {
+    // File positions are shared state: one batch writes at a time.
+    const writing = yield* Effect.makeSemaphore(1)
+    return {
+      workers: 1,
+      inflate: (job) =>
+        Effect.suspend(() => {
+          const r = inflatePieces(job)
+          if (r._tag === "BadPiece") return Effect.succeed<InflateOutcome>(r)
+          return writing.withPermits(1)(
+            Effect.gen(function*() {
+              let bytes = 0
+              for (let k = 0; k < job.indices.length; k++) {
+                const index = job.indices[k]!
+                yield* job.data.seek(sliceOffset(job.geometry, index), "start")
+                yield* job.data.writeAll(r.slices[k]!)
+                yield* job.crcs.seek(crcOffset(job.geometry, index), "start")
+                yield* job.crcs.writeAll(new Uint8Array(r.crcs.buffer, k * 4, 4))
+                bytes += r.slices[k]!.length
+              }
+              return { _tag: "Written", bytes } as InflateOutcome
+            }).pipe(
+              Effect.catchAll((e) =>
+                Effect.succeed<InflateOutcome>({ _tag: "WriteFailed", code: errorCode(e), reason: e.message })
+              )
+            )
+          )
+        })
+    }
+  })
+)
+
+const errorCode = (e: { readonly _tag: string; readonly reason?: unknown }): string =>
+  typeof e.reason === "string" ? e.reason : e._tag

@@ -1,0 +1,254 @@
+/**
+ * Connections between client and server, as framed links. The live layer is
+ * TCP; the memory layer joins both ends inside one process, through the same
+ * framing and backpressure code, for tests.
+ */
+import { NodeStream } from "@effect/platform-node"
+import { Chunk, Context, Effect, FiberSet, Layer, Scope, Stream } from "effect"
+import * as net from "node:net"
+import { Duplex } from "node:stream"
+import { ProtocolError, TransportError } from "../domain/Errors.js"
+import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, isFrameProblem, type RawFrame } from "../domain/Frame.js"
+
+export interface Address {
+  readonly host: string
+  readonly port: number
+}
+
+export const formatAddress = (a: Address): string => (a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`)
+
+/** One connection, framed. */
+export interface Link {
+  readonly peer: string
+  /** Incoming frames, pulled: while nobody pulls, the socket is not read. Consume once. */
+  readonly frames: Stream.Stream<RawFrame, ProtocolError | TransportError>
+  /** Queues bytes on the socket; waits while the socket's buffer is full. */
+  readonly send: (bytes: Uint8Array) => Effect.Effect<void, TransportError>
+  /** Ends the connection after what was sent. */
+  readonly end: Effect.Effect<void>
+}
+
+export interface LinkOptions {
+  readonly maxFrame?: number
+}
+
+export interface ListenOptions extends LinkOptions {
+  readonly host: string
+  readonly port: number
+}
+
+export class Transport extends Context.Tag("ferry/Transport")<Transport, {
+  readonly dial: (address: Address, options?: LinkOptions) => Effect.Effect<Link, TransportError, Scope.Scope>
+  /** Accepts connections until the scope closes; each handler runs in a scope of its own. */
+  readonly listen: (
+    options: ListenOptions,
+    onLink: (link: Link) => Effect.Effect<void, never, Scope.Scope>
+  ) => Effect.Effect<Address, TransportError, Scope.Scope>
+}>() {}
+
+/** Frames over any Node duplex: a TCP socket or an in-memory pair. */
+export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}): Link => {
+  const decoder = new FrameDecoder(options.maxFrame ?? DEFAULT_MAX_FRAME)
+  const lost = (e: unknown) => new TransportError({ address: peer, reason: reasonOf(e) })
+  const frames = NodeStream.fromReadable<TransportError | ProtocolError, Uint8Array>(() => socket, lost, {
+    closeOnDone: false
+  }).pipe(
+    Stream.mapChunksEffect((chunks) => {
+      const out: Array<RawFrame> = []
+      for (const chunk of chunks) {
+        const r = decoder.push(chunk)
+        if (isFrameProblem(r)) {
+          return Effect.fail(new ProtocolError({ peer, code: r._tag, reason: describeFrameProblem(r) }))
+        }
+        for (const f of r) out.push(f)
+      }
+      return Effect.succeed(Chunk.unsafeFromArray(out))
+    }),
+    Stream.concat(
+      Stream.suspend(() => {
+        const p = decoder.finish()
+        return p === undefined
+          ? Stream.empty
+          : Stream.fail(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) }))
+      })
+    )
+  )
+  const send = (bytes: Uint8Array) =>
+    Effect.async<void, TransportError>((resume) => {
+      if (socket.destroyed || socket.writableEnded) {
+        resume(Effect.fail(new TransportError({ address: peer, reason: "connection closed" })))
+        return
+      }
+      if (socket.write(bytes)) resume(Effect.void)
+      else {
+        const onDrain = () => {
+          socket.off("close", onClose)
+          resume(Effect.void)
+        }
+        const onClose = () => {
+          socket.off("drain", onDrain)
+          resume(Effect.fail(new TransportError({ address: peer, reason: "connection closed" })))
+        }
+        socket.once("drain", onDrain)
+        socket.once("close", onClose)
+      }
+    })
+  const end = Effect.sync(() => {
+    if (!socket.destroyed) socket.end()
+  })
+  return { peer, frames, send, end }
+}
+
+const reasonOf = (e: unknown): string => {
+  if (e instanceof Error) {
+    const code = (e as NodeJS.ErrnoException).code
+    if (code === "ECONNREFUSED") return "connection refused (is `ferry serve` running there?)"
+    if (code === "ECONNRESET") return "connection reset by peer"
+    if (code === "EPIPE") return "connection closed by peer"
+    if (code === "ETIMEDOUT") return "connection timed out"
+    if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "host not found"
+    return code !== undefined ? `${code}: ${e.message}` : e.message
+  }
+  return String(e)
+}
+
+/** Destroys the socket when the scope closes. */
+const scopedSocket = (socket: Duplex) =>
+  Effect.addFinalizer(() =>
+    Effect.async<void>((resume) => {
+      if (socket.destroyed) return resume(Effect.void)
+      socket.once("close", () => resume(Effect.void))
+      socket.end()
+      // nobody reads any more: let the peer's end-of-stream through so the socket can close
+      socket.resume()
+      // a peer that never reads must not hold us: give it a moment, then cut
+      const timer = setTimeout(() => socket.destroy(), 2_000)
+      timer.unref()
+    })
+  )
+
+const tune = (socket: net.Socket) => {
+  socket.setNoDelay(true)
+  socket.setKeepAlive(true, 30_000)
+}
+
+export const TcpTransport = Layer.succeed(Transport, {
+  dial: (address, options) =>
+    Effect.gen(function*() {
+      const peer = formatAddress(address)
+      const socket = yield* Effect.async<net.Socket, TransportError>((resume) => {
+        const s = net.connect({ host: address.host, port: address.port })
+        const onError = (e: Error) => resume(Effect.fail(new TransportError({ address: peer, reason: reasonOf(e) })))
+        s.once("error", onError)
+        s.once("connect", () => {
+          s.off("error", onError)
+          resume(Effect.succeed(s))
+        })
+        return Effect.sync(() => s.destroy())
+      })
+      tune(socket)
+      socket.on("error", () => {}) // surfaced through reads and writes
+      yield* scopedSocket(socket)
+      return linkFromDuplex(socket, peer, options)
+    }),
+  listen: (options, onLink) =>
+    Effect.gen(function*() {
+      const runFork = yield* FiberSet.makeRuntime<never>()
+      const server = net.createServer({ noDelay: true, keepAlive: true })
+      const sockets = new Set<net.Socket>()
+      server.on("connection", (socket) => {
+        tune(socket)
+        socket.on("error", () => {})
+        sockets.add(socket)
+        socket.once("close", () => sockets.delete(socket))
+        const peer = formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
+        const handler = Effect.scoped(
+          Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options)))
+        )
+        runFork(handler)
+      })
+      const bound = yield* Effect.async<Address, TransportError>((resume) => {
+        const onError = (e: Error) =>
+          resume(Effect.fail(new TransportError({ address: formatAddress(options), reason: reasonOf(e) })))
+        server.once("error", onError)
+        server.listen({ host: options.host, port: options.port }, () => {
+          server.off("error", onError)
+          const a = server.address() as net.AddressInfo
+          resume(Effect.succeed({ host: a.address, port: a.port }))
+        })
+      })
+      yield* Effect.addFinalizer(() =>
+        Effect.async<void>((resume) => {
+          server.close(() => resume(Effect.void))
+          for (const s of sockets) s.destroy()
+        })
+      )
+      return bound
+    })
+})
+
+/** Two duplexes joined back to back: what one writes, the other reads, with backpressure. */
+export const duplexPair = (): readonly [Duplex, Duplex] => {
+  const stalledWriter = new Map<Duplex, () => void>()
+  const make = (peer: () => Duplex): Duplex => {
+    const side: Duplex = new Duplex({
+      read() {
+        const resume = stalledWriter.get(side)
+        if (resume !== undefined) {
+          stalledWriter.delete(side)
+          resume()
+        }
+      },
+      write(chunk: Buffer, _encoding, callback) {
+        const other = peer()
+        if (other.destroyed) return callback(new Error("EPIPE"))
+        if (other.push(chunk)) callback()
+        else stalledWriter.set(other, () => callback())
+      },
+      final(callback) {
+        peer().push(null)
+        callback()
+      },
+      destroy(error, callback) {
+        const other = peer()
+        if (!other.destroyed) other.destroy()
+        callback(error)
+      }
+    })
+    return side
+  }
+  const a: Duplex = make(() => b)
+  const b: Duplex = make(() => a)
+  return [a, b]
+}
+
+/** Links inside one process, for tests: listen on any port number, dial it. */
+export const MemoryTransport = Layer.sync(Transport, () => {
+  const listeners = new Map<number, (socket: Duplex, peer: string) => void>()
+  let nextPort = 40_000
+  let nextClient = 1
+  return {
+    dial: (address, options) =>
+      Effect.gen(function*() {
+        const accept = listeners.get(address.port)
+        const peer = formatAddress(address)
+        if (accept === undefined) {
+          return yield* Effect.fail(new TransportError({ address: peer, reason: "connection refused (is `ferry serve` running there?)" }))
+        }
+        const [client, server] = duplexPair()
+        yield* scopedSocket(client)
+        accept(server, `memory-client-${nextClient++}`)
+        return linkFromDuplex(client, peer, options)
+      }),
+    listen: (options, onLink) =>
+      Effect.gen(function*() {
+        const port = options.port === 0 ? nextPort++ : options.port
+        const runFork = yield* FiberSet.makeRuntime<never>()
+        listeners.set(port, (socket, peer) => {
+          runFork(Effect.scoped(Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options)))))
+        })
+        yield* Effect.addFinalizer(() => Effect.sync(() => listeners.delete(port)))
+        return { host: options.host, port }
+      })
+  }
+})

@@ -1,0 +1,90 @@
+/**
+ * A fixed pool of worker threads running one script, for the CPU- and
+ * syscall-heavy batches (reading piece files, gunzip + positional writes).
+ * Each task is one batch, so the cost of a message is paid per batch, never
+ * per piece. Workers start with the scope and are terminated with it.
+ */
+import { Effect } from "effect"
+import * as os from "node:os"
+import { Worker, type Transferable } from "node:worker_threads"
+
+export interface WorkerPool<In, Out> {
+  readonly size: number
+  readonly run: (task: In, transfer?: ReadonlyArray<Transferable>) => Effect.Effect<Out>
+}
+
+/** What a worker script posts back for task `id`. */
+export type WorkerReply<Out> = { readonly id: number; readonly ok: Out } | { readonly id: number; readonly crash: string }
+
+export const defaultWorkers = (): number => Math.max(1, os.availableParallelism())
+
+interface Pending<Out> {
+  readonly resume: (result: Effect.Effect<Out>) => void
+}
+
+export const makeWorkerPool = <In, Out>(
+  script: URL,
+  size: number,
+  /** Tasks a worker may queue, so it never waits for the main thread between batches. */
+  depth = 2
+): Effect.Effect<WorkerPool<In, Out>, never, import("effect").Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const workers = Array.from({ length: size }, () => {
+        const worker = new Worker(script)
+        worker.unref()
+        return { worker, busy: 0 }
+      })
+      const pending = new Map<number, Pending<Out> & { readonly slot: (typeof workers)[number] }>()
+      const queue: Array<{ id: number; task: In; transfer: ReadonlyArray<Transferable> }> = []
+      let nextId = 1
+
+      const pump = () => {
+        while (queue.length > 0) {
+          let slot = workers[0]!
+          for (const w of workers) if (w.busy < slot.busy) slot = w
+          if (slot.busy >= depth) return
+          const job = queue.shift()!
+          const p = pending.get(job.id)
+          if (p === undefined) continue // interrupted while queued
+          pending.set(job.id, { resume: p.resume, slot })
+          slot.busy++
+          slot.worker.postMessage({ id: job.id, task: job.task }, job.transfer as Array<Transferable>)
+        }
+      }
+
+      for (const slot of workers) {
+        slot.worker.on("message", (reply: WorkerReply<Out>) => {
+          const p = pending.get(reply.id)
+          slot.busy--
+          if (p !== undefined) {
+            pending.delete(reply.id)
+            p.resume("ok" in reply ? Effect.succeed(reply.ok) : Effect.die(new Error(`worker failed: ${reply.crash}`)))
+          }
+          pump()
+        })
+        slot.worker.on("error", (e) => {
+          for (const [id, p] of pending) {
+            if (p.slot === slot) {
+              pending.delete(id)
+              p.resume(Effect.die(e))
+            }
+          }
+        })
+      }
+
+      const run = (task: In, transfer: ReadonlyArray<Transferable> = []) =>
+        Effect.async<Out>((resume) => {
+          const id = nextId++
+          pending.set(id, { resume, slot: workers[0]! })
+          queue.push({ id, task, transfer })
+          pump()
+          return Effect.sync(() => {
+            pending.delete(id)
+          })
+        })
+
+      return { size, run, terminate: () => Promise.all(workers.map((w) => w.worker.terminate())) }
+    }),
+    (pool) => Effect.promise(() => pool.terminate())
+  ).pipe(Effect.map(({ run, size }) => ({ run, size })))
