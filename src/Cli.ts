@@ -5,7 +5,7 @@
  */
 import { Command, Options } from "@effect/cli"
 import { FileSystem, Path } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Console, Effect, Layer, Option } from "effect"
 import { defaultSendOptions, send } from "./client/Client.js"
 import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"

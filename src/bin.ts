@@ -1,5 +1,6 @@
 /** Entry point of bin/ferry. */
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Effect, Exit } from "effect"
 import { cli, ExitCode } from "./Cli.js"
 

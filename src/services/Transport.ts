@@ -3,7 +3,7 @@
  * TCP; the memory layer joins both ends inside one process, through the same
  * framing and backpressure code, for tests.
  */
-import { NodeStream } from "@effect/platform-node"
+import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Chunk, Context, Effect, FiberSet, Layer, Scope, Stream } from "effect"
 import * as net from "node:net"
 import { Duplex } from "node:stream"

@@ -1,0 +1,194 @@
+import { describe, expect, it } from "@effect/vitest"
+import fc from "fast-check"
+import * as zlib from "node:zlib"
+import { PieceBitmap } from "../src/domain/Bitmap.js"
+import { combine, FileCrc } from "../src/domain/Crc32.js"
+import {
+  expectedCount,
+  lastIndex,
+  lengthOf,
+  Manifest,
+  manifestProblem,
+  offsetOf,
+  parseEntry,
+  parseMarker,
+  pieceFileName
+} from "../src/domain/Dataset.js"
+import { Inventory, isContiguous } from "../src/domain/Inventory.js"
+import { parseAddress, parseBytes } from "../src/domain/Units.js"
+
+fc.configureGlobal({ seed: 20261123, numRuns: 200 })
+
+const PIECE = /^[a-z]+-[0-9]{7}\.gz$/
+
+describe("piece and marker names", () => {
+  it("a name is a piece exactly when it matches NAME-NNNNNNN.gz", () => {
+    const alphabet = fc.constantFrom(..."abcxyzAZ09-._/ ".split(""))
+    const near = fc.oneof(
+      fc.string({ unit: alphabet, maxLength: 20 }),
+      fc.tuple(fc.string({ unit: fc.constantFrom(..."abcZ1".split("")), minLength: 0, maxLength: 5 }), fc.integer({ min: 0, max: 99_999_999 }), fc.constantFrom(".gz", ".GZ", ".gzip", "", ".gz.tmp"))
+        .map(([n, i, ext]) => `${n}-${String(i).padStart(7, "0")}${ext}`)
+    )
+    fc.assert(
+      fc.property(near, (name) => {
+        const entry = parseEntry(name)
+        expect(entry._tag === "Piece").toBe(PIECE.test(name))
+        if (entry._tag === "Piece") expect(pieceFileName(entry.dataset, entry.index)).toBe(name)
+      })
+    )
+  })
+
+  it("round-trips every valid dataset name and index", () => {
+    fc.assert(
+      fc.property(fc.stringMatching(/^[a-z]{1,64}$/), fc.integer({ min: 0, max: 9_999_999 }), (name, index) => {
+        expect(parseEntry(pieceFileName(name, index))).toEqual({ _tag: "Piece", dataset: name, index })
+        expect(parseEntry(`${name}.done`)).toEqual({ _tag: "Marker", dataset: name })
+      })
+    )
+  })
+
+  it("ignores 6 or 8 digits, capitals and other files", () => {
+    for (const name of ["abc-000001.gz", "abc-00000001.gz", "Abc-0000001.gz", "ABC.done", "abc-0000001.gz.part", ".abc.done.tmp", "abc.done.bak", "abc_0000001.gz", "-0000001.gz"]) {
+      expect(parseEntry(name)).toEqual({ _tag: "Other" })
+    }
+  })
+
+  it("reads markers: a size with optional trailing whitespace, nothing else", () => {
+    expect(parseMarker("1234\n")).toEqual({ size: 1234 })
+    expect(parseMarker("0")).toEqual({ size: 0 })
+    expect(parseMarker("42  \r\n")).toEqual({ size: 42 })
+    expect(parseMarker("0007\n")).toEqual({ size: 7 })
+    for (const bad of ["", "\n", "-5\n", "12 bytes", "1.5", "abc", " 12", "0x10", "99999999999999999999"]) {
+      expect(parseMarker(bad)).toHaveProperty("problem")
+    }
+  })
+})
+
+describe("manifest arithmetic", () => {
+  const manifests = fc
+    .record({ sliceSize: fc.integer({ min: 1, max: 1 << 20 }), count: fc.integer({ min: 1, max: 5000 }), first: fc.integer({ min: 0, max: 1000 }), cut: fc.double({ min: 0, max: 1, noNaN: true }) })
+    .map(({ count, cut, first, sliceSize }) => {
+      const last = Math.max(1, Math.ceil(cut * sliceSize))
+      return new Manifest({ dataset: "abc", size: (count - 1) * sliceSize + last, sliceSize, first, count })
+    })
+
+  it("slices tile the file: offsets follow lengths and the last slice is the remainder", () => {
+    fc.assert(
+      fc.property(manifests, (m) => {
+        expect(manifestProblem(m)).toBeUndefined()
+        expect(expectedCount(m.size, m.sliceSize)).toBe(m.count)
+        const last = lastIndex(m)
+        expect(offsetOf(m, m.first)).toBe(0)
+        expect(offsetOf(m, last) + lengthOf(m, last)).toBe(m.size)
+        expect(lengthOf(m, last)).toBeGreaterThan(0)
+        expect(lengthOf(m, last)).toBeLessThanOrEqual(m.sliceSize)
+        if (m.count > 1) {
+          const i = m.first + Math.floor(m.count / 2) - 1
+          expect(offsetOf(m, i) + lengthOf(m, i)).toBe(offsetOf(m, i + 1))
+          expect(lengthOf(m, i)).toBe(m.sliceSize)
+        }
+      })
+    )
+  })
+
+  it("a count that disagrees with the size is a problem naming both", () => {
+    fc.assert(
+      fc.property(manifests, fc.integer({ min: 1, max: 3 }), (m, off) => {
+        const wrong = new Manifest({ ...m, count: m.count + off })
+        expect(manifestProblem(wrong)).toMatch(new RegExp(`needs ${m.count} pieces, but there are ${m.count + off}`))
+      })
+    )
+  })
+
+  it("a size of 0 is an empty file: no piece, or one empty piece", () => {
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 0, first: 0, count: 0 }))).toBeUndefined()
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 0, first: 3, count: 1 }))).toBeUndefined()
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 10, first: 0, count: 1 }))).toBeDefined()
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 10, sliceSize: 0, first: 0, count: 1 }))).toMatch(/decompresses to 0 bytes/)
+  })
+})
+
+describe("inventory", () => {
+  it("finds gaps by counting: contiguous exactly when no index is missing", () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(fc.integer({ min: 0, max: 300 }), { minLength: 1, maxLength: 100 }), (indices) => {
+        const inv = new Inventory()
+        for (const i of indices) inv.add(pieceFileName("abc", i))
+        inv.add("abc.done")
+        inv.add("notes.txt")
+        const h = inv.datasets.get("abc")!
+        const lo = Math.min(...indices)
+        const hi = Math.max(...indices)
+        expect([h.lowest, h.highest, h.pieces, h.marker]).toEqual([lo, hi, indices.length, true])
+        expect(isContiguous(h)).toBe(hi - lo + 1 === indices.length)
+        expect(inv.ignored).toBe(1)
+      })
+    )
+  })
+})
+
+describe("piece bitmap", () => {
+  it("behaves like a set and lists the missing runs", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 200 }).chain((n) => fc.tuple(fc.constant(n), fc.array(fc.integer({ min: 0, max: Math.max(0, n - 1) }), { maxLength: 300 }))), ([n, sets]) => {
+        const bitmap = new PieceBitmap(n)
+        const model = new Set<number>()
+        for (const i of n === 0 ? [] : sets) {
+          expect(bitmap.set(i)).toBe(!model.has(i))
+          model.add(i)
+        }
+        expect(bitmap.held).toBe(model.size)
+        expect(bitmap.complete).toBe(model.size === n)
+        const missing: Array<number> = []
+        for (const [a, b] of bitmap.missing()) for (let i = a; i < b; i++) missing.push(i)
+        expect(missing).toEqual(Array.from({ length: n }, (_, i) => i).filter((i) => !model.has(i)))
+        const copy = PieceBitmap.fromBase64(n, bitmap.toBase64())!
+        expect(copy.held).toBe(bitmap.held)
+      })
+    )
+  })
+
+  it("refuses a bitmap of the wrong length or with bits past the end", () => {
+    expect(PieceBitmap.fromBase64(9, Buffer.from([0xff]).toString("base64"))).toBeUndefined()
+    expect(PieceBitmap.fromBase64(3, Buffer.from([0xff]).toString("base64"))).toBeUndefined()
+    expect(PieceBitmap.fromBase64(3, Buffer.from([0x07]).toString("base64"))?.complete).toBe(true)
+  })
+})
+
+describe("crc32 of a file from the crc32 of its slices", () => {
+  it("combine(crc(a), crc(b), |b|) = crc(a ++ b)", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), fc.uint8Array({ maxLength: 300 }), (a, b) => {
+        expect(combine(zlib.crc32(a), zlib.crc32(b), b.length)).toBe(zlib.crc32(Buffer.concat([a, b])))
+      })
+    )
+  })
+
+  it("folding equal slices and a short last one gives the whole file's crc", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 64 }), fc.uint8Array({ minLength: 1, maxLength: 2000 }), (slice, data) => {
+        const file = new FileCrc(slice)
+        const count = Math.ceil(data.length / slice)
+        for (let i = 0; i < count; i++) {
+          const piece = data.subarray(i * slice, Math.min(data.length, (i + 1) * slice))
+          if (i === count - 1) file.addLast(zlib.crc32(piece), piece.length)
+          else file.add(zlib.crc32(piece))
+        }
+        expect(file.value).toBe(zlib.crc32(data))
+      })
+    )
+  })
+})
+
+describe("command-line quantities", () => {
+  it("parses sizes with units and addresses", () => {
+    expect(parseBytes("16384")).toBe(16384)
+    expect(parseBytes("16KiB")).toBe(16384)
+    expect(parseBytes("1.5GB")).toBe(1_500_000_000)
+    expect(parseBytes("12 parsecs")).toBeUndefined()
+    expect(parseAddress("10.0.0.1:9000")).toEqual({ host: "10.0.0.1", port: 9000 })
+    expect(parseAddress("[::1]:9000")).toEqual({ host: "::1", port: 9000 })
+    for (const bad of ["host", "host:", ":80", "host:0", "host:70000", "a:b:80"]) expect(parseAddress(bad)).toBeUndefined()
+  })
+})
+
