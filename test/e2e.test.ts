@@ -2,7 +2,7 @@
  * The built `bin/ferry` over real loopback TCP: fake, serve, send, and the
  * error cases a user meets, each with its exit code and message.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { ferry, sha256File, shaOf, spawnFerry, startServer, tempDirs } from "./support/cli.js"

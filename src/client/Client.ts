@@ -144,7 +144,7 @@ const transfer = (
     const pump = Stream.fromIterable(tasks).pipe(
       Stream.mapEffect(
         (task) =>
-          reader.read({ dir: options.dir, dataset: manifest.dataset, handle, seq: task.seq, indices: task.indices, maxPieceBytes: options.maxFrame - 64 }),
+          reader.read({ dir: options.dir, dataset: manifest.dataset, handle, seq: task.seq, indices: task.indices, maxPieceBytes: options.maxFrame - 64, expectBytes: pieceBytes * task.indices.length }),
         { concurrency: options.readAhead }
       ),
       Stream.mapEffect(

@@ -66,15 +66,14 @@ export const GunzipPoolInProcess = Layer.effect(
           if (r._tag === "BadPiece") return Effect.succeed<InflateOutcome>(r)
           return writing.withPermits(1)(
             Effect.gen(function*() {
-              let bytes = 0
               for (let k = 0; k < job.indices.length; k++) {
                 const index = job.indices[k]!
                 yield* job.data.seek(sliceOffset(job.geometry, index), "start")
-                yield* job.data.writeAll(r.slices[k]!)
+                yield* job.data.writeAll(r.slices.subarray(r.bounds[k]!, r.bounds[k + 1]!))
                 yield* job.crcs.seek(crcOffset(job.geometry, index), "start")
                 yield* job.crcs.writeAll(new Uint8Array(r.crcs.buffer, k * 4, 4))
-                bytes += r.slices[k]!.length
               }
+              const bytes = r.bounds[job.indices.length]!
               return { _tag: "Written", bytes } as InflateOutcome
             }).pipe(
               Effect.catchAll((e) =>
@@ -87,5 +86,6 @@ export const GunzipPoolInProcess = Layer.effect(
   })
 )
 
-const errorCode = (e: { readonly _tag: string; readonly reason?: unknown }): string =>
-  typeof e.reason === "string" ? e.reason : e._tag
+/** The errno code in a platform error's message ("ENOSPC: no space left..."), if any. */
+const errorCode = (e: { readonly _tag: string; readonly message: string }): string =>
+  /\b(E[A-Z]{2,})\b/.exec(e.message)?.[1] ?? e._tag

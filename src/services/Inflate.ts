@@ -3,9 +3,13 @@
  * gunzip worker does, also run in-process by the test layer. Every piece must
  * be whole gzip (CRC32 and ISIZE checked by zlib), use every input byte, and
  * decompress to exactly its slice.
+ *
+ * The slices of a batch are inflated straight into one buffer, in batch
+ * order, so that a run of consecutive pieces is one positional write, and so
+ * that no buffer is allocated per piece.
  */
 import * as zlib from "node:zlib"
-import { lengthOf, Manifest, offsetOf, pieceFileName } from "../domain/Dataset.js"
+import { lengthOf, type Manifest, offsetOf, pieceFileName } from "../domain/Dataset.js"
 
 /** The manifest fields the arithmetic needs, as plain numbers (cheap to post to a worker). */
 export interface Geometry {
@@ -25,56 +29,108 @@ export interface InflateTask {
 }
 
 export type Inflated =
-  | { readonly _tag: "Inflated"; readonly slices: Array<Buffer>; readonly crcs: Uint32Array }
+  | {
+    readonly _tag: "Inflated"
+    /** The slices, back to back in batch order. */
+    readonly slices: Buffer
+    /** Where each slice starts in `slices`; one more entry marks the end. */
+    readonly bounds: Float64Array
+    readonly crcs: Uint32Array
+  }
   | { readonly _tag: "BadPiece"; readonly index: number; readonly reason: string }
 
 const asManifest = (g: Geometry): Manifest => g as unknown as Manifest
 
-export const inflatePieces = (task: InflateTask): Inflated => {
-  const m = asManifest(task.geometry)
-  const n = task.indices.length
-  const slices = new Array<Buffer>(n)
-  const crcs = new Uint32Array(n)
-  for (let k = 0; k < n; k++) {
-    const index = task.indices[k]!
-    const input = task.body.subarray(task.starts[k]!, task.starts[k]! + task.lengths[k]!)
-    const expected = lengthOf(m, index)
-    let out: Buffer
-    let consumed: number
-    try {
-      const r = zlib.gunzipSync(input, { maxOutputLength: Math.max(1, expected), info: true }) as unknown as {
-        buffer: Buffer
-        engine: { bytesWritten: number }
-      }
-      out = r.buffer
-      consumed = r.engine.bytesWritten
-    } catch (e) {
-      return { _tag: "BadPiece", index, reason: `${pieceFileName(m.dataset, index)} ${gunzipProblem(e, expected)}` }
-    }
-    if (consumed < input.length) {
-      return {
-        _tag: "BadPiece",
-        index,
-        reason: `${pieceFileName(m.dataset, index)} has ${input.length - consumed} bytes of trailing garbage after its gzip data`
-      }
-    }
-    if (out.length !== expected) {
-      return {
-        _tag: "BadPiece",
-        index,
-        reason: `${pieceFileName(m.dataset, index)} decompresses to ${out.length} bytes, but the slice is ${expected}`
-      }
-    }
-    slices[k] = out
-    crcs[k] = zlib.crc32(out)
-  }
-  return { _tag: "Inflated", slices, crcs }
+/**
+ * One reusable gunzip engine over zlib's own handle: it inflates into a
+ * buffer we choose, and is reset between pieces instead of being rebuilt.
+ * Falls back to zlib.gunzipSync where that handle is not what we expect.
+ */
+interface ZlibHandle {
+  writeSync(flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number): void
+  reset(): void
+  onerror: (message: string, errno: number, code?: string) => void
 }
 
-const gunzipProblem = (e: unknown, expected: number): string => {
-  const err = e as NodeJS.ErrnoException
-  if (err.code === "ERR_BUFFER_TOO_LARGE") return `decompresses to more than its slice of ${expected} bytes`
-  const msg = err.message ?? String(e)
+type InflateOne = { readonly produced: number; readonly consumed: number } | { readonly error: NodeJS.ErrnoException }
+
+const makeEngine = (): ((input: Uint8Array, out: Buffer, at: number, room: number) => InflateOne) => {
+  let engine: { _handle?: ZlibHandle; _writeState?: Uint32Array } | undefined
+  let failure: NodeJS.ErrnoException | undefined
+  const fresh = () => {
+    const e = zlib.createGunzip() as unknown as { _handle?: ZlibHandle; _writeState?: Uint32Array }
+    if (e._handle === undefined || e._writeState === undefined || typeof e._handle.writeSync !== "function") return undefined
+    // keep the error for us instead of letting the stream destroy itself
+    e._handle.onerror = (message, errno, code) => {
+      failure = Object.assign(new Error(message), { errno, code }) as NodeJS.ErrnoException
+    }
+    return e
+  }
+  engine = fresh()
+  if (engine === undefined) {
+    return (input, out, at, room) => {
+      try {
+        const r = zlib.gunzipSync(input, { maxOutputLength: Math.max(1, room), info: true }) as unknown as { buffer: Buffer; engine: { bytesWritten: number } }
+        r.buffer.copy(out, at)
+        return { produced: r.buffer.length, consumed: r.engine.bytesWritten }
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException
+        return err.code === "ERR_BUFFER_TOO_LARGE" ? { produced: room + 1, consumed: input.length } : { error: err }
+      }
+    }
+  }
+  return (input, out, at, room) => {
+    const e = engine!
+    failure = undefined
+    // one byte more than the slice: using it means the piece is too large
+    e._handle!.writeSync(zlib.constants.Z_FINISH, input, 0, input.length, out, at, room + 1)
+    if (failure !== undefined) {
+      engine = fresh()
+      return { error: failure }
+    }
+    const produced = room + 1 - e._writeState![0]!
+    const consumed = input.length - e._writeState![1]!
+    e._handle!.reset()
+    return { produced, consumed }
+  }
+}
+
+let engine: ReturnType<typeof makeEngine> | undefined
+
+export const inflatePieces = (task: InflateTask): Inflated => {
+  engine ??= makeEngine()
+  const m = asManifest(task.geometry)
+  const n = task.indices.length
+  const bounds = new Float64Array(n + 1)
+  for (let k = 0; k < n; k++) bounds[k + 1] = bounds[k]! + lengthOf(m, task.indices[k]!)
+  const slices = Buffer.allocUnsafeSlow(bounds[n]! + 1)
+  const crcs = new Uint32Array(n)
+  const body = Buffer.from(task.body.buffer, task.body.byteOffset, task.body.byteLength)
+  for (let k = 0; k < n; k++) {
+    const index = task.indices[k]!
+    const input = body.subarray(task.starts[k]!, task.starts[k]! + task.lengths[k]!)
+    const expected = bounds[k + 1]! - bounds[k]!
+    const r = engine(input, slices, bounds[k]!, expected)
+    const name = pieceFileName(m.dataset, index)
+    if ("error" in r) return { _tag: "BadPiece", index, reason: `${name} ${gunzipProblem(r.error)}` }
+    if (r.produced > expected) {
+      return { _tag: "BadPiece", index, reason: `${name} decompresses to more than its slice of ${expected} bytes` }
+    }
+    if (r.consumed < input.length) {
+      return { _tag: "BadPiece", index, reason: `${name} has ${input.length - r.consumed} bytes of trailing garbage after its gzip data` }
+    }
+    if (r.produced !== expected) {
+      return { _tag: "BadPiece", index, reason: `${name} decompresses to ${r.produced} bytes, but the slice is ${expected}` }
+    }
+    // zlib has checked each member's CRC: for a single member (ISIZE = whole length) the trailer's CRC is the slice's
+    const single = input.length >= 18 && input.readUInt32LE(input.length - 4) === expected >>> 0
+    crcs[k] = single ? input.readUInt32LE(input.length - 8) : zlib.crc32(slices.subarray(bounds[k]!, bounds[k + 1]!))
+  }
+  return { _tag: "Inflated", slices, bounds, crcs }
+}
+
+const gunzipProblem = (err: NodeJS.ErrnoException): string => {
+  const msg = err.message ?? String(err)
   if (/unexpected end/.test(msg)) return "is truncated (unexpected end of gzip data)"
   if (/incorrect header check|unknown compression method/.test(msg)) return "is not gzip data"
   if (/incorrect data check/.test(msg)) return "is corrupt (CRC32 mismatch)"
@@ -82,7 +138,7 @@ const gunzipProblem = (e: unknown, expected: number): string => {
   return `is corrupt gzip (${msg})`
 }
 
-/** Consecutive runs of indices, so that a run is one positional write. */
+/** Consecutive runs of indices, [from, to) positions in the batch: each run is one positional write. */
 export const runsOf = (indices: Uint32Array): Array<readonly [number, number]> => {
   const runs: Array<readonly [number, number]> = []
   let start = 0

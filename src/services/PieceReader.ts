@@ -17,10 +17,12 @@ export interface ReadRequest {
   readonly seq: number
   readonly indices: Uint32Array
   readonly maxPieceBytes: number
+  /** Compressed bytes the batch is expected to hold (a sizing hint). */
+  readonly expectBytes: number
 }
 
 export type ReadOutcome =
-  | { readonly _tag: "Frame"; readonly frame: ArrayBuffer; readonly pieceBytes: number }
+  | { readonly _tag: "Frame"; readonly frame: ArrayBuffer; readonly length: number; readonly pieceBytes: number }
   | { readonly _tag: "Unreadable"; readonly index: number; readonly reason: string }
 
 export interface PieceFrame {
@@ -35,7 +37,7 @@ export class PieceReader extends Context.Tag("ferry/PieceReader")<PieceReader, {
 
 const outcome = (dataset: string, r: ReadOutcome): Effect.Effect<PieceFrame, DatasetError> =>
   r._tag === "Frame"
-    ? Effect.succeed({ frame: Buffer.from(r.frame), pieceBytes: r.pieceBytes })
+    ? Effect.succeed({ frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes })
     : Effect.fail(new DatasetError({ dataset, reason: r.reason }))
 
 /** Reading is mostly syscalls: two threads keep the disk queue full without starving gunzip. */

@@ -9,23 +9,27 @@ export interface InflateMessage extends InflateTask {
   readonly crcFd: number
 }
 
+const writeAll = (fd: number, buf: Buffer, from: number, to: number, position: number) => {
+  for (let at = from; at < to;) {
+    const wrote = fs.writeSync(fd, buf, at, to - at, position + (at - from))
+    if (wrote <= 0) throw Object.assign(new Error("short write"), { code: "EIO" })
+    at += wrote
+  }
+}
+
 const work = (task: InflateMessage): InflateOutcome => {
   const r = inflatePieces(task)
   if (r._tag === "BadPiece") return r
   try {
     for (const [a, b] of runsOf(task.indices)) {
-      const slices = r.slices.slice(a, b)
-      const want = slices.reduce((n, s) => n + s.length, 0)
-      const wrote = fs.writevSync(task.dataFd, slices, sliceOffset(task.geometry, task.indices[a]!))
-      if (wrote !== want) throw Object.assign(new Error(`short write (${wrote} of ${want} bytes)`), { code: "EIO" })
-      const crcBytes = Buffer.from(r.crcs.buffer, a * 4, (b - a) * 4)
-      fs.writeSync(task.crcFd, crcBytes, 0, crcBytes.length, crcOffset(task.geometry, task.indices[a]!))
+      writeAll(task.dataFd, r.slices, r.bounds[a]!, r.bounds[b]!, sliceOffset(task.geometry, task.indices[a]!))
+      writeAll(task.crcFd, Buffer.from(r.crcs.buffer), a * 4, b * 4, crcOffset(task.geometry, task.indices[a]!))
     }
   } catch (e) {
     const err = e as NodeJS.ErrnoException
     return { _tag: "WriteFailed", code: err.code ?? "EIO", reason: err.message }
   }
-  return { _tag: "Written", bytes: r.slices.reduce((n, s) => n + s.length, 0) }
+  return { _tag: "Written", bytes: r.bounds[task.indices.length]! }
 }
 
 parentPort!.on("message", ({ id, task }: { id: number; task: InflateMessage }) => {

@@ -3,35 +3,51 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { parentPort } from "node:worker_threads"
 import { pieceFileName } from "../../domain/Dataset.js"
-import { piecesFrameBytes, writePieceEntry, writePiecesHeader } from "../../domain/Frame.js"
+import { HEADER_BYTES, PIECE_ENTRY_HEADER, PIECES_HEADER, piecesFrameBytes, writePieceEntry, writePiecesHeader } from "../../domain/Frame.js"
+
+const PIECES_START = HEADER_BYTES + PIECES_HEADER
 import type { ReadOutcome, ReadRequest } from "../PieceReader.js"
 
 const work = (req: ReadRequest): ReadOutcome => {
   const n = req.indices.length
-  const pieces = new Array<Buffer>(n)
-  let total = 0
+  // sized from the expected bytes, grown if the pieces are larger: files are read straight into it
+  let frame = Buffer.allocUnsafeSlow(Math.ceil(piecesFrameBytes(n, req.expectBytes * 1.25)))
+  let at = PIECES_START
   for (let k = 0; k < n; k++) {
-    const name = pieceFileName(req.dataset, req.indices[k]!)
+    const index = req.indices[k]!
+    const name = pieceFileName(req.dataset, index)
+    let fd = -1
     try {
-      const bytes = fs.readFileSync(path.join(req.dir, name))
-      if (bytes.length > req.maxPieceBytes) {
-        return { _tag: "Unreadable", index: req.indices[k]!, reason: `${name} is ${bytes.length} bytes, over the limit of ${req.maxPieceBytes}` }
+      fd = fs.openSync(path.join(req.dir, name), "r")
+      const size = fs.fstatSync(fd).size
+      if (size > req.maxPieceBytes) {
+        return { _tag: "Unreadable", index, reason: `${name} is ${size} bytes, over the limit of ${req.maxPieceBytes}` }
       }
-      pieces[k] = bytes
-      total += bytes.length
+      const need = at + PIECE_ENTRY_HEADER + size + (n - k - 1) * PIECE_ENTRY_HEADER
+      if (need > frame.length) {
+        // grow: this batch's pieces are larger than the first one suggested
+        const bigger = Buffer.allocUnsafeSlow(Math.max(need, Math.ceil(frame.length * 1.5)))
+        frame.copy(bigger, 0, 0, at)
+        frame = bigger
+      }
+      const start = writePieceEntry(frame, at, index, size)
+      let got = 0
+      while (got < size) {
+        const r = fs.readSync(fd, frame, start + got, size - got, got)
+        if (r === 0) break
+        got += r
+      }
+      if (got !== size) return { _tag: "Unreadable", index, reason: `${name} shrank while being read` }
+      at = start + size
     } catch (e) {
       const err = e as NodeJS.ErrnoException
-      return { _tag: "Unreadable", index: req.indices[k]!, reason: `${name} cannot be read (${err.code ?? err.message})` }
+      return { _tag: "Unreadable", index, reason: `${name} cannot be read (${err.code ?? err.message})` }
+    } finally {
+      if (fd >= 0) fs.closeSync(fd)
     }
   }
-  const frame = Buffer.allocUnsafeSlow(piecesFrameBytes(n, total))
-  let at = writePiecesHeader(frame, req.handle, req.seq, n)
-  for (let k = 0; k < n; k++) {
-    at = writePieceEntry(frame, at, req.indices[k]!, pieces[k]!.length)
-    pieces[k]!.copy(frame, at)
-    at += pieces[k]!.length
-  }
-  return { _tag: "Frame", frame: frame.buffer as ArrayBuffer, pieceBytes: total }
+  writePiecesHeader(frame.subarray(0, at), req.handle, req.seq, n)
+  return { _tag: "Frame", frame: frame.buffer as ArrayBuffer, length: at, pieceBytes: at - PIECES_START - n * PIECE_ENTRY_HEADER }
 }
 
 parentPort!.on("message", ({ id, task }: { id: number; task: ReadRequest }) => {

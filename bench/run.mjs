@@ -1,0 +1,842 @@
+#!/usr/bin/env node
+// ferry benchmark: ferry send/serve against the shell one-liners
+//   receiver: nc -l 127.0.0.1 PORT | gzip -d > OUT        (and igzip -d)
+//   sender:   find DIR -maxdepth 1 -name 'NAME-*.gz' | LC_ALL=C sort | xargs cat | nc -N 127.0.0.1 PORT
+// on loopback, warm page cache. See bench/README.md. Node 20 built-ins only.
+//
+//   node bench/run.mjs [--quick] [--runs N] [--only W1,W2,W3] [--contenders ferry,gzip,igzip]
+//                      [--timeout SECONDS] [--no-install]
+
+import { spawn, spawnSync } from "node:child_process"
+import { createHash } from "node:crypto"
+import { createReadStream, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtemp, readFile, rm } from "node:fs/promises"
+import net from "node:net"
+import os from "node:os"
+import { basename, join } from "node:path"
+import { performance } from "node:perf_hooks"
+import { fileURLToPath } from "node:url"
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "")
+const DATA = join(ROOT, "bench", "data")
+const RESULTS = join(ROOT, "bench", "results")
+const FERRY = join(ROOT, "bin", "ferry")
+const TIME = "/usr/bin/time"
+const TIME_FMT = "%e %U %S %M" // elapsed, user, sys (s), max RSS (KiB)
+const SPEC_VERSION = 1 // bump to force regeneration of every cached workload
+const QUICK_FACTOR = 20
+const KiB = 1024
+const MiB = 1024 * 1024
+const ALL_CONTENDERS = ["ferry", "gzip", "igzip"]
+
+// ---------------------------------------------------------------- options
+
+function usage() {
+  return `usage: node bench/run.mjs [options]     (or: npm run bench -- [options])
+  --quick                 shrink every workload ${QUICK_FACTOR}x (to try the harness; numbers are not representative)
+  --runs N                runs per contender and workload, alternating (default 3)
+  --only W1,W2,W3         workloads to run (default all; W3 also needs W1 as its 1-client reference)
+  --contenders LIST       from ferry,gzip,igzip (default all)
+  --timeout SECONDS       time limit of a single run (default 600)
+  --no-install            do not try apt-get install for missing nc / igzip
+  -h, --help              this text`
+}
+
+function die(msg) {
+  console.error(`bench: ${msg}`)
+  process.exit(2)
+}
+
+function parseArgs(argv) {
+  const o = { quick: false, runs: 3, only: ["W1", "W2", "W3"], contenders: [...ALL_CONTENDERS], timeoutS: 600, install: true }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]
+    const eq = arg.indexOf("=")
+    const key = arg.startsWith("--") && eq > 0 ? arg.slice(0, eq) : arg
+    const value = () => (arg.startsWith("--") && eq > 0 ? arg.slice(eq + 1) : argv[++i] ?? die(`${key} needs a value`))
+    const list = (v) => v.split(",").map((s) => s.trim()).filter(Boolean)
+    switch (key) {
+      case "--quick": o.quick = true; break
+      case "--no-install": o.install = false; break
+      case "--runs": o.runs = Number(value()); break
+      case "--timeout": o.timeoutS = Number(value()); break
+      case "--only": o.only = list(value()).map((s) => s.toUpperCase()); break
+      case "--contenders": o.contenders = list(value()).map((s) => s.toLowerCase()); break
+      case "-h": case "--help": console.log(usage()); process.exit(0)
+      default: die(`unknown argument ${arg}\n${usage()}`)
+    }
+  }
+  if (!Number.isInteger(o.runs) || o.runs < 1) die("--runs must be a positive integer")
+  if (!(o.timeoutS > 0)) die("--timeout must be a positive number of seconds")
+  for (const w of o.only) if (!["W1", "W2", "W3"].includes(w)) die(`unknown workload ${w} (W1, W2, W3)`)
+  for (const c of o.contenders) if (!ALL_CONTENDERS.includes(c)) die(`unknown contender ${c} (${ALL_CONTENDERS.join(", ")})`)
+  if (o.only.length === 0 || o.contenders.length === 0) die("nothing to run")
+  o.only = ["W1", "W2", "W3"].filter((w) => o.only.includes(w))
+  o.contenders = ALL_CONTENDERS.filter((c) => o.contenders.includes(c))
+  return o
+}
+
+// ---------------------------------------------------------------- workloads
+
+const BASE_WORKLOADS = {
+  W1: { clients: 1, datasets: [{ name: "large", pieces: 100_000, slice: 16 * KiB, seed: 1001 }] },
+  W2: { clients: 1, datasets: [{ name: "small", pieces: 500_000, slice: 1 * KiB, seed: 2002 }] },
+  W3: {
+    clients: 4,
+    datasets: ["parta", "partb", "partc", "partd"].map((name, i) => ({ name, pieces: 25_000, slice: 16 * KiB, seed: 3001 + i })),
+  },
+}
+
+function makeWorkload(id, quick) {
+  const base = BASE_WORKLOADS[id]
+  const dir = join(DATA, quick ? `${id}-quick` : id)
+  const datasets = base.datasets.map((d) => {
+    const pieces = quick ? Math.ceil(d.pieces / QUICK_FACTOR) : d.pieces
+    return { name: d.name, pieces, slice: d.slice, size: pieces * d.slice, seed: d.seed, dir: join(dir, d.name), sha256: null }
+  })
+  const d0 = datasets[0]
+  const each = `${d0.pieces.toLocaleString("en-US")} pieces of ${d0.slice / KiB} KiB`
+  const description =
+    datasets.length === 1
+      ? `${each}, one dataset`
+      : `${datasets.length} datasets of ${each}, ${datasets.length} clients at once to one server`
+  const bytes = datasets.reduce((s, d) => s + d.size, 0)
+  return { id, dir, quick, clients: base.clients, datasets, description, bytes, referenceOnly: false }
+}
+
+function specOf(w) {
+  return {
+    specVersion: SPEC_VERSION,
+    id: w.id,
+    quick: w.quick,
+    datasets: w.datasets.map(({ name, pieces, slice, size, seed }) => ({ name, pieces, slice, size, seed })),
+  }
+}
+
+const PIECE_RE = (name) => new RegExp(`^${name}-\\d{7}\\.gz$`)
+
+function datasetLooksComplete(d) {
+  try {
+    if (readFileSync(join(d.dir, `${d.name}.done`), "utf8").trim() !== String(d.size)) return false
+    const re = PIECE_RE(d.name)
+    let n = 0
+    for (const f of readdirSync(d.dir)) if (re.test(f)) n++
+    return n === d.pieces
+  } catch {
+    return false
+  }
+}
+
+async function ensureData(w) {
+  const specPath = join(w.dir, "spec.json")
+  const spec = specOf(w)
+  let cached = null
+  try {
+    cached = JSON.parse(readFileSync(specPath, "utf8"))
+  } catch {}
+  if (
+    cached &&
+    JSON.stringify(cached.spec) === JSON.stringify(spec) &&
+    w.datasets.every((d) => /^[0-9a-f]{64}$/.test(cached.sha256?.[d.name] ?? "") && datasetLooksComplete(d))
+  ) {
+    for (const d of w.datasets) d.sha256 = cached.sha256[d.name]
+    log(`${w.id}: using cached data in ${rel(w.dir)}`)
+    return
+  }
+  log(`${w.id}: generating ${w.description} (${fmtBytes(w.bytes)}) in ${rel(w.dir)}${cached ? " (spec changed or data incomplete)" : ""}`)
+  rmSync(w.dir, { recursive: true, force: true })
+  mkdirSync(w.dir, { recursive: true })
+  const sha256 = {}
+  for (const d of w.datasets) {
+    await haltIfStopping()
+    const ctx = newCtx()
+    const child = launch(FERRY, ["fake", "--path", d.dir, "--name", d.name, "--size", String(d.size), "--slice", String(d.slice), "--seed", String(d.seed)], ctx, { stderr: "inherit" })
+    const r = await child.done
+    const m = r.stdout.match(/^sha256 ([0-9a-f]{64})\s+(\S+)\s*$/m)
+    if (r.code !== 0 || !m || m[2] !== d.name) throw new Error(`ferry fake for ${d.name} failed (exit ${r.code ?? r.signal}): ${lastLine(r.stderr || r.stdout)}`)
+    if (!datasetLooksComplete(d)) throw new Error(`ferry fake for ${d.name} did not write ${d.pieces} pieces and ${d.name}.done`)
+    d.sha256 = sha256[d.name] = m[1]
+    writeFileSync(join(w.dir, `${d.name}.sha256`), `${m[1]}  ${d.name}\n`)
+  }
+  // spec.json last: its presence means the data is complete
+  writeAtomic(specPath, JSON.stringify({ spec, sha256, generated: new Date().toISOString() }, null, 2) + "\n")
+}
+
+// ---------------------------------------------------------------- processes
+
+let stopping = false // set on Ctrl-C / SIGTERM: start nothing new, wait for the exit timer
+const haltIfStopping = () => (stopping ? new Promise(() => {}) : undefined)
+const live = new Set() // every child we started and that has not closed yet
+const tempDirs = new Set()
+
+function killGroup(child, sig) {
+  if (!child.pid) return
+  try {
+    process.kill(-child.pid, sig) // children are process-group leaders (detached)
+  } catch {
+    try { child.kill(sig) } catch {}
+  }
+}
+
+function killAll(sig) {
+  for (const c of live) killGroup(c, sig)
+}
+
+function newCtx() {
+  return { children: new Set(), timedOut: false }
+}
+
+const keepTail = (s, n = 64 * 1024) => (s.length > n ? s.slice(s.length - n) : s)
+
+// Starts a process in its own process group; child.done resolves (never rejects)
+// with { code, signal, stdout, stderr, error } once it has exited and closed stdio.
+function launch(cmd, args, ctx, { stderr = "pipe" } = {}) {
+  if (stopping) throw new Error("interrupted")
+  const child = spawn(cmd, args, { detached: true, stdio: ["ignore", "pipe", stderr] })
+  const out = { stdout: "", stderr: "" }
+  live.add(child)
+  ctx?.children.add(child)
+  child.stdout.setEncoding("utf8")
+  child.stdout.on("data", (d) => (out.stdout = keepTail(out.stdout + d)))
+  if (child.stderr) {
+    child.stderr.setEncoding("utf8")
+    child.stderr.on("data", (d) => (out.stderr = keepTail(out.stderr + d)))
+  }
+  child.done = new Promise((resolve) => {
+    let settled = false
+    const finish = (code, signal, error) => {
+      if (settled) return
+      settled = true
+      live.delete(child)
+      resolve({ code, signal, error, ...out })
+    }
+    child.on("error", (e) => finish(null, null, e))
+    child.on("close", (code, signal) => finish(code, signal))
+  })
+  return child
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+async function stopProcess(child, graceMs = 10_000) {
+  killGroup(child, "SIGTERM")
+  const t = setTimeout(() => killGroup(child, "SIGKILL"), graceMs)
+  await child.done
+  clearTimeout(t)
+}
+
+function waitForLine(child, re, ms) {
+  return new Promise((resolve, reject) => {
+    let buf = ""
+    let over = false
+    const end = (f) => {
+      if (over) return
+      over = true
+      clearTimeout(timer)
+      child.stdout.off("data", onData)
+      f()
+    }
+    const onData = (d) => {
+      buf += d
+      const m = buf.match(re)
+      if (m) end(() => resolve(m))
+    }
+    const timer = setTimeout(() => end(() => reject(new Error(`no "listening on" line within ${ms / 1000} s`))), ms)
+    child.stdout.on("data", onData)
+    child.done.then((r) => end(() => reject(new Error(`server exited before listening (${r.code ?? r.signal}): ${lastLine(r.stderr)}`))))
+  })
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.on("error", reject)
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+function isListening(port) {
+  const hex = port.toString(16).toUpperCase().padStart(4, "0")
+  for (const f of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = ""
+    try { text = readFileSync(f, "utf8") } catch { continue }
+    for (const line of text.split("\n").slice(1)) {
+      const cols = line.trim().split(/\s+/)
+      if (cols.length > 3 && cols[1].endsWith(`:${hex}`) && cols[3] === "0A") return true
+    }
+  }
+  return false
+}
+
+async function waitListening(port, child, ctx, ms = 15_000) {
+  let exited = null
+  child.done.then((r) => (exited = r))
+  const t0 = Date.now()
+  for (;;) {
+    if (isListening(port)) return
+    if (exited) throw new Error(`receiver exited before listening on ${port} (${exited.code ?? exited.signal}): ${lastLine(exited.stderr)}`)
+    if (ctx.timedOut) throw new Error("timed out")
+    if (Date.now() - t0 > ms) throw new Error(`receiver not listening on ${port} after ${ms / 1000} s`)
+    await sleep(5)
+  }
+}
+
+let CLK_TCK = 100
+function procCpuS(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ") // f[0] is field 3 (state)
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK // utime + stime (fields 14, 15)
+}
+function procHwmKiB(pid) {
+  const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmHWM:\s+(\d+)\s+kB/m)
+  return m ? Number(m[1]) : null
+}
+
+// Parses a /usr/bin/time -f '%e %U %S %M' -o FILE output.
+async function readTimeFile(path) {
+  const text = await readFile(path, "utf8")
+  const line = text.trim().split("\n").filter((l) => /^[\d.]+ [\d.]+ [\d.]+ \d+$/.test(l.trim())).pop()
+  if (!line) throw new Error(`unreadable time output ${basename(path)}: ${lastLine(text)}`)
+  const [e, u, s, m] = line.trim().split(" ").map(Number)
+  return { elapsedS: e, cpuS: u + s, maxRssKiB: m }
+}
+
+async function makeTemp(prefix) {
+  const d = await mkdtemp(join(os.tmpdir(), prefix))
+  tempDirs.add(d)
+  return d
+}
+async function removeTemp(d) {
+  await rm(d, { recursive: true, force: true })
+  tempDirs.delete(d)
+}
+
+function sha256File(path) {
+  return new Promise((resolve, reject) => {
+    const h = createHash("sha256")
+    createReadStream(path, { highWaterMark: 4 * MiB })
+      .on("data", (b) => h.update(b))
+      .on("end", () => resolve(h.digest("hex")))
+      .on("error", reject)
+  })
+}
+
+// Runs fn(ctx) with a time limit: on expiry every child of the run is killed and the run fails.
+async function timedRun(fn, timeoutS) {
+  const ctx = newCtx()
+  const timer = setTimeout(() => {
+    ctx.timedOut = true
+    for (const c of ctx.children) killGroup(c, "SIGKILL")
+  }, timeoutS * 1000)
+  try {
+    const r = await fn(ctx)
+    if (ctx.timedOut) throw new Error("timed out")
+    return { ok: true, ...r }
+  } catch (e) {
+    return { ok: false, error: ctx.timedOut ? `timed out after ${timeoutS} s` : String(e?.message ?? e) }
+  } finally {
+    clearTimeout(timer)
+    for (const c of ctx.children) killGroup(c, "SIGKILL")
+  }
+}
+
+// ---------------------------------------------------------------- contenders
+
+const q = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${String(s).replace(/'/g, `'\\''`)}'`)
+
+// The one-liners as stages; `timed` wraps every stage in /usr/bin/time.
+function pipeline(stages, redirect, timing) {
+  const parts = stages.map((s, j) => {
+    const t = timing ? `${TIME} -f ${q(TIME_FMT)} -o ${q(join(timing.dir, `${timing.tag}-${j}-${s.label}`))} ` : ""
+    return `${s.env ? s.env + " " : ""}${t}${s.cmd}`
+  })
+  return parts.join(" | ") + (redirect ? ` > ${redirect}` : "")
+}
+function receiverStages(tool, port, ncBin) {
+  return [
+    { label: "nc", cmd: `${ncBin} -l 127.0.0.1 ${port}` },
+    { label: tool, cmd: `${tool === "igzip" ? TOOLS.igzip : TOOLS.gzip} -d` },
+  ]
+}
+function senderStages(dir, name, port, ncBin) {
+  return [
+    { label: "find", cmd: `find ${dir} -maxdepth 1 -name ${q(`${name}-*.gz`)}` },
+    { label: "sort", env: "LC_ALL=C", cmd: "sort" },
+    { label: "xargs-cat", cmd: "xargs cat" },
+    { label: "nc", cmd: `${ncBin} -N 127.0.0.1 ${port}` },
+  ]
+}
+function displayCommands(tool) {
+  const nc = TOOLS.ncDisplay ?? "nc"
+  const recv = receiverStages(tool, "PORT", nc).map((s, j) => (j === 1 ? { ...s, cmd: `${tool} -d` } : s))
+  return {
+    receiver: pipeline(recv, "OUT/NAME"),
+    sender: pipeline(senderStages("DIR", "NAME", "PORT", nc)),
+  }
+}
+
+const TOOLS = { nc: null, ncDisplay: null, gzip: null, igzip: null }
+
+async function runFerry(w, ctx) {
+  const dest = await makeTemp("ferry-bench-dest-")
+  const tdir = await makeTemp("ferry-bench-time-")
+  try {
+    const server = launch(FERRY, ["serve", "--port", "0", "--dest", dest, "--host", "127.0.0.1"], ctx)
+    const m = await waitForLine(server, /listening on ([\d.]+):(\d+)/, 60_000)
+    const address = `${m[1]}:${m[2]}`
+    const cpu0 = procCpuS(server.pid)
+    const t0 = performance.now()
+    const clients = w.datasets.map((d, i) =>
+      launch(TIME, ["-f", TIME_FMT, "-o", join(tdir, `client-${i}`), FERRY, "send", "--path", d.dir, "--address", address, "--quiet"], ctx),
+    )
+    const results = await Promise.all(clients.map((c) => c.done))
+    const wallS = (performance.now() - t0) / 1000
+    let cpuServerS = null
+    let cpuServerTotalS = null
+    let hwm = null
+    try {
+      cpuServerTotalS = procCpuS(server.pid)
+      cpuServerS = cpuServerTotalS - cpu0
+      hwm = procHwmKiB(server.pid)
+    } catch {}
+    await stopProcess(server)
+    if (ctx.timedOut) throw new Error("timed out")
+    results.forEach((r, i) => {
+      if (r.code !== 0) throw new Error(`ferry send ${w.datasets[i].name} exited ${r.code ?? r.signal}: ${lastLine(r.stderr) || lastLine(r.stdout)}`)
+    })
+    if (cpuServerS === null) throw new Error(`ferry serve was gone before the clients finished: ${lastLine((await server.done).stderr)}`)
+    const times = await Promise.all(w.datasets.map((_, i) => readTimeFile(join(tdir, `client-${i}`))))
+    for (const d of w.datasets) {
+      const out = join(dest, d.name)
+      if (!existsSync(out)) throw new Error(`no rebuilt file ${d.name} in dest`)
+      const sha = await sha256File(out)
+      if (sha !== d.sha256) throw new Error(`${d.name}: wrong sha256 ${sha.slice(0, 16)}..., expected ${d.sha256.slice(0, 16)}...`)
+      const doneOut = (await readFile(join(dest, `${d.name}.done`), "utf8").catch(() => null))?.trim()
+      const doneIn = (await readFile(join(d.dir, `${d.name}.done`), "utf8")).trim()
+      if (doneOut !== doneIn) throw new Error(`${d.name}.done in dest is ${JSON.stringify(doneOut)}, expected ${JSON.stringify(doneIn)}`)
+    }
+    const cpuClientS = times.reduce((s, t) => s + t.cpuS, 0)
+    return {
+      wallS,
+      cpuS: cpuServerS + cpuClientS,
+      cpuServerS,
+      cpuClientS,
+      cpuServerTotalS,
+      rssServerMiB: hwm / 1024,
+      rssClientMiB: Math.max(...times.map((t) => t.maxRssKiB)) / 1024,
+    }
+  } finally {
+    await removeTemp(dest)
+    await removeTemp(tdir)
+  }
+}
+
+async function runOneLiner(tool, w, ctx) {
+  const outDir = await makeTemp(`ferry-bench-${tool}-`)
+  const tdir = await makeTemp("ferry-bench-time-")
+  try {
+    const pairs = []
+    for (const [i, d] of w.datasets.entries()) {
+      const port = await freePort()
+      const script = `set -o pipefail; ${pipeline(receiverStages(tool, port, TOOLS.nc), q(join(outDir, d.name)), { dir: tdir, tag: `r${i}` })}`
+      pairs.push({ d, i, port, recv: launch("bash", ["-c", script], ctx) })
+    }
+    for (const p of pairs) await waitListening(p.port, p.recv, ctx)
+    const t0 = performance.now()
+    for (const p of pairs) {
+      const script = `set -o pipefail; ${pipeline(senderStages(q(p.d.dir), p.d.name, p.port, TOOLS.nc), null, { dir: tdir, tag: `s${p.i}` })}`
+      p.send = launch("bash", ["-c", script], ctx)
+      // a sender that fails would leave its receiver waiting for ever
+      p.send.done.then((r) => r.code !== 0 && killGroup(p.recv, "SIGTERM"))
+      p.recvEnd = p.recv.done.then((r) => ({ r, at: performance.now() }))
+    }
+    const recvs = await Promise.all(pairs.map((p) => p.recvEnd))
+    const wallS = (Math.max(...recvs.map((x) => x.at)) - t0) / 1000
+    const sends = await Promise.all(pairs.map((p) => p.send.done))
+    if (ctx.timedOut) throw new Error("timed out")
+    for (const [k, p] of pairs.entries()) {
+      if (sends[k].code !== 0) throw new Error(`sender ${p.d.name} exited ${sends[k].code ?? sends[k].signal}: ${lastLine(sends[k].stderr)}`)
+      if (recvs[k].r.code !== 0) throw new Error(`receiver ${p.d.name} exited ${recvs[k].r.code ?? recvs[k].r.signal}: ${lastLine(recvs[k].r.stderr)}`)
+    }
+    const files = readdirSync(tdir)
+    const times = await Promise.all(files.map(async (f) => ({ f, ...(await readTimeFile(join(tdir, f))) })))
+    const side = (prefix) => times.filter((t) => t.f.startsWith(prefix))
+    if (side("r").length !== 2 * pairs.length || side("s").length !== 4 * pairs.length) throw new Error("missing /usr/bin/time outputs")
+    for (const p of pairs) {
+      const sha = await sha256File(join(outDir, p.d.name))
+      if (sha !== p.d.sha256) throw new Error(`${p.d.name}: wrong sha256 ${sha.slice(0, 16)}..., expected ${p.d.sha256.slice(0, 16)}...`)
+    }
+    const sum = (ts) => ts.reduce((s, t) => s + t.cpuS, 0)
+    const maxRss = (ts) => Math.max(...ts.map((t) => t.maxRssKiB)) / 1024
+    return {
+      wallS,
+      cpuS: sum(times),
+      cpuServerS: sum(side("r")),
+      cpuClientS: sum(side("s")),
+      rssServerMiB: maxRss(side("r")),
+      rssClientMiB: maxRss(side("s")),
+    }
+  } finally {
+    await removeTemp(outDir)
+    await removeTemp(tdir)
+  }
+}
+
+async function warmUp(w) {
+  for (const d of w.datasets) {
+    const script = `${pipeline(senderStages(q(d.dir), d.name, 0, "").slice(0, 3))} > /dev/null`
+    const r = await launch("bash", ["-c", `set -o pipefail; ${script}`], null).done
+    if (r.code !== 0) throw new Error(`warm-up read of ${d.dir} failed: ${lastLine(r.stderr)}`)
+  }
+}
+
+// ---------------------------------------------------------------- tools
+
+function which(cmd) {
+  const r = spawnSync("bash", ["-c", `command -v ${q(cmd)}`], { encoding: "utf8" })
+  return r.status === 0 && r.stdout.trim() ? r.stdout.trim() : null
+}
+function openbsdNc() {
+  for (const name of ["nc", "nc.openbsd"]) {
+    const p = which(name)
+    if (!p) continue
+    const r = spawnSync(p, ["-h"], { encoding: "utf8", timeout: 5000 })
+    if (/OpenBSD netcat/i.test(`${r.stdout}${r.stderr}`)) return { path: p, display: name }
+  }
+  return null
+}
+function resolveTools() {
+  const nc = openbsdNc()
+  TOOLS.nc = nc?.path ?? null
+  TOOLS.ncDisplay = nc?.display ?? null
+  TOOLS.gzip = which("gzip")
+  TOOLS.igzip = which("igzip")
+}
+function missingFor(c) {
+  if (c === "ferry") return []
+  const m = []
+  if (!TOOLS.nc) m.push("nc (netcat-openbsd)")
+  if (!TOOLS[c]) m.push(c === "igzip" ? "igzip (isal)" : "gzip")
+  return m
+}
+function aptInstall() {
+  const pkgs = ["netcat-openbsd", "isal", "gzip"]
+  const root = process.getuid?.() === 0
+  if (!root && !which("sudo")) return "not root and no sudo"
+  const pre = root ? [] : ["sudo", "-n"]
+  const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" }
+  const run = (args) => {
+    const full = [...pre, ...args]
+    log(`$ ${full.join(" ")}`)
+    const r = spawnSync(full[0], full.slice(1), { env, stdio: ["ignore", process.stderr, process.stderr], timeout: 600_000 })
+    return r.status === 0
+  }
+  if (run(["apt-get", "install", "-y", ...pkgs])) return null
+  log("apt-get install failed; running apt-get update once and retrying")
+  if (!run(["apt-get", "update"])) return "apt-get update failed"
+  return run(["apt-get", "install", "-y", ...pkgs]) ? null : "apt-get install failed"
+}
+
+// ---------------------------------------------------------------- reporting helpers
+
+function log(msg) {
+  console.error(`bench: ${msg}`)
+}
+function lastLine(s) {
+  return String(s ?? "").trim().split("\n").pop()?.trim() ?? ""
+}
+const rel = (p) => (p.startsWith(ROOT + "/") ? p.slice(ROOT.length + 1) : p)
+function fmtBytes(n) {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(1)} kB`
+}
+function median(xs) {
+  if (xs.length === 0) return null
+  const s = [...xs].sort((a, b) => a - b)
+  const h = s.length >> 1
+  return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2
+}
+const f = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? "–" : x.toFixed(d))
+function writeAtomic(path, text) {
+  writeFileSync(path + ".tmp", text)
+  renameSync(path + ".tmp", path)
+}
+function mdTable(header, rows) {
+  const all = [header, ...rows].map((r) => r.map(String))
+  const width = header.map((_, i) => Math.max(3, ...all.map((r) => r[i].length)))
+  const line = (r) => `| ${r.map((c, i) => (i < 2 ? c.padEnd(width[i]) : c.padStart(width[i]))).join(" | ")} |`
+  const sep = `|${width.map((w, i) => (i < 2 ? ` ${"-".repeat(w)} ` : ` ${"-".repeat(w - 1)}: `)).join("|")}|`
+  return [line(all[0]), sep, ...all.slice(1).map(line)].join("\n")
+}
+
+function machineInfo() {
+  let cpuModel = "unknown"
+  try {
+    cpuModel = readFileSync("/proc/cpuinfo", "utf8").match(/^model name\s*:\s*(.+)$/m)?.[1]?.trim() ?? os.cpus()[0]?.model ?? "unknown"
+  } catch {}
+  return {
+    cpuModel,
+    cores: os.availableParallelism?.() ?? os.cpus().length,
+    memTotalGiB: +(os.totalmem() / 1024 ** 3).toFixed(1),
+    node: process.version,
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    loadAvgAtStart: os.loadavg().map((x) => +x.toFixed(2)),
+  }
+}
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2))
+  const started = new Date()
+  CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout?.trim()) || 100
+  if (!existsSync(TIME)) die(`${TIME} is missing (Debian package "time")`)
+  if (!existsSync(join(ROOT, "dist", "bin.js"))) die("ferry is not built: run `npm run build` (or `npm run bench`, which builds)")
+
+  const machine = machineInfo()
+  if (opts.quick) log(`QUICK RUN: every workload shrunk ${QUICK_FACTOR}x; numbers are for trying the harness only`)
+  if (opts.runs < 3) log(`only ${opts.runs} run(s) per contender: medians of fewer than 3 runs are not meaningful`)
+  if (machine.loadAvgAtStart[0] > 0.5 * machine.cores) log(`note: load average is ${machine.loadAvgAtStart.join(" ")} on ${machine.cores} cores; timings will be noisy`)
+
+  // tools for the one-liners; install once if something is missing
+  resolveTools()
+  const skipped = {}
+  const wanted = opts.contenders
+  if (wanted.some((c) => missingFor(c).length > 0)) {
+    const missing = [...new Set(wanted.flatMap(missingFor))]
+    if (opts.install) {
+      log(`missing ${missing.join(", ")}: trying apt-get install -y netcat-openbsd isal gzip`)
+      const err = aptInstall()
+      if (err) log(`install failed: ${err}`)
+      resolveTools()
+    } else {
+      log(`missing ${missing.join(", ")} and --no-install given`)
+    }
+  }
+  for (const c of wanted) {
+    const m = missingFor(c)
+    if (m.length) {
+      skipped[c] = `${m.join(" and ")} not available${opts.install ? " (apt-get install failed)" : " (--no-install given)"}`
+      log(`SKIPPED contender ${c}: ${skipped[c]}`)
+    }
+  }
+  const contenders = wanted.filter((c) => !skipped[c])
+  if (contenders.length === 0) die("no contender can run")
+
+  // workloads: W3's reference is W1 (one client, same total bytes)
+  const plan = opts.only.map((id) => makeWorkload(id, opts.quick))
+  if (opts.only.includes("W3") && !opts.only.includes("W1")) {
+    const ref = makeWorkload("W1", opts.quick)
+    ref.referenceOnly = true
+    plan.unshift(ref)
+    log("W3 needs its one-client reference: running W1 as well")
+  }
+  for (const w of plan) await ensureData(w)
+
+  const results = new Map() // `${w.id}/${c}` -> runs[]
+  let failures = 0
+  for (const w of plan) {
+    log(`${w.id}: warm-up read of ${fmtBytes(w.bytes)} original (gzip pieces into the page cache)`)
+    await warmUp(w)
+    for (const c of contenders) results.set(`${w.id}/${c}`, [])
+    for (let run = 1; run <= opts.runs; run++) {
+      for (const c of contenders) {
+        await haltIfStopping()
+        const r = await timedRun((ctx) => (c === "ferry" ? runFerry(w, ctx) : runOneLiner(c, w, ctx)), opts.timeoutS)
+        await haltIfStopping() // interrupted: not a result
+        results.get(`${w.id}/${c}`).push({ run, ...r })
+        if (r.ok) {
+          log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(5)}: ${f(r.wallS)} s wall, ${f(w.bytes / 1e6 / r.wallS, 1)} MB/s, ${f(r.cpuS)} s CPU, RSS ${f(r.rssServerMiB, 0)}/${f(r.rssClientMiB, 0)} MiB`)
+        } else {
+          failures++
+          log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(5)}: FAILED: ${r.error}`)
+        }
+      }
+    }
+  }
+
+  await haltIfStopping()
+  // summaries
+  const summary = (w, c) => {
+    const runs = results.get(`${w.id}/${c}`) ?? []
+    const ok = runs.filter((r) => r.ok)
+    const med = (k) => median(ok.map((r) => r[k]))
+    const max = (k) => (ok.length ? Math.max(...ok.map((r) => r[k])) : null)
+    const wallS = med("wallS")
+    return {
+      runs: runs.length,
+      okRuns: ok.length,
+      failedRuns: runs.length - ok.length,
+      wallMedianS: wallS,
+      mbPerS: wallS ? w.bytes / 1e6 / wallS : null,
+      cpuMedianS: med("cpuS"),
+      cpuServerMedianS: med("cpuServerS"),
+      cpuClientMedianS: med("cpuClientS"),
+      rssServerMaxMiB: max("rssServerMiB"),
+      rssClientMaxMiB: max("rssClientMiB"),
+    }
+  }
+  const out = []
+  for (const w of plan) {
+    const sums = Object.fromEntries(contenders.map((c) => [c, summary(w, c)]))
+    const oneLiners = contenders.filter((c) => c !== "ferry" && sums[c].wallMedianS)
+    const best = oneLiners.sort((a, b) => sums[a].wallMedianS - sums[b].wallMedianS)[0] ?? null
+    for (const c of contenders) sums[c].wallVsBestOneLiner = best && sums[c].wallMedianS ? sums[c].wallMedianS / sums[best].wallMedianS : null
+    out.push({ w, sums, best })
+  }
+
+  const header = ["Workload", "Contender", "OK runs", "Wall s (median)", "MB/s", "CPU s (median)", "RSS server MiB (max)", "RSS client MiB (max)", "Wall / best one-liner"]
+  const rows = []
+  for (const { w, sums } of out) {
+    for (const c of contenders) {
+      const s = sums[c]
+      const label = w.referenceOnly ? `${w.id} (W3 reference)` : w.id
+      if (s.okRuns === 0) rows.push([label, c, `0/${s.runs}`, "FAILED", "–", "–", "–", "–", "–"])
+      else rows.push([label, c, `${s.okRuns}/${s.runs}`, f(s.wallMedianS), f(s.mbPerS, 1), f(s.cpuMedianS), f(s.rssServerMaxMiB, 0), f(s.rssClientMaxMiB, 0), f(s.wallVsBestOneLiner)])
+    }
+  }
+  for (const c of Object.keys(skipped)) rows.push(["all", c, "–", "SKIPPED", "–", "–", "–", "–", "–"])
+  const mainTable = mdTable(header, rows)
+
+  // W3 scaling: 4 clients at once vs 1 client, same total bytes
+  let w3Table = null
+  const w3 = out.find((o) => o.w.id === "W3")
+  const w1 = out.find((o) => o.w.id === "W1")
+  const w3ratio = {}
+  if (w3 && w1) {
+    const r = contenders.map((c) => {
+      const a = w3.sums[c].wallMedianS
+      const b = w1.sums[c].wallMedianS
+      w3ratio[c] = { w3WallMedianS: a, referenceWallMedianS: b, ratio: a && b ? a / b : null }
+      return [c, `${w3.w.clients} clients`, f(a), f(b), f(w3ratio[c].ratio)]
+    })
+    w3Table = mdTable(["Contender", "W3", "W3 wall s (median)", "W1 reference wall s (1 client)", "W3 / reference"], r)
+  }
+
+  const failureLines = []
+  for (const { w } of out)
+    for (const c of contenders)
+      for (const r of results.get(`${w.id}/${c}`)) if (!r.ok) failureLines.push(`- ${w.id} ${c} run ${r.run}: ${r.error}`)
+
+  const title = opts.quick ? `QUICK RUN (workloads shrunk ${QUICK_FACTOR}x, not representative)` : "full-size run"
+  const commands = {
+    ferry: {
+      server: "bin/ferry serve --port 0 --dest FRESH_TMP_DIR --host 127.0.0.1",
+      client: "bin/ferry send --path DIR --address 127.0.0.1:PORT --quiet",
+    },
+  }
+  for (const c of ["gzip", "igzip"]) if (contenders.includes(c) || skipped[c]) commands[c] = displayCommands(c)
+
+  let stdout = `\n## ferry benchmark: ${title}\n\n${mainTable}\n`
+  if (w3Table) stdout += `\nW3 scaling (same total bytes; below 1 means several clients at once beat one):\n\n${w3Table}\n`
+  if (Object.keys(skipped).length) stdout += `\n${Object.entries(skipped).map(([c, why]) => `- SKIPPED ${c}: ${why}`).join("\n")}\n`
+  if (failureLines.length) stdout += `\nFailed runs (not counted):\n${failureLines.join("\n")}\n`
+  console.log(stdout)
+
+  const finished = new Date()
+  const json = {
+    schema: 1,
+    quick: opts.quick,
+    note: opts.quick ? `QUICK RUN: workloads shrunk ${QUICK_FACTOR}x; not representative` : undefined,
+    started: started.toISOString(),
+    finished: finished.toISOString(),
+    argv: process.argv.slice(2),
+    runsPerContender: opts.runs,
+    timeoutS: opts.timeoutS,
+    machine: { ...machine, loadAvgAtEnd: os.loadavg().map((x) => +x.toFixed(2)) },
+    ferryGit: gitRev(),
+    contenders,
+    skipped,
+    commands,
+    tools: { nc: TOOLS.nc, gzip: TOOLS.gzip, igzip: TOOLS.igzip, time: TIME },
+    units: { wall: "s", cpu: "s user+sys, all processes", rss: "MiB peak", throughput: "MB/s (1e6 bytes) of original data rebuilt" },
+    workloads: out.map(({ w, sums, best }) => ({
+      id: w.id,
+      referenceOnly: w.referenceOnly,
+      description: w.description,
+      clients: w.clients,
+      originalBytes: w.bytes,
+      datasets: w.datasets.map(({ name, pieces, slice, size, seed, sha256 }) => ({ name, pieces, slice, size, seed, sha256 })),
+      bestOneLiner: best,
+      summary: sums,
+      runs: Object.fromEntries(contenders.map((c) => [c, results.get(`${w.id}/${c}`)])),
+    })),
+    w3VsReference: w3Table ? w3ratio : undefined,
+  }
+
+  const md = [
+    `# ferry benchmark: ${title}`,
+    "",
+    `- date: ${started.toISOString()} (took ${((finished - started) / 1000).toFixed(0)} s)`,
+    `- machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.memTotalGiB} GiB RAM, ${machine.kernel}`,
+    `- Node ${machine.node}; load average at start ${machine.loadAvgAtStart.join(" ")}, at end ${json.machine.loadAvgAtEnd.join(" ")}`,
+    `- ferry: ${json.ferryGit ?? "unknown revision"}`,
+    `- invocation: \`node bench/run.mjs ${process.argv.slice(2).join(" ")}\`; ${opts.runs} run(s) per contender, alternating; medians over successful runs`,
+    `- loopback, warm page cache (one untimed read of every dataset before its runs)`,
+    "",
+    "## Results",
+    "",
+    mainTable,
+    "",
+    "MB/s is original (rebuilt) bytes / median wall time, in 10^6 bytes per second. CPU is user+sys summed over every process of the contender (for ferry: the server while the send ran, plus the client processes). RSS server/client is the peak of the server process and of the largest client process (for the one-liners: largest process on the receiver side and on the sender side). Wall / best one-liner divides by the faster of the gzip/igzip one-liners.",
+    "",
+  ]
+  if (w3Table) md.push("## W3: four clients at once vs one client", "", w3Table, "", "The reference is W1: one dataset of the same total bytes sent by one client (one pipeline for the one-liners).", "")
+  md.push("## Workloads", "")
+  for (const { w } of out) md.push(`- ${w.id}${w.referenceOnly ? " (as W3 reference)" : ""}: ${w.description}; ${w.bytes.toLocaleString("en-US")} original bytes; datasets ${w.datasets.map((d) => `${d.name} (seed ${d.seed}, sha256 ${d.sha256.slice(0, 12)}...)`).join(", ")}`)
+  md.push("", "## Commands", "", "ferry (server started and listening before the timer starts; time runs from the start of send to its exit):", "", "```sh", commands.ferry.server, commands.ferry.client, "```", "")
+  for (const c of ["gzip", "igzip"]) {
+    if (!commands[c]) continue
+    md.push(`${c} one-liner (receiver listening before the timer starts; time runs from the start of the sender until the receiver exits)${skipped[c] ? ` (SKIPPED: ${skipped[c]})` : ""}:`, "", "```sh", `# receiver`, commands[c].receiver, `# sender`, commands[c].sender, "```", "")
+  }
+  md.push(`Every process was run under \`${TIME} -f '${TIME_FMT}' -o FILE\` (the ferry server is read from /proc/PID/stat and VmHWM instead). For W3 every contender runs four transfers at once: four ferry send clients to one server, or four sender/receiver pipelines on four ports. Outputs were checked against the sha256 saved by \`ferry fake\` (and NAME.done for ferry) before a time counted.`, "")
+  if (Object.keys(skipped).length) md.push("## Skipped contenders", "", ...Object.entries(skipped).map(([c, why]) => `- SKIPPED ${c}: ${why}`), "")
+  if (failureLines.length) md.push("## Failed runs", "", ...failureLines, "")
+
+  mkdirSync(RESULTS, { recursive: true })
+  const jsonText = JSON.stringify(json, null, 2) + "\n"
+  const stamp = started.toISOString().replace(/\.\d+Z$/, "Z").replace(/:/g, "-")
+  writeAtomic(join(RESULTS, "latest.json"), jsonText)
+  writeAtomic(join(RESULTS, "latest.md"), md.join("\n"))
+  writeAtomic(join(RESULTS, `${stamp}${opts.quick ? "-quick" : ""}.json`), jsonText)
+  log(`wrote ${rel(join(RESULTS, "latest.md"))}, ${rel(join(RESULTS, "latest.json"))} and ${rel(join(RESULTS, `${stamp}${opts.quick ? "-quick" : ""}.json`))}`)
+  return failures ? 1 : 0
+}
+
+function gitRev() {
+  const r = spawnSync("git", ["-C", ROOT, "describe", "--always", "--dirty"], { encoding: "utf8" })
+  return r.status === 0 ? r.stdout.trim() : null
+}
+
+// ---------------------------------------------------------------- cleanup on exit / Ctrl-C
+
+function cleanupSync() {
+  killAll("SIGKILL")
+  for (const d of tempDirs) {
+    try { rmSync(d, { recursive: true, force: true }) } catch {}
+  }
+  tempDirs.clear()
+}
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(sig, () => {
+    if (stopping) return
+    stopping = true
+    log(`${sig}: stopping every child and removing temporary folders`)
+    killAll("SIGTERM")
+    setTimeout(() => {
+      cleanupSync()
+      process.exit(130)
+    }, 1000)
+  })
+}
+process.on("exit", cleanupSync)
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(`bench: ${e?.stack ?? e}`)
+    process.exit(1)
+  },
+)
