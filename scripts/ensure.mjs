@@ -23,8 +23,11 @@ if (major < 20) {
   process.exit(1)
 }
 if (mtime(join(root, "node_modules/.package-lock.json")) < mtime(join(root, "package-lock.json"))) {
-  console.error("ferry: installing dependencies (npm ci)...")
-  run("npm ci --no-audit --no-fund --loglevel=error")
+  console.error("ferry: installing the locked dependencies...")
+  // `npm install --no-save` installs the versions in package-lock.json and leaves it untouched.
+  // (`npm ci` would be the usual choice, but npm 11 here refuses lock files that, like this one,
+  // list only this platform's optional packages.)
+  run("npm install --no-save --no-audit --no-fund --loglevel=error")
 }
 const built = mtime(join(root, "dist/bin.js"))
 if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json"))) {
