@@ -37,8 +37,8 @@ export interface SendOptions {
 }
 
 export const defaultSendOptions: Omit<SendOptions, "dir" | "address"> = {
-  connections: 4,
-  window: 16 * 1024 * 1024,
+  connections: 2,
+  window: 8 * 1024 * 1024,
   batchBytes: 1024 * 1024,
   readAhead: 4,
   parallelDatasets: 2,
@@ -151,7 +151,7 @@ const transfer = (
         (batch) =>
           Effect.suspend(() => {
             progress.sentBytes += batch.pieceBytes
-            return pickLink().sendBatch(handle, batch.frame.readUInt32BE(9), batch.frame)
+            return pickLink().sendBatch(handle, batch.frame.readUInt32BE(9), batch.frame, batch.release)
           }),
         { concurrency: links.length, unordered: true }
       ),

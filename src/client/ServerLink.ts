@@ -25,8 +25,8 @@ export interface ServerLink {
   /** Bytes sent and not yet acknowledged. */
   readonly inflight: () => number
   readonly open: (handle: number, manifest: Manifest) => Effect.Effect<Opened, LinkError | DatasetRejected>
-  /** Sends a pieces frame once the window has room; `seq` is released by its ack. */
-  readonly sendBatch: (handle: number, seq: number, frame: Buffer) => Effect.Effect<void, LinkError>
+  /** Sends a pieces frame once the window has room; `seq` is released by its ack; `onFlushed` runs when the socket is done with the bytes. */
+  readonly sendBatch: (handle: number, seq: number, frame: Buffer, onFlushed?: () => void) => Effect.Effect<void, LinkError>
 }
 
 export interface LinkOptions {
@@ -167,13 +167,13 @@ export const connect = (
           yield* link.send(encodeControl(new Open({ handle, manifest })))
           return yield* whileUp(Deferred.await(d))
         }),
-      sendBatch: (handle, seq, frame) =>
+      sendBatch: (handle, seq, frame, onFlushed) =>
         Effect.gen(function*() {
           const bytes = Math.min(frame.length, options.window)
           yield* whileUp(window.take(bytes))
           inflight += bytes
           held.get(handle)?.set(seq, bytes)
-          yield* link.send(frame)
+          yield* link.send(frame, onFlushed)
         })
     } satisfies ServerLink
   })

@@ -3,11 +3,12 @@
  * `NAME.done` marker holding the original size. Pure: names, sizes, offsets.
  */
 import { Schema } from "effect"
+import { MAX_PIECES, pieceFileName } from "./Layout.js"
+
+export * from "./Layout.js"
 
 /** Dataset names are `[a-z]+`, at most this long, on disk and on the wire. */
 export const MAX_NAME_LENGTH = 64
-/** Seven digits of piece number: 0000000 to 9999999. */
-export const MAX_PIECES = 10_000_000
 /** Sizes must stay exact in a JavaScript number. */
 export const MAX_SIZE = Number.MAX_SAFE_INTEGER
 
@@ -36,10 +37,6 @@ export const parseEntry = (fileName: string): Entry => {
   return other
 }
 
-export const pieceFileName = (dataset: string, index: number): string =>
-  `${dataset}-${String(index).padStart(7, "0")}.gz`
-
-export const markerFileName = (dataset: string): string => `${dataset}.done`
 
 /** Text of a marker: the size, one line. */
 export const formatMarker = (size: number): string => `${size}\n`
@@ -87,17 +84,6 @@ export const manifestProblem = (m: Manifest): string | undefined => {
   return undefined
 }
 
-export const lastIndex = (m: Manifest): number => m.first + m.count - 1
-
-export const holdsIndex = (m: Manifest, index: number): boolean =>
-  Number.isInteger(index) && index >= m.first && index < m.first + m.count
-
-/** Byte offset of piece `index` in the rebuilt file. */
-export const offsetOf = (m: Manifest, index: number): number => (index - m.first) * m.sliceSize
-
-/** Uncompressed length piece `index` must have: S, or the remainder for the last. */
-export const lengthOf = (m: Manifest, index: number): number =>
-  index === lastIndex(m) ? m.size - (m.count - 1) * m.sliceSize : m.sliceSize
 
 export const sameManifest = (a: Manifest, b: Manifest): boolean =>
   a.dataset === b.dataset && a.size === b.size && a.sliceSize === b.sliceSize && a.first === b.first &&

@@ -61,7 +61,11 @@ export class FrameDecoder {
   private bodyFill = 0
   private kind: FrameKind = FrameKind.Control
 
-  constructor(readonly maxFrame: number = DEFAULT_MAX_FRAME) {}
+  constructor(
+    readonly maxFrame: number = DEFAULT_MAX_FRAME,
+    /** Where frame bodies are allocated: the caller may pool them. */
+    private readonly allocate: (size: number, kind: FrameKind) => Buffer = (size) => Buffer.allocUnsafeSlow(size)
+  ) {}
 
   /** Bytes held for a frame that has not completed yet. */
   get pending(): number {
@@ -84,7 +88,7 @@ export class FrameDecoder {
         if (length > this.maxFrame) return { _tag: "FrameTooLarge", length, max: this.maxFrame }
         if (!isKind(kind)) return { _tag: "UnknownFrameKind", kind }
         this.kind = kind
-        this.body = Buffer.allocUnsafeSlow(length - 1)
+        this.body = this.allocate(length - 1, kind)
         this.bodyFill = 0
       }
       const take = Math.min(this.body.length - this.bodyFill, chunk.length - at)

@@ -7,6 +7,7 @@
 import { FileSystem } from "@effect/platform"
 import { Context, Effect, Layer } from "effect"
 import { crcOffset, type InflateTask, inflatePieces, sliceOffset } from "./Inflate.js"
+import { framePool } from "./BufferPool.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
 import type { InflateMessage } from "./workers/inflate.js"
 
@@ -46,7 +47,12 @@ export const GunzipPoolLive = (workers = defaultWorkers()) =>
             dataFd: job.data.fd,
             crcFd: job.crcs.fd
           }
-          return pool.run(message, [job.body.buffer, job.indices.buffer, job.starts.buffer, job.lengths.buffer] as Array<ArrayBuffer>)
+          return pool.run(message, [job.body.buffer, job.indices.buffer, job.starts.buffer, job.lengths.buffer] as Array<ArrayBuffer>).pipe(
+            Effect.map((outcome) => {
+              framePool.give((outcome as { body?: ArrayBuffer }).body ?? new ArrayBuffer(0))
+              return outcome
+            })
+          )
         }
       }
     })

@@ -9,15 +9,11 @@
  * that no buffer is allocated per piece.
  */
 import * as zlib from "node:zlib"
-import { lengthOf, type Manifest, offsetOf, pieceFileName } from "../domain/Dataset.js"
+import { type Geometry as LayoutGeometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
 
 /** The manifest fields the arithmetic needs, as plain numbers (cheap to post to a worker). */
-export interface Geometry {
+export interface Geometry extends LayoutGeometry {
   readonly dataset: string
-  readonly size: number
-  readonly sliceSize: number
-  readonly first: number
-  readonly count: number
 }
 
 export interface InflateTask {
@@ -38,8 +34,6 @@ export type Inflated =
     readonly crcs: Uint32Array
   }
   | { readonly _tag: "BadPiece"; readonly index: number; readonly reason: string }
-
-const asManifest = (g: Geometry): Manifest => g as unknown as Manifest
 
 /**
  * One reusable gunzip engine over zlib's own handle: it inflates into a
@@ -97,13 +91,14 @@ const makeEngine = (): ((input: Uint8Array, out: Buffer, at: number, room: numbe
 
 let engine: ReturnType<typeof makeEngine> | undefined
 
-export const inflatePieces = (task: InflateTask): Inflated => {
+/** `into`, when given and large enough, receives the slices (workers reuse one buffer). */
+export const inflatePieces = (task: InflateTask, into?: Buffer): Inflated => {
   engine ??= makeEngine()
-  const m = asManifest(task.geometry)
+  const m = task.geometry
   const n = task.indices.length
   const bounds = new Float64Array(n + 1)
   for (let k = 0; k < n; k++) bounds[k + 1] = bounds[k]! + lengthOf(m, task.indices[k]!)
-  const slices = Buffer.allocUnsafeSlow(bounds[n]! + 1)
+  const slices = into !== undefined && into.length >= bounds[n]! + 1 ? into : Buffer.allocUnsafeSlow(bounds[n]! + 1)
   const crcs = new Uint32Array(n)
   const body = Buffer.from(task.body.buffer, task.body.byteOffset, task.body.byteLength)
   for (let k = 0; k < n; k++) {
@@ -151,5 +146,5 @@ export const runsOf = (indices: Uint32Array): Array<readonly [number, number]> =
   return runs
 }
 
-export const sliceOffset = (g: Geometry, index: number): number => offsetOf(asManifest(g), index)
+export const sliceOffset = (g: Geometry, index: number): number => offsetOf(g, index)
 export const crcOffset = (g: Geometry, index: number): number => (index - g.first) * 4

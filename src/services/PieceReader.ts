@@ -7,7 +7,8 @@ import { FileSystem, Path } from "@effect/platform"
 import { Context, Effect, Layer } from "effect"
 import { pieceFileName } from "../domain/Dataset.js"
 import { DatasetError } from "../domain/Errors.js"
-import { encodePieces } from "../domain/Frame.js"
+import { encodePieces, piecesFrameBytes } from "../domain/Frame.js"
+import { framePool } from "./BufferPool.js"
 import { makeWorkerPool } from "./WorkerPool.js"
 
 export interface ReadRequest {
@@ -19,6 +20,8 @@ export interface ReadRequest {
   readonly maxPieceBytes: number
   /** Compressed bytes the batch is expected to hold (a sizing hint). */
   readonly expectBytes: number
+  /** Memory to fill (moved to the worker and back), when the caller has some. */
+  readonly buffer?: ArrayBuffer
 }
 
 export type ReadOutcome =
@@ -29,6 +32,8 @@ export interface PieceFrame {
   readonly frame: Buffer
   /** Compressed bytes of the pieces themselves, for progress. */
   readonly pieceBytes: number
+  /** Hands the frame's memory back for reuse once it is no longer needed (sent). */
+  readonly release: () => void
 }
 
 export class PieceReader extends Context.Tag("ferry/PieceReader")<PieceReader, {
@@ -37,7 +42,7 @@ export class PieceReader extends Context.Tag("ferry/PieceReader")<PieceReader, {
 
 const outcome = (dataset: string, r: ReadOutcome): Effect.Effect<PieceFrame, DatasetError> =>
   r._tag === "Frame"
-    ? Effect.succeed({ frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes })
+    ? Effect.succeed({ frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes, release: () => framePool.give(r.frame) })
     : Effect.fail(new DatasetError({ dataset, reason: r.reason }))
 
 /** Reading is mostly syscalls: two threads keep the disk queue full without starving gunzip. */
@@ -47,7 +52,11 @@ export const PieceReaderLive = (workers = 2) =>
     Effect.gen(function*() {
       const pool = yield* makeWorkerPool<ReadRequest, ReadOutcome>(new URL("./workers/read.js", import.meta.url), workers)
       return {
-        read: (req) => Effect.flatMap(pool.run(req), (r) => outcome(req.dataset, r))
+        read: (req) =>
+          Effect.suspend(() => {
+            const buffer = framePool.take(Math.ceil(piecesFrameBytes(req.indices.length, req.expectBytes * 1.25))).buffer as ArrayBuffer
+            return Effect.flatMap(pool.run({ ...req, buffer }, [buffer]), (r) => outcome(req.dataset, r))
+          })
       }
     })
   )
@@ -75,7 +84,8 @@ export const PieceReaderInProcess = Layer.effect(
         }).pipe(
           Effect.map((pieces) => ({
             frame: encodePieces(req.handle, req.seq, pieces),
-            pieceBytes: pieces.reduce((n, p) => n + p.bytes.length, 0)
+            pieceBytes: pieces.reduce((n, p) => n + p.bytes.length, 0),
+            release: () => {}
           }))
         )
     }

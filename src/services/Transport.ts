@@ -3,12 +3,12 @@
  * TCP; the memory layer joins both ends inside one process, through the same
  * framing and backpressure code, for tests.
  */
-import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Chunk, Context, Effect, FiberSet, Layer, Scope, Stream } from "effect"
+import { Chunk, Context, Effect, FiberSet, Layer, Option, Scope, Stream } from "effect"
 import * as net from "node:net"
 import { Duplex } from "node:stream"
 import { ProtocolError, TransportError } from "../domain/Errors.js"
-import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, isFrameProblem, type RawFrame } from "../domain/Frame.js"
+import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../domain/Frame.js"
+import { framePool } from "./BufferPool.js"
 
 export interface Address {
   readonly host: string
@@ -22,8 +22,8 @@ export interface Link {
   readonly peer: string
   /** Incoming frames, pulled: while nobody pulls, the socket is not read. Consume once. */
   readonly frames: Stream.Stream<RawFrame, ProtocolError | TransportError>
-  /** Queues bytes on the socket; waits while the socket's buffer is full. */
-  readonly send: (bytes: Uint8Array) => Effect.Effect<void, TransportError>
+  /** Queues bytes on the socket; waits while the socket's buffer is full. `onFlushed` runs once the socket is done with them. */
+  readonly send: (bytes: Uint8Array, onFlushed?: () => void) => Effect.Effect<void, TransportError>
   /** Ends the connection after what was sent. */
   readonly end: Effect.Effect<void>
 }
@@ -46,40 +46,93 @@ export class Transport extends Context.Tag("ferry/Transport")<Transport, {
   ) => Effect.Effect<Address, TransportError, Scope.Scope>
 }>() {}
 
-/** Frames over any Node duplex: a TCP socket or an in-memory pair. */
+/** Decoded frames a link holds before it stops reading the socket. */
+const READ_AHEAD = 4 * 1024 * 1024
+
+/**
+ * Frames over any Node duplex: a TCP socket or an in-memory pair. Chunks are
+ * decoded as they arrive (one copy, into pooled frame bodies); once
+ * READ_AHEAD bytes of frames wait for the consumer, the socket is paused, so
+ * a slow consumer (a busy disk) slows the sender instead of growing memory.
+ */
 export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}): Link => {
-  const decoder = new FrameDecoder(options.maxFrame ?? DEFAULT_MAX_FRAME)
-  const lost = (e: unknown) => new TransportError({ address: peer, reason: reasonOf(e) })
-  const frames = NodeStream.fromReadable<TransportError | ProtocolError, Uint8Array>(() => socket, lost, {
-    closeOnDone: false
-  }).pipe(
-    Stream.mapChunksEffect((chunks) => {
-      const out: Array<RawFrame> = []
-      for (const chunk of chunks) {
-        const r = decoder.push(chunk)
-        if (isFrameProblem(r)) {
-          return Effect.fail(new ProtocolError({ peer, code: r._tag, reason: describeFrameProblem(r) }))
-        }
-        for (const f of r) out.push(f)
-      }
-      return Effect.succeed(Chunk.unsafeFromArray(out))
-    }),
-    Stream.concat(
-      Stream.suspend(() => {
-        const p = decoder.finish()
-        return p === undefined
-          ? Stream.empty
-          : Stream.fail(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) }))
-      })
-    )
+  const decoder = new FrameDecoder(
+    options.maxFrame ?? DEFAULT_MAX_FRAME,
+    (size, kind) => (kind === FrameKind.Pieces ? framePool.take(size) : Buffer.allocUnsafeSlow(size))
   )
-  const send = (bytes: Uint8Array) =>
+  const frames = Stream.suspend(() => {
+    const queue: Array<RawFrame> = []
+    let queued = 0
+    let finished: Effect.Effect<never, Option.Option<ProtocolError | TransportError>> | undefined
+    let wake: (() => void) | undefined
+    const finish = (outcome: Effect.Effect<never, Option.Option<ProtocolError | TransportError>>) => {
+      finished ??= outcome
+      wake?.()
+    }
+    const onData = (chunk: Buffer) => {
+      if (finished !== undefined) return
+      const r = decoder.push(chunk)
+      if (isFrameProblem(r)) {
+        socket.pause()
+        return finish(Effect.fail(Option.some(new ProtocolError({ peer, code: r._tag, reason: describeFrameProblem(r) }))))
+      }
+      for (const f of r) {
+        queue.push(f)
+        queued += f.body.length
+      }
+      if (queued > READ_AHEAD) socket.pause()
+      if (queue.length > 0) wake?.()
+    }
+    const onEnd = () => {
+      const p = decoder.finish()
+      finish(p === undefined ? Effect.fail(Option.none()) : Effect.fail(Option.some(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) }))))
+    }
+    const onError = (e: unknown) => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: reasonOf(e) }))))
+    const onClose = () => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: "connection closed" }))))
+    socket.on("data", onData)
+    socket.once("end", onEnd)
+    socket.on("error", onError)
+    socket.once("close", onClose)
+    const pull = Effect.async<Chunk.Chunk<RawFrame>, Option.Option<ProtocolError | TransportError>>((resume) => {
+      const attempt = (): boolean => {
+        if (queue.length > 0) {
+          const out = queue.splice(0)
+          queued = 0
+          if (finished === undefined && socket.isPaused()) socket.resume()
+          resume(Effect.succeed(Chunk.unsafeFromArray(out)))
+          return true
+        }
+        if (finished !== undefined) {
+          resume(finished)
+          return true
+        }
+        return false
+      }
+      if (!attempt()) {
+        wake = () => {
+          if (attempt()) wake = undefined
+        }
+      }
+      return Effect.sync(() => {
+        wake = undefined
+      })
+    })
+    return Stream.repeatEffectChunkOption(pull).pipe(
+      Stream.ensuring(Effect.sync(() => {
+        socket.off("data", onData)
+        socket.off("end", onEnd)
+        socket.off("error", onError)
+        socket.off("close", onClose)
+      }))
+    )
+  })
+  const send = (bytes: Uint8Array, onFlushed?: () => void) =>
     Effect.async<void, TransportError>((resume) => {
       if (socket.destroyed || socket.writableEnded) {
         resume(Effect.fail(new TransportError({ address: peer, reason: "connection closed" })))
         return
       }
-      if (socket.write(bytes)) resume(Effect.void)
+      if (socket.write(bytes, onFlushed === undefined ? undefined : () => onFlushed())) resume(Effect.void)
       else {
         const onDrain = () => {
           socket.off("close", onClose)

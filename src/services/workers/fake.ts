@@ -3,7 +3,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { parentPort } from "node:worker_threads"
 import * as zlib from "node:zlib"
-import { pieceFileName } from "../../domain/Dataset.js"
+import { pieceFileName } from "../../domain/Layout.js"
 import { fillSlice, textPool } from "../../domain/Sample.js"
 import type { SliceRun, SliceRunDone } from "../SampleMaker.js"
 

@@ -17,8 +17,13 @@ const writeAll = (fd: number, buf: Buffer, from: number, to: number, position: n
   }
 }
 
+/** Slices of the current batch: one buffer for the worker's life, grown when a batch needs more. */
+let scratch = Buffer.allocUnsafeSlow(0)
+
 const work = (task: InflateMessage): InflateOutcome => {
-  const r = inflatePieces(task)
+  const need = task.indices.length === 0 ? 1 : 1 + task.lengths.length * task.geometry.sliceSize
+  if (scratch.length < need) scratch = Buffer.allocUnsafeSlow(Math.max(need, scratch.length * 2))
+  const r = inflatePieces(task, scratch)
   if (r._tag === "BadPiece") return r
   try {
     for (const [a, b] of runsOf(task.indices)) {
@@ -34,7 +39,9 @@ const work = (task: InflateMessage): InflateOutcome => {
 
 parentPort!.on("message", ({ id, task }: { id: number; task: InflateMessage }) => {
   try {
-    parentPort!.postMessage({ id, ok: work(task) })
+    // the frame's memory goes back to the main thread's pool
+    const body = task.body.buffer as ArrayBuffer
+    parentPort!.postMessage({ id, ok: { ...work(task), body } }, [body])
   } catch (e) {
     parentPort!.postMessage({ id, crash: e instanceof Error ? e.stack ?? e.message : String(e) })
   }

@@ -2,7 +2,7 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { parentPort } from "node:worker_threads"
-import { pieceFileName } from "../../domain/Dataset.js"
+import { pieceFileName } from "../../domain/Layout.js"
 import { HEADER_BYTES, PIECE_ENTRY_HEADER, PIECES_HEADER, piecesFrameBytes, writePieceEntry, writePiecesHeader } from "../../domain/Frame.js"
 
 const PIECES_START = HEADER_BYTES + PIECES_HEADER
@@ -10,8 +10,10 @@ import type { ReadOutcome, ReadRequest } from "../PieceReader.js"
 
 const work = (req: ReadRequest): ReadOutcome => {
   const n = req.indices.length
-  // sized from the expected bytes, grown if the pieces are larger: files are read straight into it
-  let frame = Buffer.allocUnsafeSlow(Math.ceil(piecesFrameBytes(n, req.expectBytes * 1.25)))
+  // the pooled buffer handed in, grown if the pieces are larger: files are read straight into it
+  let frame = req.buffer !== undefined && req.buffer.byteLength > 0
+    ? Buffer.from(req.buffer)
+    : Buffer.allocUnsafeSlow(Math.ceil(piecesFrameBytes(n, req.expectBytes * 1.25)))
   let at = PIECES_START
   for (let k = 0; k < n; k++) {
     const index = req.indices[k]!
