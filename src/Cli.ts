@@ -6,7 +6,7 @@
 import { Command, Options } from "@effect/cli"
 import { FileSystem, Path } from "@effect/platform"
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import { Cause, Console, Effect, Layer, Option } from "effect"
+import { Cause, Console, Duration, Effect, Layer, Option } from "effect"
 import { defaultSendOptions, send } from "./client/Client.js"
 import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"
 import { UsageError } from "./domain/Errors.js"
@@ -14,11 +14,13 @@ import { DEFAULT_MAX_FRAME } from "./domain/Frame.js"
 import { formatBytes, parseAddress, parseBytes } from "./domain/Units.js"
 import { VERSION } from "./domain/Version.js"
 import { LoggingLive } from "./Logging.js"
-import { defaultServeOptions, serve } from "./server/Server.js"
+import { defaultServeOptions, serve, type ServeOptions } from "./server/Server.js"
+import { DiskSpaceLive } from "./services/DiskSpace.js"
+import { parseToken } from "./domain/Auth.js"
 import { DatasetScannerLive } from "./services/DatasetScanner.js"
 import { GunzipPoolLive } from "./services/GunzipPool.js"
 import { PieceReaderLive } from "./services/PieceReader.js"
-import { PieceStoreLayer } from "./services/PieceStore.js"
+import { defaultStoreLimits, PieceStoreLayer } from "./services/PieceStore.js"
 import { SampleMaker, SampleMakerLive } from "./services/SampleMaker.js"
 import { TcpTransport } from "./services/Transport.js"
 import { Schema } from "effect"
@@ -39,6 +41,39 @@ const bytesFlag = (flag: string, text: string) => {
     ? Effect.fail(new UsageError({ reason: `--${flag} must be a size in bytes such as 16384 or 16KiB, not ${JSON.stringify(text)}` }))
     : Effect.succeed(n)
 }
+
+const secondsFlag = (flag: string, value: number) =>
+  Number.isFinite(value) && value > 0
+    ? Effect.succeed(Duration.millis(Math.round(value * 1000)))
+    : Effect.fail(new UsageError({ reason: `--${flag} must be a number of seconds above 0, not ${value}` }))
+
+/** Reads a PEM or token file given on the command line; a missing one is a usage error. */
+const readFlagFile = (flag: string, file: string) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    fs.readFile(file).pipe(
+      Effect.map((bytes) => Buffer.from(bytes)),
+      Effect.mapError((e) => new UsageError({ reason: `--${flag} ${file}: ${e._tag === "SystemError" && e.reason === "NotFound" ? "no such file" : e.message}` }))
+    ))
+
+/** The shared secret: --token-file wins over FERRY_TOKEN; neither means no authentication. */
+const tokenFrom = (file: Option.Option<string>) =>
+  Effect.gen(function*() {
+    const text = Option.isSome(file)
+      ? (yield* readFlagFile("token-file", file.value)).toString("utf8")
+      : process.env["FERRY_TOKEN"]
+    if (text === undefined) return undefined
+    const parsed = parseToken(text)
+    if ("problem" in parsed) {
+      return yield* Effect.fail(new UsageError({ reason: `${Option.isSome(file) ? `--token-file ${file.value}` : "FERRY_TOKEN"}: ${parsed.problem}` }))
+    }
+    return parsed.token
+  })
+
+const tokenFile = Options.text("token-file").pipe(
+  Options.optional,
+  Options.withDescription("File holding the shared secret (one line); FERRY_TOKEN in the environment does the same.")
+)
+const handshakeTimeout = Options.float("handshake-timeout").pipe(Options.withDefault(10), Options.withDescription("Seconds the handshake may take."))
 
 /** Runs a command's program: one line and an exit code for any failure. */
 const run = <E extends { readonly message: string; readonly _tag: string }>(isDebug: boolean, program: Effect.Effect<void, E>) =>
@@ -73,6 +108,12 @@ const sendCommand = Command.make(
     address: Options.text("address").pipe(Options.withDescription("Server to send to, as HOST:PORT.")),
     connections: Options.integer("connections").pipe(Options.withDefault(defaultSendOptions.connections), Options.withDescription("TCP connections to open.")),
     quiet: Options.boolean("quiet").pipe(Options.withDescription("No progress display.")),
+    retries: Options.integer("retries").pipe(Options.withDefault(defaultSendOptions.retries), Options.withDescription("Reconnections in a row without progress before giving up.")),
+    tokenFile,
+    tls: Options.boolean("tls").pipe(Options.withDescription("Use TLS, verifying the server against the system's roots.")),
+    tlsCa: Options.text("tls-ca").pipe(Options.optional, Options.withDescription("Use TLS, verifying the server against this CA certificate (PEM).")),
+    tlsServername: Options.text("tls-servername").pipe(Options.optional, Options.withDescription("Name the server's certificate must carry (default: the host of --address).")),
+    handshakeTimeout,
     debug
   },
   (flags) =>
@@ -82,12 +123,20 @@ const sendCommand = Command.make(
         const address = parseAddress(flags.address)
         if (address === undefined) return yield* Effect.fail(new UsageError({ reason: `--address must be HOST:PORT, not ${JSON.stringify(flags.address)}` }))
         const connections = yield* positive("connections", flags.connections)
+        if (!Number.isSafeInteger(flags.retries) || flags.retries < 0) return yield* Effect.fail(new UsageError({ reason: `--retries must be 0 or more, not ${flags.retries}` }))
+        const token = yield* tokenFrom(flags.tokenFile)
+        const ca = Option.isSome(flags.tlsCa) ? yield* readFlagFile("tls-ca", flags.tlsCa.value) : undefined
+        const tls = flags.tls || ca !== undefined ? { ca, servername: Option.getOrUndefined(flags.tlsServername) } : undefined
         const started = Date.now()
         const reports = yield* send({
           ...defaultSendOptions,
           dir: flags.path,
           address,
           connections,
+          retries: flags.retries,
+          token,
+          tls,
+          handshakeTimeout: yield* secondsFlag("handshake-timeout", flags.handshakeTimeout),
           progress: flags.quiet ? "none" : process.stderr.isTTY ? "tty" : "lines"
         }).pipe(Effect.scoped)
         let bytes = 0
@@ -115,6 +164,17 @@ const serveCommand = Command.make(
     dest: Options.text("dest").pipe(Options.withDescription("Folder where rebuilt files and their .done markers appear.")),
     host: Options.text("host").pipe(Options.withDefault(defaultServeOptions.host), Options.withDescription("Address to listen on.")),
     maxFrame: Options.text("max-frame").pipe(Options.withDefault(String(DEFAULT_MAX_FRAME)), Options.withDescription("Largest frame accepted, in bytes.")),
+    tokenFile,
+    tlsCert: Options.text("tls-cert").pipe(Options.optional, Options.withDescription("TLS certificate (PEM); with --tls-key, clients must use TLS.")),
+    tlsKey: Options.text("tls-key").pipe(Options.optional, Options.withDescription("TLS private key (PEM).")),
+    maxConnections: Options.integer("max-connections").pipe(Options.withDefault(defaultServeOptions.maxConnections), Options.withDescription("Connections past the handshake, at most.")),
+    maxPending: Options.integer("max-pending").pipe(Options.withDefault(defaultServeOptions.maxPending), Options.withDescription("Connections still in the handshake, at most (the oldest is dropped).")),
+    maxDatasets: Options.integer("max-datasets").pipe(Options.withDefault(defaultStoreLimits.maxDatasets), Options.withDescription("Datasets in progress at once.")),
+    maxDatasetSize: Options.text("max-dataset-size").pipe(Options.withDefault("16TiB"), Options.withDescription("Largest original file accepted.")),
+    maxPieces: Options.integer("max-pieces").pipe(Options.withDefault(defaultStoreLimits.maxPieces), Options.withDescription("Most pieces in one dataset.")),
+    connectionMemory: Options.text("connection-memory").pipe(Options.withDefault("256MiB"), Options.withDescription("Memory one connection's frames may hold.")),
+    handshakeTimeout,
+    idleTimeout: Options.float("idle-timeout").pipe(Options.withDefault(120), Options.withDescription("Seconds of silence before a connection is dropped.")),
     debug
   },
   (flags) =>
@@ -125,15 +185,44 @@ const serveCommand = Command.make(
           return yield* Effect.fail(new UsageError({ reason: `--port must be 0 to 65535, not ${flags.port}` }))
         }
         const maxFrame = yield* bytesFlag("max-frame", flags.maxFrame)
+        const connectionMemory = yield* bytesFlag("connection-memory", flags.connectionMemory)
+        if (maxFrame > connectionMemory) {
+          return yield* Effect.fail(new UsageError({ reason: `--max-frame (${maxFrame}) cannot be larger than --connection-memory (${connectionMemory})` }))
+        }
+        const limits = {
+          maxDatasets: yield* positive("max-datasets", flags.maxDatasets),
+          maxPieces: yield* positive("max-pieces", flags.maxPieces),
+          maxDatasetSize: yield* bytesFlag("max-dataset-size", flags.maxDatasetSize)
+        }
+        const token = yield* tokenFrom(flags.tokenFile)
+        if (Option.isSome(flags.tlsCert) !== Option.isSome(flags.tlsKey)) {
+          return yield* Effect.fail(new UsageError({ reason: "--tls-cert and --tls-key go together" }))
+        }
+        const tls = Option.isSome(flags.tlsCert) && Option.isSome(flags.tlsKey)
+          ? { cert: yield* readFlagFile("tls-cert", flags.tlsCert.value), key: yield* readFlagFile("tls-key", flags.tlsKey.value) }
+          : undefined
+        const options: ServeOptions = {
+          ...defaultServeOptions,
+          host: flags.host,
+          port: flags.port,
+          maxFrame,
+          connectionMemory,
+          token,
+          tls,
+          maxConnections: yield* positive("max-connections", flags.maxConnections),
+          maxPending: yield* positive("max-pending", flags.maxPending),
+          handshakeTimeout: yield* secondsFlag("handshake-timeout", flags.handshakeTimeout),
+          idleTimeout: yield* secondsFlag("idle-timeout", flags.idleTimeout)
+        }
         const path = yield* Path.Path
         const dest = path.resolve(flags.dest)
         yield* Effect.gen(function*() {
-          const address = yield* serve({ ...defaultServeOptions, host: flags.host, port: flags.port, maxFrame })
+          const address = yield* serve(options)
           yield* Console.log(`listening on ${address.host}:${address.port}`)
           return yield* Effect.never
         }).pipe(
           Effect.scoped,
-          Effect.provide(Layer.mergeAll(TcpTransport, PieceStoreLayer(dest).pipe(Layer.provide(GunzipPoolLive())))),
+          Effect.provide(Layer.mergeAll(TcpTransport, PieceStoreLayer(dest, limits).pipe(Layer.provide(Layer.mergeAll(GunzipPoolLive(), DiskSpaceLive))))),
           Effect.provide(NodeContext.layer)
         )
       }).pipe(Effect.provide(NodeContext.layer))

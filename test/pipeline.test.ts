@@ -13,6 +13,7 @@ import { Manifest, markerFileName, pieceFileName } from "../src/domain/Dataset.j
 import { decodePieces, encodePieces } from "../src/domain/Frame.js"
 import { defaultServeOptions, serve } from "../src/server/Server.js"
 import { DatasetScannerInProcess } from "../src/services/DatasetScanner.js"
+import { DiskSpaceFixed } from "../src/services/DiskSpace.js"
 import { GunzipPoolInProcess } from "../src/services/GunzipPool.js"
 import { PieceReaderInProcess } from "../src/services/PieceReader.js"
 import { PieceStore, PieceStoreLayer } from "../src/services/PieceStore.js"
@@ -29,7 +30,7 @@ const world = () => {
     PieceReaderInProcess,
     DatasetScannerInProcess,
     SampleMakerInProcess,
-    PieceStoreLayer("/dest").pipe(Layer.provide(GunzipPoolInProcess)),
+    PieceStoreLayer("/dest").pipe(Layer.provide(Layer.mergeAll(GunzipPoolInProcess, DiskSpaceFixed(1e12)))),
     Logger.minimumLogLevel(LogLevel.Warning)
   ).pipe(Layer.provideMerge(memory.layer))
   return { memory, layer }

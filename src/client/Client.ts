@@ -5,10 +5,10 @@
  * server's commit.
  */
 import { FileSystem, Path } from "@effect/platform"
-import { Deferred, Effect, Either, Exit, Scope, Stream } from "effect"
+import { Deferred, Duration, Effect, Either, Exit, Scope, Stream } from "effect"
 import { PieceBitmap } from "../domain/Bitmap.js"
 import { lengthOf, type Manifest } from "../domain/Dataset.js"
-import { type DatasetError, type DatasetRejected, FolderError, ProtocolError } from "../domain/Errors.js"
+import { type DatasetError, type DatasetRejected, FolderError, ProtocolError, TransportError } from "../domain/Errors.js"
 import { DEFAULT_MAX_FRAME } from "../domain/Frame.js"
 import type { Committed } from "../domain/Protocol.js"
 import { DatasetScanner } from "../services/DatasetScanner.js"
@@ -34,6 +34,13 @@ export interface SendOptions {
   readonly maxFrame: number
   /** Progress board: live on a terminal, periodic lines otherwise, or none. */
   readonly progress: "tty" | "lines" | "none"
+  /** Shared secret for servers that ask for one. */
+  readonly token: string | undefined
+  /** TLS: verify against `ca` (PEM) or, when undefined, the system's roots. */
+  readonly tls: { readonly ca: Buffer | undefined; readonly servername: string | undefined } | undefined
+  readonly handshakeTimeout: Duration.DurationInput
+  /** Reconnections in a row without progress before giving up. */
+  readonly retries: number
 }
 
 export const defaultSendOptions: Omit<SendOptions, "dir" | "address"> = {
@@ -43,7 +50,11 @@ export const defaultSendOptions: Omit<SendOptions, "dir" | "address"> = {
   readAhead: 4,
   parallelDatasets: 2,
   maxFrame: DEFAULT_MAX_FRAME,
-  progress: "none"
+  progress: "none",
+  token: undefined,
+  tls: undefined,
+  handshakeTimeout: "10 seconds",
+  retries: 5
 }
 
 export interface DatasetReport {
@@ -162,7 +173,20 @@ const transfer = (
     return { dataset: manifest.dataset, size: result.size, pieces: manifest.count, sent: missing, alreadyCommitted: false, crc32: result.crc32 } satisfies DatasetReport
   }).pipe(Effect.scoped)
 
-/** Sends every dataset in `options.dir`; answers one report per dataset, or the first failure. */
+/** Failures worth a new connection: the network or the server went away. */
+const isTransient = (e: SendError): e is LinkError =>
+  e._tag === "TransportError" || (e._tag === "ProtocolError" && (e.code === "HandshakeTimeout" || e.code === "IdleTimeout" || e.code === "TooManyConnections" || e.code === "TooManyPending"))
+
+/** Exponential backoff with jitter: 0.25 s, 0.5 s, 1 s ... up to 10 s, each scaled by 0.5 to 1. */
+export const backoff = (attempt: number, random: number = Math.random()): Duration.Duration =>
+  Duration.millis(Math.min(10_000, 250 * 2 ** attempt) * (0.5 + random / 2))
+
+/**
+ * Sends every dataset in `options.dir`; answers one report per dataset, or
+ * the first failure. A lost connection or a restarted server costs a
+ * reconnection (up to `retries` in a row without progress), after which only
+ * the pieces the server does not hold yet are sent.
+ */
 export const send = (
   options: SendOptions
 ): Effect.Effect<
@@ -178,42 +202,90 @@ export const send = (
     const names = [...found.datasets.keys()].sort()
     yield* Effect.logDebug(`found ${names.length} dataset(s): ${names.map((n) => `${n} (${found.datasets.get(n)!.pieces} pieces${found.datasets.get(n)!.marker ? "" : ", no marker yet"})`).join(", ")}`)
 
-    const transfers = new Map<number, TransferEvents>()
-    const links = yield* Effect.forEach(
-      Array.from({ length: Math.max(1, options.connections) }),
-      () => connect(options.address, transfers, { window: options.window, maxFrame: options.maxFrame }),
-      { concurrency: "unbounded" }
-    )
-    yield* Effect.logDebug(`${links.length} connection(s) to ${formatAddress(options.address)}`)
-
     const board: Board = yield* makeBoard({ mode: options.progress })
-    const slots = yield* Effect.makeSemaphore(Math.max(1, options.parallelDatasets))
+    const progress = new Map(names.map((name) => [name, board.track(name)]))
 
-    const one = (name: string, handle: number) =>
-      Effect.gen(function*() {
-        const progress = board.track(name)
+    // Each dataset's manifest, as soon as its marker is there; connections come and go, these stay.
+    const manifests = new Map<string, Deferred.Deferred<Manifest, DatasetError>>()
+    for (const name of names) {
+      const ready = yield* Deferred.make<Manifest, DatasetError>()
+      manifests.set(name, ready)
+      yield* Effect.gen(function*() {
         let holdings = found.datasets.get(name)!
         if (!holdings.marker) {
           yield* awaitMarker(options.dir, name)
           // pieces may have landed while we waited: count again
-          holdings = (yield* inventory(options.dir)).datasets.get(name) ?? holdings
+          holdings = (yield* Effect.orElseSucceed(inventory(options.dir), () => found)).datasets.get(name) ?? holdings
         }
-        const manifest = yield* readManifest(options.dir, holdings)
-        return yield* slots.withPermits(1)(transfer(options, links, transfers, handle, manifest, progress)).pipe(
-          Effect.tapError((e) =>
-            Effect.sync(() => {
-              progress.phase = "failed"
-              progress.note = e.message
-            })
-          )
+        return yield* readManifest(options.dir, holdings)
+      }).pipe(Effect.exit, Effect.flatMap((exit) => Deferred.done(ready, exit)), Effect.forkScoped)
+    }
+
+    const reports = new Map<string, DatasetReport>()
+    const failed = new Map<string, SendError>()
+
+    /** One connected attempt at every dataset not finished yet; answers the link failures. */
+    const attempt = Effect.scoped(
+      Effect.gen(function*() {
+        const transfers = new Map<number, TransferEvents>()
+        const links = yield* Effect.forEach(
+          Array.from({ length: Math.max(1, options.connections) }),
+          () => connect(options.address, transfers, { window: options.window, maxFrame: options.maxFrame, token: options.token, tls: options.tls, handshakeTimeout: options.handshakeTimeout }),
+          { concurrency: "unbounded" }
         )
+        yield* Effect.logDebug(`${links.length} connection(s) to ${formatAddress(options.address)}`)
+        const slots = yield* Effect.makeSemaphore(Math.max(1, options.parallelDatasets))
+        const pending = names.filter((n) => !reports.has(n) && !failed.has(n))
+        const outcomes = yield* Effect.forEach(
+          pending,
+          (name) =>
+            Effect.gen(function*() {
+              const manifest = yield* Deferred.await(manifests.get(name)!)
+              const p = progress.get(name)!
+              return yield* slots.withPermits(1)(transfer(options, links, transfers, names.indexOf(name) + 1, manifest, p)).pipe(
+                Effect.tapError((e) =>
+                  Effect.sync(() => {
+                    if (!isTransient(e)) {
+                      p.phase = "failed"
+                      p.note = e.message
+                    }
+                  })
+                )
+              )
+            }).pipe(Effect.either, Effect.map((r) => [name, r] as const)),
+          { concurrency: "unbounded" }
+        )
+        const lost: Array<LinkError> = []
+        for (const [name, r] of outcomes) {
+          if (Either.isRight(r)) reports.set(name, r.right)
+          else if (isTransient(r.left)) lost.push(r.left)
+          else failed.set(name, r.left)
+        }
+        return lost
       })
+    ).pipe(Effect.catchAll((e) => (isTransient(e) ? Effect.succeed([e]) : Effect.fail(e))))
 
-    const outcomes = yield* Effect.forEach(names, (name, i) => Effect.either(one(name, i + 1)), { concurrency: "unbounded" })
+    const acked = () => [...progress.values()].reduce((n, p) => n + p.ackedPieces, 0)
+    let failures = 0
+    for (;;) {
+      const before = acked()
+      const lost = yield* attempt
+      if (lost.length === 0) break
+      failures = acked() > before ? 1 : failures + 1
+      if (failures > options.retries) {
+        return yield* Effect.fail(
+          options.retries === 0
+            ? lost[0]!
+            : new TransportError({ address: formatAddress(options.address), reason: `${lost[0]!.reason} (gave up after ${options.retries} retries)` })
+        )
+      }
+      const wait = backoff(failures - 1)
+      yield* Effect.logWarning(`${lost[0]!.message}; reconnecting in ${Duration.format(Duration.millis(Math.round(Duration.toMillis(wait))))} (retry ${failures} of ${options.retries})`)
+      yield* Effect.sleep(wait)
+    }
     yield* board.flush
-    const failures = outcomes.filter(Either.isLeft).map((e) => e.left)
-    for (const f of failures.slice(1)) yield* Effect.logError(f.message)
-    if (failures.length > 0) return yield* Effect.fail(failures[0]!)
-    return outcomes.filter(Either.isRight).map((r) => r.right)
+    const errors = names.filter((n) => failed.has(n)).map((n) => failed.get(n)!)
+    for (const f of errors.slice(1)) yield* Effect.logError(f.message)
+    if (errors.length > 0) return yield* Effect.fail(errors[0]!)
+    return names.map((n) => reports.get(n)!)
   })
-

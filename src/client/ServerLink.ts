@@ -3,11 +3,12 @@
  * flight, and the routing of what the server says (acks, opened, committed,
  * failed) to the transfers waiting for it.
  */
-import { Chunk, Deferred, Effect, Either, Option, Scope, Stream } from "effect"
+import { Chunk, Deferred, Duration, Effect, Either, Option, Schedule, Scope, Stream } from "effect"
+import { proofFor } from "../domain/Auth.js"
 import { DatasetRejected, ProtocolError, TransportError } from "../domain/Errors.js"
 import type { Manifest } from "../domain/Dataset.js"
 import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
-import { type ControlMessage, decodeControl, encodeControl, Hello, Open, type Opened, PROTOCOL_VERSION } from "../domain/Protocol.js"
+import { type ControlMessage, decodeControl, encodeControl, Hello, Open, type Opened, Ping, PROTOCOL_VERSION } from "../domain/Protocol.js"
 import { VERSION } from "../domain/Version.js"
 import { type Address, type Link, Transport } from "../services/Transport.js"
 
@@ -32,6 +33,12 @@ export interface ServerLink {
 export interface LinkOptions {
   readonly window: number
   readonly maxFrame: number
+  /** The shared secret, when the server asks for one. */
+  readonly token: string | undefined
+  /** TLS, verified against `ca` or the system's roots. */
+  readonly tls: { readonly ca: Buffer | undefined; readonly servername: string | undefined } | undefined
+  /** The server must greet and accept us within this. */
+  readonly handshakeTimeout: Duration.DurationInput
 }
 
 /** Reads frames one at a time from a link (the handshake needs them one by one). */
@@ -79,19 +86,40 @@ export const connect = (
 ): Effect.Effect<ServerLink, LinkError, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const transport = yield* Transport
-    const link = yield* transport.dial(address, { maxFrame: options.maxFrame })
+    const link = yield* transport.dial(address, { maxFrame: options.maxFrame, tls: options.tls })
     const peer = link.peer
     const next = yield* frameReader(link)
+    const inTime = <A>(step: Effect.Effect<A, LinkError>, waitingFor: string) =>
+      Effect.timeoutFail(step, {
+        duration: options.handshakeTimeout,
+        onTimeout: () =>
+          new ProtocolError({
+            peer,
+            code: "HandshakeTimeout",
+            reason: `no ${waitingFor} from the server within ${Duration.format(options.handshakeTimeout)}${options.tls === undefined ? " (is it a TLS server? then add --tls or --tls-ca)" : ""}`
+          })
+      })
 
-    const welcome = yield* Effect.flatMap(next, (f) => expectControl(peer, f))
+    const welcome = yield* inTime(Effect.flatMap(next, (f) => expectControl(peer, f)), "greeting")
     if (welcome._tag !== "Welcome") return yield* Effect.fail(refusal(peer, welcome))
     if (welcome.protocol !== PROTOCOL_VERSION) {
       return yield* Effect.fail(new ProtocolError({ peer, code: "VersionMismatch", reason: `server speaks protocol ${welcome.protocol}, this client speaks ${PROTOCOL_VERSION}; upgrade the older side` }))
     }
-    yield* link.send(encodeControl(new Hello({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}`, proof: null })))
-    const ready = yield* Effect.flatMap(next, (f) => expectControl(peer, f))
+    if (welcome.auth === "hmac-sha256" && options.token === undefined) {
+      return yield* Effect.fail(new ProtocolError({ peer, code: "AuthRequired", reason: "the server requires a token: give --token-file or set FERRY_TOKEN" }))
+    }
+    const proof = welcome.auth === "hmac-sha256" && options.token !== undefined ? proofFor(options.token, welcome.nonce) : null
+    yield* link.send(encodeControl(new Hello({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}`, proof })))
+    const ready = yield* inTime(Effect.flatMap(next, (f) => expectControl(peer, f)), "answer to our hello")
     if (ready._tag !== "Ready") return yield* Effect.fail(refusal(peer, ready))
     yield* Effect.logDebug(`${peer}: connected (${welcome.server})`)
+    // keep a quiet connection (waiting for a marker, or for a commit) from looking idle
+    yield* link.send(encodeControl(new Ping())).pipe(
+      Effect.repeat(Schedule.spaced(Duration.seconds(Math.max(1, welcome.idle / 3)))),
+      Effect.ignore,
+      Effect.delay(Duration.seconds(Math.max(1, welcome.idle / 3))),
+      Effect.forkScoped
+    )
 
     const window = yield* Effect.makeSemaphore(options.window)
     let inflight = 0

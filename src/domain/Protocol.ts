@@ -16,7 +16,9 @@ export class Welcome extends Schema.TaggedClass<Welcome>()("Welcome", {
   server: Schema.String,
   /** Random challenge for the client's proof; room for authentication. */
   nonce: Schema.String,
-  auth: Schema.Literal("none", "hmac-sha256")
+  auth: Schema.Literal("none", "hmac-sha256"),
+  /** Seconds of silence after which the server drops a connection: clients ping well within it. */
+  idle: Schema.Number
 }) {}
 
 /** Client -> server, answer to Welcome. */
@@ -59,13 +61,16 @@ export class Failed extends Schema.TaggedClass<Failed>()("Failed", {
   message: Schema.String
 }) {}
 
+/** Client -> server: still here (sent when a connection would otherwise be silent). */
+export class Ping extends Schema.TaggedClass<Ping>()("Ping", {}) {}
+
 /** Either side: the connection is refused or broken; the sender closes it next. */
 export class Refused extends Schema.TaggedClass<Refused>()("Refused", {
   code: Schema.String,
   message: Schema.String
 }) {}
 
-export const ControlMessage = Schema.Union(Welcome, Hello, Ready, Open, Opened, Committed, Failed, Refused)
+export const ControlMessage = Schema.Union(Welcome, Hello, Ready, Open, Opened, Committed, Failed, Ping, Refused)
 export type ControlMessage = typeof ControlMessage.Type
 
 const fromJson = Schema.parseJson(ControlMessage)

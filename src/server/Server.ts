@@ -3,8 +3,8 @@
  * datasets clients announce, and feeds their piece batches to the piece
  * store, acknowledging each batch once it is on disk.
  */
-import { Deferred, Duration, Effect, Either, Scope, Stream } from "effect"
-import { randomBytes } from "node:crypto"
+import { Deferred, Duration, Effect, Either, Exit, Scope, Stream } from "effect"
+import { newNonce, proofMatches } from "../domain/Auth.js"
 import { ProtocolError, StoreError, TransportError } from "../domain/Errors.js"
 import { decodePieces, DEFAULT_MAX_FRAME, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
 import {
@@ -28,8 +28,20 @@ export interface ServeOptions {
   readonly maxFrame: number
   /** A client that has not finished the handshake by then is dropped. */
   readonly handshakeTimeout: Duration.DurationInput
+  /** A connection that sends nothing for this long is dropped (clients ping within it). */
+  readonly idleTimeout: Duration.DurationInput
   /** Piece batches of one connection being verified and written at once. */
   readonly batchesInFlight: number
+  /** Shared secret clients must prove they know; undefined: no authentication. */
+  readonly token: string | undefined
+  /** TLS certificate and key (PEM); undefined: plain TCP. */
+  readonly tls: { readonly cert: Buffer; readonly key: Buffer } | undefined
+  /** Connections past the handshake, at most. */
+  readonly maxConnections: number
+  /** Connections still in the handshake, at most: past it, the oldest is dropped. */
+  readonly maxPending: number
+  /** Bytes of frames one connection may hold in memory (read ahead plus being written). */
+  readonly connectionMemory: number
 }
 
 export const defaultServeOptions: ServeOptions = {
@@ -37,38 +49,82 @@ export const defaultServeOptions: ServeOptions = {
   port: 0,
   maxFrame: DEFAULT_MAX_FRAME,
   handshakeTimeout: "10 seconds",
-  batchesInFlight: 4
+  idleTimeout: "120 seconds",
+  batchesInFlight: 4,
+  token: undefined,
+  tls: undefined,
+  maxConnections: 256,
+  maxPending: 64,
+  connectionMemory: 256 * 1024 * 1024
 }
+
+/** Connections of one server, counted across links. */
+interface Gate {
+  /** Connections in the handshake, oldest first, each with the way to drop it. */
+  readonly pending: Map<object, () => void>
+  ready: number
+}
+
+const isLoopback = (host: string) => host === "localhost" || host.startsWith("127.") || host === "::1"
 
 /** Starts listening; serves until the scope closes. Answers the bound address. */
 export const serve = (options: ServeOptions): Effect.Effect<Address, TransportError, Transport | PieceStore | Scope.Scope> =>
   Effect.gen(function*() {
     const transport = yield* Transport
     const store = yield* PieceStore
+    const gate: Gate = { pending: new Map(), ready: 0 }
     const address = yield* transport.listen(
-      { host: options.host, port: options.port, maxFrame: options.maxFrame },
-      (link) => serveLink(store, link, options)
+      {
+        host: options.host,
+        port: options.port,
+        maxFrame: options.maxFrame,
+        readAhead: Math.min(4 * 1024 * 1024, Math.floor(options.connectionMemory / 4)),
+        tls: options.tls,
+        handshakeTimeout: options.handshakeTimeout
+      },
+      (link) => serveLink(store, link, options, gate)
     )
-    yield* Effect.logInfo(`serving on ${formatAddress(address)}, writing to ${store.dest}`)
+    yield* Effect.logInfo(`serving on ${formatAddress(address)}${options.tls === undefined ? "" : " (TLS)"}, writing to ${store.dest}`)
+    if (options.token === undefined && !isLoopback(options.host)) {
+      yield* Effect.logWarning(
+        `listening on ${options.host} without a token: anyone who can reach port ${address.port} can write datasets into ${store.dest}; set --token-file or FERRY_TOKEN`
+      )
+    }
     return address
   })
 
 const serveLink = (
   store: PieceStore["Type"],
   link: Link,
-  options: ServeOptions
+  options: ServeOptions,
+  gate: Gate
 ): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function*() {
     const scope = yield* Effect.scope
+    const nonce = newNonce()
+    // frames of this connection being verified and written, in bytes
+    const memory = yield* Effect.makeSemaphore(options.connectionMemory)
     const sessions = new Map<number, Session>()
     /** Handles whose dataset failed: their batches still in flight are dropped quietly. */
     const dropped = new Set<number>()
-    const handshake = yield* Deferred.make<void>()
+    const handshake = yield* Deferred.make<void, ProtocolError>()
+    // A flood of connections that never finish the handshake must not lock others out:
+    // past the limit, the oldest of them is dropped.
+    const me = {}
+    if (gate.pending.size >= options.maxPending) {
+      const [oldest, drop] = gate.pending.entries().next().value as [object, () => void]
+      gate.pending.delete(oldest)
+      drop()
+    }
+    gate.pending.set(me, () =>
+      Deferred.unsafeDone(handshake, Exit.fail(new ProtocolError({ peer: link.peer, code: "TooManyPending", reason: "too many connections in the handshake; dropped the oldest" }))))
+    yield* Effect.addFinalizer(() => Effect.sync(() => gate.pending.delete(me)))
     let ready = false
 
     const send = (bytes: Uint8Array) => link.send(bytes)
     const refuse = (code: string, message: string) =>
-      send(encodeControl(new Refused({ code, message }))).pipe(
+      Effect.logWarning(`${link.peer}: refused (${code}): ${message}`).pipe(
+        Effect.zipRight(send(encodeControl(new Refused({ code, message })))),
         Effect.ignore,
         Effect.zipRight(Effect.fail(new ProtocolError({ peer: link.peer, code, reason: message })))
       )
@@ -121,6 +177,20 @@ const serveLink = (
                 `client speaks protocol ${message.protocol}, this server speaks ${PROTOCOL_VERSION}; upgrade the older side`
               )
             }
+            if (options.token !== undefined && !proofMatches(options.token, nonce, message.proof)) {
+              return yield* refuse(
+                "AuthFailed",
+                message.proof === null
+                  ? "this server requires a token (--token-file or FERRY_TOKEN)"
+                  : "authentication failed: wrong token"
+              )
+            }
+            gate.pending.delete(me)
+            if (gate.ready >= options.maxConnections) {
+              return yield* refuse("TooManyConnections", `the server has ${gate.ready} connections, its limit; try again later`)
+            }
+            gate.ready++
+            yield* Effect.addFinalizer(() => Effect.sync(() => gate.ready--)).pipe(Scope.extend(scope))
             ready = true
             yield* Effect.logDebug(`${link.peer}: hello from ${message.client}`)
             yield* send(encodeControl(new Ready()))
@@ -130,6 +200,8 @@ const serveLink = (
           case "Open":
             if (!ready) return yield* refuse("NotReady", "Open before the handshake")
             return yield* open(message.handle, message.manifest)
+          case "Ping":
+            return
           default:
             return yield* refuse("Unexpected", `unexpected ${message._tag} from a client`)
         }
@@ -145,7 +217,7 @@ const serveLink = (
           if (dropped.has(batch.handle)) return
           return yield* refuse("UnknownHandle", `pieces for handle ${batch.handle}, which is not open`)
         }
-        const written = yield* Effect.either(session.write(batch, body))
+        const written = yield* Effect.either(memory.withPermits(Math.min(body.length, options.connectionMemory))(session.write(batch, body)))
         if (Either.isLeft(written)) return yield* fail(batch.handle, written.left)
         yield* send(encodeAck(batch.handle, batch.seq))
       })
@@ -162,8 +234,14 @@ const serveLink = (
     }
 
     yield* Effect.logDebug(`${link.peer}: connected`)
-    const nonce = randomBytes(16).toString("hex")
-    const welcomed = yield* Effect.either(send(encodeControl(new Welcome({ protocol: PROTOCOL_VERSION, server: `ferry/${VERSION}`, nonce, auth: "none" }))))
+    const welcome = new Welcome({
+      protocol: PROTOCOL_VERSION,
+      server: `ferry/${VERSION}`,
+      nonce,
+      auth: options.token === undefined ? "none" : "hmac-sha256",
+      idle: Duration.toSeconds(options.idleTimeout)
+    })
+    const welcomed = yield* Effect.either(send(encodeControl(welcome)))
     if (Either.isLeft(welcomed)) return
 
     const handshakeDeadline = Deferred.await(handshake).pipe(
@@ -175,7 +253,9 @@ const serveLink = (
       Effect.zipRight(Effect.never)
     )
 
+    const idle = () => new ProtocolError({ peer: link.peer, code: "IdleTimeout", reason: `nothing received for ${Duration.format(options.idleTimeout)}` })
     const outcome = yield* link.frames.pipe(
+      Stream.timeoutFail(idle, options.idleTimeout),
       Stream.mapEffect(onFrame, { concurrency: options.batchesInFlight, unordered: true }),
       Stream.runDrain,
       Effect.raceFirst(handshakeDeadline),
@@ -183,7 +263,8 @@ const serveLink = (
     )
     if (Either.isLeft(outcome)) {
       const e = outcome.left
-      if (e._tag === "ProtocolError") yield* Effect.logWarning(`${link.peer}: dropped: ${e.reason}`)
+      if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
+      else if (e._tag === "ProtocolError") yield* Effect.logWarning(`${link.peer}: dropped: ${e.reason}`)
       else yield* Effect.logDebug(`${link.peer}: ${e.reason}`)
     } else yield* Effect.logDebug(`${link.peer}: disconnected`)
     yield* link.end

@@ -21,12 +21,14 @@ import {
   Manifest,
   manifestProblem,
   markerFileName,
+  MAX_PIECES,
   parseMarker,
   pieceFileName,
   sameManifest
 } from "../domain/Dataset.js"
 import { StoreError } from "../domain/Errors.js"
 import type { PieceBatch } from "../domain/Frame.js"
+import { DiskSpace } from "./DiskSpace.js"
 import { GunzipPool } from "./GunzipPool.js"
 
 export const STATE_FOLDER = ".ferry"
@@ -71,11 +73,28 @@ const ManifestJson = Schema.parseJson(Manifest)
 const storeError = (dataset: string, code: string) => (e: { readonly message: string }) =>
   new StoreError({ dataset, code, reason: e.message })
 
-export const makePieceStore = (dest: string) =>
+/** What one server accepts; each has a flag on `ferry serve`. */
+export interface StoreLimits {
+  /** Largest original file accepted, in bytes. */
+  readonly maxDatasetSize: number
+  /** Most pieces in one dataset. */
+  readonly maxPieces: number
+  /** Datasets in progress at once, over all clients. */
+  readonly maxDatasets: number
+}
+
+export const defaultStoreLimits: StoreLimits = {
+  maxDatasetSize: 2 ** 44, // 16 TiB
+  maxPieces: MAX_PIECES,
+  maxDatasets: 64
+}
+
+export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreLimits) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     const gunzip = yield* GunzipPool
+    const disk = yield* DiskSpace
     const active = new Map<string, Active>()
     // Opening and closing datasets touch shared folders: one at a time.
     const registry = yield* Effect.makeSemaphore(1)
@@ -83,12 +102,24 @@ export const makePieceStore = (dest: string) =>
     const recording = yield* Effect.makeSemaphore(1)
 
     const stateDir = path.join(dest, STATE_FOLDER)
+    const isLink = (p: string) => fs.readLink(p).pipe(Effect.as(true), Effect.orElseSucceed(() => false))
+    if (yield* isLink(stateDir)) {
+      return yield* Effect.fail(new StoreError({ dataset: "", code: "DestinationUnusable", reason: `${stateDir} is a symbolic link; ferry keeps its work inside --dest and will not follow it` }))
+    }
     yield* fs.makeDirectory(stateDir, { recursive: true }).pipe(
       Effect.mapError((e) => new StoreError({ dataset: "", code: "DestinationUnusable", reason: `${dest}: cannot create state folder (${e.message})` }))
     )
 
+    /** Every path the store opens is built here, from a validated name, and checked to lie in dest. */
     const paths = (name: string) => {
       const dir = path.join(stateDir, name)
+      const inside = (p: string) => {
+        const relative = path.relative(dest, p)
+        if (relative.startsWith("..") || path.isAbsolute(relative)) throw new Error(`${p} is outside ${dest}`)
+        return p
+      }
+      inside(dir)
+      inside(path.join(dest, name))
       return {
         dir,
         manifest: path.join(dir, "manifest.json"),
@@ -105,17 +136,23 @@ export const makePieceStore = (dest: string) =>
 
     /** The size in an existing `NAME.done`, if any. */
     const committedSize = (name: string) =>
-      fs.readFileString(paths(name).marker).pipe(
+      Effect.flatMap(isLink(paths(name).marker), (link) =>
+        link
+          ? Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `${markerFileName(name)} in the destination is a symbolic link; remove it first` }))
+          : Effect.succeed(undefined)
+      ).pipe(Effect.zipRight(fs.readFileString(paths(name).marker).pipe(
         Effect.map((text) => {
           const r = parseMarker(text)
           return "size" in r ? Option.some(r.size) : Option.some(-1)
         }),
         Effect.catchAll(() => Effect.succeed(Option.none<number>()))
-      )
+      )))
 
     const readState = (name: string, manifest: Manifest) =>
       Effect.gen(function*() {
         const p = paths(name)
+        // a planted link must not lead our reads and writes out of dest: start afresh instead
+        if (yield* isLink(p.dir)) return Option.none()
         const text = yield* fs.readFileString(p.manifest)
         const stored = yield* Schema.decodeUnknown(ManifestJson)(text)
         if (!sameManifest(stored, manifest)) return Option.none()
@@ -142,6 +179,12 @@ export const makePieceStore = (dest: string) =>
         const name = manifest.dataset
         const p = paths(name)
         const resumed = yield* readState(name, manifest)
+        const held = Option.isSome(resumed) ? resumed.value.held : 0
+        const need = Math.ceil((manifest.size + manifest.count * 4.125) * (1 - held / Math.max(1, manifest.count)))
+        const free = yield* disk.available(dest)
+        if (need > free) {
+          return yield* Effect.fail(new StoreError({ dataset: name, code: "NoSpace", reason: `needs ${need} more bytes but only ${free} are free in ${dest}` }))
+        }
         const bitmap = Option.isSome(resumed) ? resumed.value : yield* createState(manifest)
         const scope = yield* Scope.make()
         const openIn = (file: string) => fs.open(file, { flag: "r+" }).pipe(Scope.extend(scope))
@@ -161,7 +204,7 @@ export const makePieceStore = (dest: string) =>
         }
         yield* Effect.logDebug(`${name}: ${Option.isSome(resumed) ? `resuming with ${bitmap.held} of ${manifest.count} pieces held` : "new dataset"}`)
         return entry
-      }).pipe(Effect.mapError(storeError(manifest.dataset, "StateUnusable")))
+      }).pipe(Effect.mapError((e) => (e instanceof StoreError ? e : storeError(manifest.dataset, "StateUnusable")(e))))
 
     const commit = (entry: Active) =>
       Effect.gen(function*() {
@@ -291,6 +334,12 @@ export const makePieceStore = (dest: string) =>
         const name = manifest.dataset
         const problem = manifestProblem(manifest)
         if (problem !== undefined) return yield* Effect.fail(new StoreError({ dataset: name, code: "BadManifest", reason: problem }))
+        if (manifest.size > limits.maxDatasetSize) {
+          return yield* Effect.fail(new StoreError({ dataset: name, code: "TooLarge", reason: `${manifest.size} bytes is over this server's limit of ${limits.maxDatasetSize}` }))
+        }
+        if (manifest.count > limits.maxPieces) {
+          return yield* Effect.fail(new StoreError({ dataset: name, code: "TooManyPieces", reason: `${manifest.count} pieces is over this server's limit of ${limits.maxPieces}` }))
+        }
         const entry = yield* registry.withPermits(1)(
           Effect.gen(function*() {
             const current = active.get(name)
@@ -305,6 +354,9 @@ export const makePieceStore = (dest: string) =>
             if (Option.isSome(done)) {
               if (done.value === manifest.size) return Option.none()
               return yield* Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `${name} is already committed on the server with a different size (${done.value} bytes, not ${manifest.size})` }))
+            }
+            if (active.size >= limits.maxDatasets) {
+              return yield* Effect.fail(new StoreError({ dataset: name, code: "Busy", reason: `the server already has ${active.size} datasets in progress, its limit; try again later` }))
             }
             const fresh = yield* activate(manifest)
             fresh.users = 1
@@ -339,4 +391,4 @@ export const makePieceStore = (dest: string) =>
     return { dest, open }
   })
 
-export const PieceStoreLayer = (dest: string) => Layer.effect(PieceStore, makePieceStore(dest))
+export const PieceStoreLayer = (dest: string, limits: StoreLimits = defaultStoreLimits) => Layer.effect(PieceStore, makePieceStore(dest, limits))

@@ -3,8 +3,9 @@
  * TCP; the memory layer joins both ends inside one process, through the same
  * framing and backpressure code, for tests.
  */
-import { Chunk, Context, Effect, FiberSet, Layer, Option, Scope, Stream } from "effect"
+import { Chunk, Context, Duration, Effect, FiberSet, Layer, Option, Scope, Stream } from "effect"
 import * as net from "node:net"
+import * as tls from "node:tls"
 import { Duplex } from "node:stream"
 import { ProtocolError, TransportError } from "../domain/Errors.js"
 import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../domain/Frame.js"
@@ -30,15 +31,26 @@ export interface Link {
 
 export interface LinkOptions {
   readonly maxFrame?: number
+  /** Decoded frames a link holds before it stops reading the socket. */
+  readonly readAhead?: number
+}
+
+export interface DialOptions extends LinkOptions {
+  /** TLS, verified against `ca` (PEM) or the system's roots. */
+  readonly tls?: { readonly ca: Buffer | undefined; readonly servername: string | undefined } | undefined
 }
 
 export interface ListenOptions extends LinkOptions {
   readonly host: string
   readonly port: number
+  /** TLS certificate and key (PEM). */
+  readonly tls?: { readonly cert: Buffer; readonly key: Buffer } | undefined
+  /** TLS handshakes must finish within this. */
+  readonly handshakeTimeout?: Duration.DurationInput
 }
 
 export class Transport extends Context.Tag("ferry/Transport")<Transport, {
-  readonly dial: (address: Address, options?: LinkOptions) => Effect.Effect<Link, TransportError, Scope.Scope>
+  readonly dial: (address: Address, options?: DialOptions) => Effect.Effect<Link, TransportError, Scope.Scope>
   /** Accepts connections until the scope closes; each handler runs in a scope of its own. */
   readonly listen: (
     options: ListenOptions,
@@ -46,7 +58,6 @@ export class Transport extends Context.Tag("ferry/Transport")<Transport, {
   ) => Effect.Effect<Address, TransportError, Scope.Scope>
 }>() {}
 
-/** Decoded frames a link holds before it stops reading the socket. */
 const READ_AHEAD = 4 * 1024 * 1024
 
 /**
@@ -60,6 +71,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
     options.maxFrame ?? DEFAULT_MAX_FRAME,
     (size, kind) => (kind === FrameKind.Pieces ? framePool.take(size) : Buffer.allocUnsafeSlow(size))
   )
+  const readAhead = options.readAhead ?? READ_AHEAD
   const frames = Stream.suspend(() => {
     const queue: Array<RawFrame> = []
     let queued = 0
@@ -80,7 +92,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
         queue.push(f)
         queued += f.body.length
       }
-      if (queued > READ_AHEAD) socket.pause()
+      if (queued > readAhead) socket.pause()
       if (queue.length > 0) wake?.()
     }
     const onEnd = () => {
@@ -185,15 +197,34 @@ const tune = (socket: net.Socket) => {
   socket.setKeepAlive(true, 30_000)
 }
 
+const tlsProblem = (e: Error): string => {
+  const code = (e as NodeJS.ErrnoException).code ?? ""
+  if (/WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol/i.test(`${code} ${e.message}`)) {
+    return "TLS handshake failed: the server does not speak TLS (drop --tls / --tls-ca?)"
+  }
+  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT_ALTNAME/.test(code)) return `TLS certificate not trusted: ${e.message} (give the server's CA with --tls-ca)`
+  return reasonOf(e)
+}
+
 export const TcpTransport = Layer.succeed(Transport, {
   dial: (address, options) =>
     Effect.gen(function*() {
       const peer = formatAddress(address)
+      const secure = options?.tls
       const socket = yield* Effect.async<net.Socket, TransportError>((resume) => {
-        const s = net.connect({ host: address.host, port: address.port })
-        const onError = (e: Error) => resume(Effect.fail(new TransportError({ address: peer, reason: reasonOf(e) })))
+        const s = secure === undefined
+          ? net.connect({ host: address.host, port: address.port })
+          : tls.connect({
+            host: address.host,
+            port: address.port,
+            servername: secure.servername ?? (net.isIP(address.host) === 0 ? address.host : undefined),
+            ...(secure.ca === undefined ? {} : { ca: secure.ca }),
+            rejectUnauthorized: true
+          })
+        const onError = (e: Error) =>
+          resume(Effect.fail(new TransportError({ address: peer, reason: secure === undefined ? reasonOf(e) : tlsProblem(e) })))
         s.once("error", onError)
-        s.once("connect", () => {
+        s.once(secure === undefined ? "connect" : "secureConnect", () => {
           s.off("error", onError)
           resume(Effect.succeed(s))
         })
@@ -207,9 +238,17 @@ export const TcpTransport = Layer.succeed(Transport, {
   listen: (options, onLink) =>
     Effect.gen(function*() {
       const runFork = yield* FiberSet.makeRuntime<never>()
-      const server = net.createServer({ noDelay: true, keepAlive: true })
+      const server: net.Server = options.tls === undefined
+        ? net.createServer({ noDelay: true, keepAlive: true })
+        : tls.createServer({
+          cert: options.tls.cert,
+          key: options.tls.key,
+          noDelay: true,
+          keepAlive: true,
+          handshakeTimeout: Duration.toMillis(options.handshakeTimeout ?? "10 seconds")
+        })
       const sockets = new Set<net.Socket>()
-      server.on("connection", (socket) => {
+      const accept = (socket: net.Socket) => {
         tune(socket)
         socket.on("error", () => {})
         sockets.add(socket)
@@ -219,7 +258,16 @@ export const TcpTransport = Layer.succeed(Transport, {
           Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options)))
         )
         runFork(handler)
-      })
+      }
+      server.on(options.tls === undefined ? "connection" : "secureConnection", accept)
+      if (options.tls !== undefined) {
+        // a plain client, a wrong certificate, a stalled handshake: that client's problem, logged
+        server.on("tlsClientError", (e, socket) => {
+          const peer = formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
+          runFork(Effect.logWarning(`${peer}: TLS handshake failed (${e.message.split("\n")[0]})`))
+          socket.destroy()
+        })
+      }
       const bound = yield* Effect.async<Address, TransportError>((resume) => {
         const onError = (e: Error) =>
           resume(Effect.fail(new TransportError({ address: formatAddress(options), reason: reasonOf(e) })))

@@ -1,0 +1,14 @@
+"use strict"
+// Optional ISA-L gunzip addon. Exports { inflateInto } when native/build/Release/isal_inflate.node
+// is built and loads (it needs libisal.so.2 at run time), otherwise null. Never throws.
+// Build it with `node native/build.mjs`; callers fall back to node:zlib when this is null.
+let binding = null
+try {
+  const addon = require("./build/Release/isal_inflate.node")
+  if (addon && typeof addon.inflateInto === "function") {
+    binding = { inflateInto: addon.inflateInto }
+  }
+} catch {
+  binding = null
+}
+module.exports = binding

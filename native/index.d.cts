@@ -1,0 +1,20 @@
+/** Status codes returned as the first element of inflateInto's result. */
+export type InflateStatus = 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7
+
+export interface IsalInflate {
+  /**
+   * Gunzips one or more concatenated gzip members from `input` into
+   * `out[outOffset, outOffset + outLength)`; never writes outside that window.
+   * Returns [status, produced, consumed]:
+   * 0 ok, 1 window too small, 2 truncated input, 3 not gzip (bad header, or
+   * non-gzip bytes after a member), 4 corrupt deflate data, 5 CRC32 mismatch,
+   * 6 ISIZE mismatch, 7 other error.
+   * On 0, consumed < input.length means the rest starts with a zero byte
+   * (padding that Node's gunzip also ignores).
+   * Throws TypeError/RangeError on invalid arguments.
+   */
+  inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): [InflateStatus, number, number]
+}
+
+declare const binding: IsalInflate | null
+export = binding

@@ -1,0 +1,281 @@
+/*
+ * isal_inflate: gunzip into a caller-provided window with Intel ISA-L (igzip).
+ *
+ * JS API (Node-API, context-aware, safe in worker_threads):
+ *
+ *   inflateInto(input: Uint8Array, out: Uint8Array,
+ *               outOffset: number, outLength: number): [status, produced, consumed]
+ *
+ * Decompresses one or more concatenated gzip members from `input` into
+ * out[outOffset .. outOffset + outLength). Nothing outside that window is ever
+ * written. See README.md for the status codes; in short:
+ *
+ *   0 ok, 1 window too small, 2 truncated, 3 not gzip, 4 corrupt deflate data,
+ *   5 CRC32 mismatch, 6 ISIZE mismatch, 7 other error.
+ *
+ * `produced` / `consumed` always describe the members that were decoded and
+ * verified completely: on status 0 that is everything (consumed < input.length
+ * only when the rest starts with a zero byte, which Node's gunzip ignores as
+ * padding); on any other status it is the prefix before the member that failed
+ * (bytes of the window past `produced` may have been overwritten).
+ *
+ * Invalid arguments (not a Uint8Array, window outside `out`, ...) throw.
+ *
+ * Threading: every Node-API environment (main thread, each worker) gets its own
+ * heap-allocated `struct inflate_state` (~85 KiB) as instance data, created once
+ * when the addon is loaded in that environment and freed when it is torn down.
+ * A call touches only its own environment's state, so no locking is needed and
+ * no memory is allocated per call (except the 3-element result array).
+ */
+#include <node_api.h>
+#include <isa-l/igzip_lib.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+  ST_OK = 0,
+  ST_OUT_FULL = 1,
+  ST_TRUNCATED = 2,
+  ST_NOT_GZIP = 3,
+  ST_CORRUPT = 4,
+  ST_BAD_CRC = 5,
+  ST_BAD_ISIZE = 6,
+  ST_OTHER = 7
+};
+
+static uint32_t load_le32(const uint8_t *p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+         ((uint32_t)p[3] << 24);
+}
+
+/*
+ * The checks zlib makes on the fixed part of a gzip header that ISA-L's header
+ * parser does not make (reserved flag bits), plus the magic and method, so a
+ * non-gzip input is reported as soon as its first byte disagrees. Returns
+ * ST_OK when what is there (possibly fewer than 4 bytes) looks like gzip.
+ */
+static int precheck_gzip_header(const uint8_t *p, size_t n) {
+  if (n >= 1 && p[0] != 0x1f) return ST_NOT_GZIP;
+  if (n >= 2 && p[1] != 0x8b) return ST_NOT_GZIP;
+  if (n >= 3 && p[2] != 8) return ST_NOT_GZIP;       /* CM must be deflate */
+  if (n >= 4 && (p[3] & 0xe0) != 0) return ST_NOT_GZIP; /* reserved FLG bits */
+  return ST_OK;
+}
+
+#define U32_CAP(x) ((x) > UINT32_MAX ? UINT32_MAX : (uint32_t)(x))
+
+/*
+ * Decodes exactly one gzip member starting at `in` into `out`. On ST_OK sets
+ * *member_in to the member's compressed length (header + deflate + trailer)
+ * and *member_out to its decompressed length.
+ */
+static int inflate_member(struct inflate_state *st, const uint8_t *in, size_t in_len,
+                          uint8_t *out, size_t out_len, size_t *member_in,
+                          size_t *member_out) {
+  struct isal_gzip_header hdr;
+  int r = precheck_gzip_header(in, in_len);
+  if (r != ST_OK) return r;
+
+  isal_inflate_init(st);
+  st->next_in = (uint8_t *)in;
+  st->avail_in = U32_CAP(in_len);
+
+  /* Parse the header ourselves (instead of letting crc_flag = ISAL_GZIP do it)
+   * so that a header error (bad magic, FHCRC mismatch) is never confused with
+   * a trailer CRC error: both come back as ISAL_INCORRECT_CHECKSUM otherwise. */
+  isal_gzip_header_init(&hdr); /* NULL extra/name/comment buffers: skip them */
+  r = isal_read_gzip_header(st, &hdr);
+  if (r == ISAL_END_INPUT) return in_len > UINT32_MAX ? ST_OTHER : ST_TRUNCATED;
+  if (r < 0) return ST_NOT_GZIP; /* INVALID_WRAPPER, UNSUPPORTED_METHOD, FHCRC */
+  if (r != ISAL_DECOMP_OK) return ST_OTHER;
+
+  /* Raw deflate body; ISA-L computes the CRC32 of the output and checks it and
+   * ISIZE against the 8-byte trailer that follows the deflate data. */
+  st->crc_flag = ISAL_GZIP_NO_HDR_VER;
+  st->next_out = out;
+  st->avail_out = U32_CAP(out_len);
+
+  /* One-shot decode straight into the window: the window is the whole output
+   * space, so there is nothing to resume, and this avoids the stateful API's
+   * copy through its internal 64 KiB buffer. It never writes past avail_out
+   * and reports ISAL_OUT_OVERFLOW when more output would follow. */
+  r = isal_inflate_stateless(st);
+
+  switch (r) {
+    case ISAL_DECOMP_OK:
+      *member_in = (size_t)(st->next_in - in);
+      *member_out = (size_t)(st->next_out - out);
+      return ST_OK;
+    case ISAL_END_INPUT:
+      return in_len > UINT32_MAX ? ST_OTHER : ST_TRUNCATED;
+    case ISAL_OUT_OVERFLOW:
+      return ST_OUT_FULL;
+    case ISAL_INVALID_BLOCK:
+    case ISAL_INVALID_SYMBOL:
+    case ISAL_INVALID_LOOKBACK:
+      return ST_CORRUPT;
+    case ISAL_INCORRECT_CHECKSUM: {
+      /* The trailer was read completely: it is the 8 bytes before next_in. */
+      size_t end = (size_t)(st->next_in - in);
+      if (end < 8) return ST_OTHER;
+      if (load_le32(in + end - 8) != st->crc) return ST_BAD_CRC;
+      if (load_le32(in + end - 4) != st->total_out) return ST_BAD_ISIZE;
+      return ST_OTHER;
+    }
+    default:
+      return ST_OTHER;
+  }
+}
+
+/* Decodes all members; mirrors what Node's zlib gunzip accepts. */
+static int inflate_all(struct inflate_state *st, const uint8_t *in, size_t in_len,
+                       uint8_t *out, size_t out_len, size_t *produced,
+                       size_t *consumed) {
+  size_t pos = 0, made = 0;
+  int status;
+  for (;;) {
+    size_t mi = 0, mo = 0;
+    status = inflate_member(st, in + pos, in_len - pos, out + made, out_len - made,
+                            &mi, &mo);
+    if (status != ST_OK) break;
+    pos += mi;
+    made += mo;
+    /* Like Node (src/node_zlib.cc): after a member, more input that starts with
+     * a non-zero byte must be another member; a zero byte ends the stream and
+     * everything from there on is ignored as padding. */
+    if (pos == in_len || in[pos] == 0) break;
+  }
+  *produced = made;
+  *consumed = pos;
+  return status;
+}
+
+/* ---------------------------------------------------------------- Node-API */
+
+#define NAPI_CALL(env, call)                                           \
+  do {                                                                 \
+    if ((call) != napi_ok) {                                           \
+      const napi_extended_error_info *info_ = NULL;                    \
+      bool pending_ = false;                                           \
+      napi_get_last_error_info((env), &info_);                         \
+      napi_is_exception_pending((env), &pending_);                     \
+      if (!pending_)                                                   \
+        napi_throw_error((env), NULL,                                  \
+                         info_ && info_->error_message                 \
+                             ? info_->error_message                    \
+                             : "isal_inflate: Node-API call failed");  \
+      return NULL;                                                     \
+    }                                                                  \
+  } while (0)
+
+static uint8_t empty_byte; /* stands in for the data pointer of empty/detached arrays */
+
+/* Returns 0 and fills *data / *len when v is a Uint8Array (Buffer included). */
+static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+  bool is_ta = false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void *ptr = NULL;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return -1;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, NULL, NULL) != napi_ok)
+    return -1;
+  if (type != napi_uint8_array && type != napi_uint8_clamped_array) return -1;
+  *data = ptr != NULL ? (uint8_t *)ptr : &empty_byte;
+  *len = ptr != NULL ? length : 0;
+  return 0;
+}
+
+/* Returns 0 and fills *out when v is a non-negative integral number. */
+static int get_size(napi_env env, napi_value v, size_t *out) {
+  napi_valuetype t;
+  double d;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return -1;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return -1;
+  if (!(d >= 0) || d > 9007199254740991.0 || d != floor(d)) return -1;
+  *out = (size_t)d;
+  return 0;
+}
+
+static napi_value InflateInto(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  void *data = NULL;
+  uint8_t *in, *out;
+  size_t in_len, out_len, off, len, produced = 0, consumed = 0;
+  napi_value result, v;
+  int status;
+
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  if (argc < 4) {
+    napi_throw_type_error(env, NULL,
+                          "inflateInto(input, out, outOffset, outLength): 4 arguments expected");
+    return NULL;
+  }
+  if (get_bytes(env, argv[0], &in, &in_len) != 0) {
+    napi_throw_type_error(env, NULL, "inflateInto: input must be a Uint8Array");
+    return NULL;
+  }
+  if (get_bytes(env, argv[1], &out, &out_len) != 0) {
+    napi_throw_type_error(env, NULL, "inflateInto: out must be a Uint8Array");
+    return NULL;
+  }
+  if (get_size(env, argv[2], &off) != 0 || get_size(env, argv[3], &len) != 0) {
+    napi_throw_type_error(env, NULL,
+                          "inflateInto: outOffset and outLength must be non-negative integers");
+    return NULL;
+  }
+  if (off > out_len || len > out_len - off) {
+    napi_throw_range_error(env, NULL,
+                           "inflateInto: outOffset + outLength exceeds out.length");
+    return NULL;
+  }
+
+  status = inflate_all((struct inflate_state *)data, in, in_len, out + off, len, &produced,
+                       &consumed);
+
+  NAPI_CALL(env, napi_create_array_with_length(env, 3, &result));
+  NAPI_CALL(env, napi_create_uint32(env, (uint32_t)status, &v));
+  NAPI_CALL(env, napi_set_element(env, result, 0, v));
+  NAPI_CALL(env, napi_create_double(env, (double)produced, &v));
+  NAPI_CALL(env, napi_set_element(env, result, 1, v));
+  NAPI_CALL(env, napi_create_double(env, (double)consumed, &v));
+  NAPI_CALL(env, napi_set_element(env, result, 2, v));
+  return result;
+}
+
+static void free_state(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+/* Context-aware: runs once per environment (main thread and each worker). */
+NAPI_MODULE_INIT() {
+  void *state = NULL;
+  napi_value fn;
+
+  /* Reuse this environment's state if the addon is initialised again in it
+   * (napi_set_instance_data would drop the old pointer without finalising). */
+  NAPI_CALL(env, napi_get_instance_data(env, &state));
+  if (state == NULL) {
+    state = malloc(sizeof(struct inflate_state));
+    if (state == NULL) {
+      napi_throw_error(env, NULL, "isal_inflate: out of memory");
+      return NULL;
+    }
+    memset(state, 0, sizeof(struct inflate_state));
+    if (napi_set_instance_data(env, state, free_state, NULL) != napi_ok) {
+      free(state);
+      napi_throw_error(env, NULL, "isal_inflate: napi_set_instance_data failed");
+      return NULL;
+    }
+  }
+
+  NAPI_CALL(env, napi_create_function(env, "inflateInto", NAPI_AUTO_LENGTH, InflateInto,
+                                      state, &fn));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "inflateInto", fn));
+  return exports;
+}
