@@ -52,16 +52,16 @@ static uint32_t load_le32(const uint8_t *p) {
 }
 
 /*
- * The checks zlib makes on the fixed part of a gzip header that ISA-L's header
- * parser does not make (reserved flag bits), plus the magic and method, so a
- * non-gzip input is reported as soon as its first byte disagrees. Returns
- * ST_OK when what is there (possibly fewer than 4 bytes) looks like gzip.
+ * The checks zlib's inflate makes on the fixed part of a gzip header, at the
+ * same points: the magic once 2 bytes are there, method and flags once 4 are
+ * (ISA-L's parser does not reject reserved flag bits). So, like zlib, a lone
+ * non-gzip byte is "truncated" (2) and two or more are "not gzip" (3).
+ * Returns ST_OK when what is there looks like the start of a gzip member.
  */
 static int precheck_gzip_header(const uint8_t *p, size_t n) {
-  if (n >= 1 && p[0] != 0x1f) return ST_NOT_GZIP;
-  if (n >= 2 && p[1] != 0x8b) return ST_NOT_GZIP;
-  if (n >= 3 && p[2] != 8) return ST_NOT_GZIP;       /* CM must be deflate */
-  if (n >= 4 && (p[3] & 0xe0) != 0) return ST_NOT_GZIP; /* reserved FLG bits */
+  if (n >= 2 && (p[0] != 0x1f || p[1] != 0x8b)) return ST_NOT_GZIP; /* "incorrect header check" */
+  if (n >= 4 && p[2] != 8) return ST_NOT_GZIP;            /* "unknown compression method" */
+  if (n >= 4 && (p[3] & 0xe0) != 0) return ST_NOT_GZIP;   /* "unknown header flags set" */
   return ST_OK;
 }
 

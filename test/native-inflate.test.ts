@@ -268,6 +268,27 @@ describe("native ISA-L inflate addon", () => {
     expect(window.equals(text)).toBe(true)
   })
 
+  it("classifies short and odd inputs exactly like zlib (a lone non-gzip byte is 'truncated', as zlib needs two)", () => {
+    const piece = gz(Buffer.from("short"))
+    const heads = [
+      piece,
+      Buffer.concat([Buffer.from([0x1f, 0x8b, 7]), piece.subarray(3)]),
+      Buffer.concat([Buffer.from([0x1f, 0x8b, 8, 0x40]), piece.subarray(4)]),
+      Buffer.from("AB not gzip at all"),
+      Buffer.from("\x1fX"),
+      Buffer.from("\n")
+    ]
+    const inputs: Buffer[] = []
+    for (const h of heads) for (let n = 0; n <= Math.min(h.length, 14); n++) inputs.push(h.subarray(0, n))
+    for (const tail of ["\n", "A", "\x1f", "\x1f\x8b", "\x1f\x8b\x08", "\x1f\x8b\x07\x00", "AB", "\x00A"])
+      inputs.push(Buffer.concat([piece, Buffer.from(tail, "latin1")]))
+    for (const input of inputs) {
+      const z = gunzipVerdict(input)
+      const [status] = inflateChecked(input, 100).result
+      expect(status, `${input.toString("hex")}: zlib says ${z.ok ? "ok" : z.message}`).toBe(expectedStatus(z))
+    }
+  })
+
   it("accepts headers with FEXTRA, FNAME and FCOMMENT like zlib", () => {
     const piece = gz(text)
     const extra = Buffer.from([4, 0, 0x41, 0x42, 0, 0]) // XLEN = 4: one subfield "AB" of length 0
@@ -355,7 +376,7 @@ describe("native ISA-L inflate addon", () => {
     }
     // ISA-L and zlib may name a different error for the same damage (zlib also rejects
     // incomplete Huffman codes, for instance), but most of the time they agree.
-    expect(sameStatus / runs).toBeGreaterThan(0.5)
+    expect(sameStatus / runs).toBeGreaterThan(0.9)
   })
 
   it("reports 1 (window too small) when the output does not fit, without writing outside the window", () => {

@@ -61,7 +61,8 @@ export type Running = ReturnType<typeof spawnFerry>
 
 /** `ferry serve` on a free loopback port; resolves once it listens. */
 export const startServer = async (dest: string, extra: ReadonlyArray<string> = []) => {
-  const server = spawnFerry(["serve", "--port", "0", "--host", "127.0.0.1", "--dest", dest, ...extra])
+  const port = extra.includes("--port") ? [] : ["--port", "0"]
+  const server = spawnFerry(["serve", ...port, "--host", "127.0.0.1", "--dest", dest, ...extra])
   const m = await server.waitFor(/listening on (\S+)/)
   return {
     ...server,
