@@ -34,3 +34,6 @@ if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json
   console.error("ferry: building (tsc)...")
   run("npm run --silent build")
 }
+
+// The optional ISA-L gunzip addon: built once, quick when up to date; never fails (zlib is the fallback).
+if (process.env.FERRY_NATIVE !== "0") run("node native/build.mjs")

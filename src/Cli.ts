@@ -3,10 +3,17 @@
  * provides the live layers, runs the pipeline, and turns any failure into one
  * line on stderr and a non-zero exit code.
  */
-import { Command, Options } from "@effect/cli"
-import { FileSystem, Path } from "@effect/platform"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import { Cause, Console, Duration, Effect, Layer, Option } from "effect"
+import * as Cause from "effect/Cause"
+import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { defaultSendOptions, send } from "./client/Client.js"
 import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"
 import { UsageError } from "./domain/Errors.js"
@@ -23,7 +30,7 @@ import { PieceReaderLive } from "./services/PieceReader.js"
 import { defaultStoreLimits, PieceStoreLayer } from "./services/PieceStore.js"
 import { SampleMaker, SampleMakerLive } from "./services/SampleMaker.js"
 import { TcpTransport } from "./services/Transport.js"
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 /** Exit codes: 1 when the job failed, 2 when the command line was wrong. */
 export const ExitCode = { Failed: 1, Usage: 2, Interrupted: 130 } as const

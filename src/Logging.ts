@@ -1,5 +1,7 @@
 /** ferry's log lines: plain on stderr, with times and levels under --debug. */
-import { Layer, Logger, LogLevel } from "effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 
 const text = (message: unknown): string =>
   Array.isArray(message) ? message.map((m) => (typeof m === "string" ? m : JSON.stringify(m))).join(" ") : String(message)

@@ -1,7 +1,9 @@
 /** Entry point of bin/ferry. */
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, Effect, Exit } from "effect"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import { cli, ExitCode } from "./Cli.js"
 
 cli(process.argv).pipe(

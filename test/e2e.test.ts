@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
+import { gunzipSync, gzipSync } from "node:zlib"
 import { ferry, sha256File, shaOf, spawnFerry, startServer, tempDirs } from "./support/cli.js"
 
 const dirs = tempDirs()
@@ -163,6 +164,57 @@ describe("ferry send / serve over loopback", () => {
       expect(await sendExpectingFailure(src)).toMatch(/short-0000004\.gz decompresses to 500 bytes, but the slice is 1000/)
       expect(existsSync(join(dest, "short.done"))).toBe(false)
     })
+
+    const corruptPiece = async (name: string, mutate: (gz: Buffer) => Buffer) => {
+      const src = dirs.make("src")
+      await fake(src, ["--name", name, "--size", "10000", "--slice", "1000"])
+      const file = join(src, `${name}-0000002.gz`)
+      writeFileSync(file, mutate(readFileSync(file)))
+      return src
+    }
+
+    it("a truncated piece", async () => {
+      const src = await corruptPiece("trunc", (gz) => gz.subarray(0, gz.length - 5))
+      expect(await sendExpectingFailure(src)).toMatch(/trunc-0000002\.gz is truncated/)
+      expect(existsSync(join(dest, "trunc.done"))).toBe(false)
+    })
+
+    it("a piece with trailing garbage", async () => {
+      const src = await corruptPiece("tail", (gz) => Buffer.concat([gz, Buffer.alloc(7)]))
+      expect(await sendExpectingFailure(src)).toMatch(/tail-0000002\.gz has 7 bytes of trailing garbage/)
+    })
+
+    it("a piece whose CRC does not match", async () => {
+      const src = await corruptPiece("crcbad", (gz) => {
+        const copy = Buffer.from(gz)
+        copy[copy.length - 6]! ^= 0xff
+        return copy
+      })
+      expect(await sendExpectingFailure(src)).toMatch(/crcbad-0000002\.gz is corrupt \(CRC32 mismatch\)/)
+    })
+
+    it("a piece made of several gzip members is accepted", async () => {
+      const src = dirs.make("src")
+      const sha = await fake(src, ["--name", "members", "--size", "10000", "--slice", "1000"])
+      const file = join(src, "members-0000004.gz")
+      const slice = gunzipSync(readFileSync(file))
+      writeFileSync(file, Buffer.concat([gzipSync(slice.subarray(0, 300)), gzipSync(slice.subarray(300))]))
+      expect((await ferry(["send", "--path", src, "--address", server.address])).code).toBe(0)
+      expect(sha256File(join(dest, "members"))).toBe(sha)
+    })
+
+    for (const [label, text, message] of [
+      ["empty", "", /empty\.done is empty/],
+      ["negative", "-5\n", /negative\.done does not hold a size in bytes/],
+      ["absurd", "99999999999999999999999\n", /absurd\.done holds a size too large to be real/]
+    ] as const) {
+      it(`a marker that is ${label}`, async () => {
+        const src = dirs.make("src")
+        await fake(src, ["--name", label, "--size", "1000", "--slice", "100"])
+        writeFileSync(join(src, `${label}.done`), text)
+        expect(await sendExpectingFailure(src)).toMatch(message)
+      })
+    }
 
     it("after all that, the server still serves", async () => {
       const src = dirs.make("src")

@@ -172,6 +172,33 @@ describe("abuse and limits", () => {
     await stillServes(server.address, dest)
   })
 
+  it("a protocol version mismatch is refused with both versions named", async () => {
+    const c = await rawConnect(server.address)
+    await c.next()
+    const body = Buffer.from(JSON.stringify({ _tag: "Hello", protocol: 2, client: "future", proof: null }))
+    const header = Buffer.alloc(5)
+    header.writeUInt32BE(body.length + 1, 0)
+    header[4] = 1
+    c.write(Buffer.concat([header, body]))
+    expect(await c.next()).toMatchObject({ _tag: "Refused", code: "VersionMismatch", message: "client speaks protocol 2, this server speaks 1; upgrade the older side" })
+    await c.closed
+  })
+
+  it("a connection closed in the middle of a frame harms nothing", async () => {
+    const c = await rawHandshake(server.address)
+    c.write(openMessage(1, { dataset: "half", size: 10, sliceSize: 10, first: 0, count: 1 }))
+    expect((await c.next())._tag).toBe("Opened")
+    const header = Buffer.alloc(5 + 12)
+    header.writeUInt32BE(1000, 0)
+    header[4] = 2
+    c.write(header)
+    c.socket.end()
+    await c.closed
+    await server.waitFor(/connection closed in the middle of a frame/)
+    expect(existsSync(join(dest, "half.done"))).toBe(false)
+    await stillServes(server.address, dest)
+  })
+
   it("a client that says nothing after the handshake is dropped as idle", async () => {
     const c = await rawHandshake(server.address)
     expect(await c.next(5000)).toMatchObject({ _tag: "Refused", code: "IdleTimeout" })
@@ -204,13 +231,14 @@ describe("abuse and limits", () => {
   })
 
   it("names that try to leave the destination are refused before any disk write", async () => {
+    const before = readdirSync(join(dest, ".ferry"))
     for (const dataset of ["../x", "/etc/x", "", "a".repeat(65), "ABC", "a/b"]) {
       const c = await rawHandshake(server.address)
       c.write(rawOpen(1, { dataset, size: 10, sliceSize: 10, first: 0, count: 1 }))
       expect(await c.next()).toMatchObject({ _tag: "Refused", code: "BadMessage" })
       await c.closed
     }
-    expect(readdirSync(join(dest, ".ferry"))).toEqual([])
+    expect(readdirSync(join(dest, ".ferry"))).toEqual(before)
     expect(existsSync(join(dest, "..", "x"))).toBe(false)
   })
 })

@@ -4,8 +4,15 @@
  * the reader pool onto the connections with the most room, and wait for the
  * server's commit.
  */
-import { FileSystem, Path } from "@effect/platform"
-import { Deferred, Duration, Effect, Either, Exit, Scope, Stream } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import { PieceBitmap } from "../domain/Bitmap.js"
 import { lengthOf, type Manifest } from "../domain/Dataset.js"
 import { type DatasetError, type DatasetRejected, FolderError, ProtocolError, TransportError } from "../domain/Errors.js"

@@ -3,7 +3,9 @@
  * periodic lines otherwise (logs, CI). Counts are plain numbers updated by
  * the transfer; a render fiber reads them on its own schedule.
  */
-import { Duration, Effect, Schedule } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
 
 export type Phase = "waiting" | "sending" | "committing" | "committed" | "failed"
 

@@ -2,8 +2,10 @@
  * Finding the datasets in a folder, waiting for their markers, and turning a
  * folder's pieces and marker into a manifest.
  */
-import { FileSystem, Path } from "@effect/platform"
-import { Effect, Stream } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
+import * as Effect from "effect/Effect"
+import * as Stream from "effect/Stream"
 import * as zlib from "node:zlib"
 import {
   Manifest,

@@ -3,7 +3,15 @@
  * flight, and the routing of what the server says (acks, opened, committed,
  * failed) to the transfers waiting for it.
  */
-import { Chunk, Deferred, Duration, Effect, Either, Option, Schedule, Scope, Stream } from "effect"
+import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import { proofFor } from "../domain/Auth.js"
 import { DatasetRejected, ProtocolError, TransportError } from "../domain/Errors.js"
 import type { Manifest } from "../domain/Dataset.js"

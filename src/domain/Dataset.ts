@@ -2,7 +2,7 @@
  * Datasets as the producer lays them out: `NAME-NNNNNNN.gz` pieces and a
  * `NAME.done` marker holding the original size. Pure: names, sizes, offsets.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 import { MAX_PIECES, pieceFileName } from "./Layout.js"
 
 export * from "./Layout.js"

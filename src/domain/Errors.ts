@@ -1,7 +1,7 @@
 /**
  * The failures a user can act on, one per cause. Each renders as one line.
  */
-import { Data } from "effect"
+import * as Data from "effect/Data"
 
 /** The folder given to `send` or `fake` cannot be used. */
 export class FolderError extends Data.TaggedError("FolderError")<{

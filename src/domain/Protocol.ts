@@ -2,7 +2,9 @@
  * Control messages: small JSON frames validated with Schema at both ends.
  * Piece data never goes through here (see Frame.ts).
  */
-import { Either, ParseResult, Schema } from "effect"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 import { DatasetName, Manifest } from "./Dataset.js"
 import { encodeFrame, FrameKind } from "./Frame.js"
 

@@ -3,7 +3,13 @@
  * datasets clients announce, and feeds their piece batches to the piece
  * store, acknowledging each batch once it is on disk.
  */
-import { Deferred, Duration, Effect, Either, Exit, Scope, Stream } from "effect"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import { newNonce, proofMatches } from "../domain/Auth.js"
 import { ProtocolError, StoreError, TransportError } from "../domain/Errors.js"
 import { decodePieces, DEFAULT_MAX_FRAME, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"

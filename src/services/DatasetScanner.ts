@@ -4,8 +4,14 @@
  * Live: opendir + fs.watch with a polling fallback. Test: the injected
  * FileSystem, polled.
  */
-import { FileSystem } from "@effect/platform"
-import { Context, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
 import { FolderError } from "../domain/Errors.js"
 

@@ -2,7 +2,9 @@
  * Free space on the destination's filesystem, asked before a dataset starts
  * so that one that cannot fit is refused early, with the numbers.
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as fs from "node:fs"
 
 export class DiskSpace extends Context.Tag("ferry/DiskSpace")<DiskSpace, {

@@ -4,8 +4,10 @@
  * pwrite into the preallocated file. Test: the same checks in-process,
  * writing through the injected FileSystem.
  */
-import { FileSystem } from "@effect/platform"
-import { Context, Effect, Layer } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { crcOffset, type InflateTask, inflatePieces, sliceOffset } from "./Inflate.js"
 import { framePool } from "./BufferPool.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"

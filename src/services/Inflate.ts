@@ -8,6 +8,7 @@
  * order, so that a run of consecutive pieces is one positional write, and so
  * that no buffer is allocated per piece.
  */
+import { createRequire } from "node:module"
 import * as zlib from "node:zlib"
 import { type Geometry as LayoutGeometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
 
@@ -48,7 +49,44 @@ interface ZlibHandle {
 
 type InflateOne = { readonly produced: number; readonly consumed: number } | { readonly error: NodeJS.ErrnoException }
 
+/** The optional ISA-L addon (native/), or null: about 1.3 to 3x faster than zlib, same verdicts. */
+interface IsalInflate {
+  inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): [number, number, number]
+}
+
+const loadIsal = (): IsalInflate | null => {
+  if (process.env["FERRY_NATIVE"] === "0") return null
+  try {
+    // src/services and dist/services both sit two levels below the package root
+    return createRequire(import.meta.url)("../../native/index.cjs") as IsalInflate | null
+  } catch {
+    return null
+  }
+}
+
+const ISAL_PROBLEMS: Record<number, string> = {
+  2: "unexpected end of file",
+  3: "incorrect header check",
+  4: "invalid deflate data",
+  5: "incorrect data check",
+  6: "incorrect length check"
+}
+
+/** Which inflater the gunzip workers use, for the logs. */
+export const inflaterName = (): string => (loadIsal() === null ? "zlib" : "ISA-L")
+
 const makeEngine = (): ((input: Uint8Array, out: Buffer, at: number, room: number) => InflateOne) => {
+  const isal = loadIsal()
+  if (isal !== null) {
+    return (input, out, at, room) => {
+      const [status, produced, consumed] = isal.inflateInto(input, out, at, room + 1)
+      if (status === 0) return { produced, consumed }
+      if (status === 1) return { produced: room + 1, consumed }
+      // good members followed by bytes that are not gzip: trailing garbage, as with zeros
+      if (status === 3 && produced > 0) return { produced, consumed }
+      return { error: Object.assign(new Error(ISAL_PROBLEMS[status] ?? `gzip error ${status}`), { code: `ISAL_${status}` }) }
+    }
+  }
   let engine: { _handle?: ZlibHandle; _writeState?: Uint32Array } | undefined
   let failure: NodeJS.ErrnoException | undefined
   const fresh = () => {
@@ -130,6 +168,7 @@ const gunzipProblem = (err: NodeJS.ErrnoException): string => {
   if (/incorrect header check|unknown compression method/.test(msg)) return "is not gzip data"
   if (/incorrect data check/.test(msg)) return "is corrupt (CRC32 mismatch)"
   if (/incorrect length check/.test(msg)) return "is corrupt (ISIZE mismatch)"
+  if (/invalid deflate data/.test(msg)) return "is corrupt (invalid deflate data)"
   return `is corrupt gzip (${msg})`
 }
 

@@ -3,8 +3,11 @@
  * frame. Live: worker threads doing the open/read/close syscalls off the
  * event loop. Test: in-process through the injected FileSystem.
  */
-import { FileSystem, Path } from "@effect/platform"
-import { Context, Effect, Layer } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { pieceFileName } from "../domain/Dataset.js"
 import { DatasetError } from "../domain/Errors.js"
 import { encodePieces, piecesFrameBytes } from "../domain/Frame.js"

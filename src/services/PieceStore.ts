@@ -9,8 +9,16 @@
  * Built only on FileSystem, Path and GunzipPool, so the same code runs on a
  * real disk and on the in-memory test filesystem.
  */
-import { FileSystem, Path } from "@effect/platform"
-import { Context, Deferred, Effect, Exit, Layer, Option, Schema, Scope } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as Scope from "effect/Scope"
 import { PieceBitmap } from "../domain/Bitmap.js"
 import { FileCrc, formatCrc } from "../domain/Crc32.js"
 import {

@@ -5,8 +5,12 @@
  * Live: worker threads gzip and write in parallel. Test: in-process, through
  * the injected FileSystem.
  */
-import { FileSystem, Path } from "@effect/platform"
-import { Context, Effect, Layer, Stream } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
 import { createHash } from "node:crypto"
 import * as zlib from "node:zlib"
 import { pieceFileName } from "../domain/Dataset.js"

@@ -3,7 +3,15 @@
  * TCP; the memory layer joins both ends inside one process, through the same
  * framing and backpressure code, for tests.
  */
-import { Chunk, Context, Duration, Effect, FiberSet, Layer, Option, Scope, Stream } from "effect"
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FiberSet from "effect/FiberSet"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import { Duplex } from "node:stream"

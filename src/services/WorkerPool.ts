@@ -4,7 +4,7 @@
  * Each task is one batch, so the cost of a message is paid per batch, never
  * per piece. Workers start with the scope and are terminated with it.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import * as os from "node:os"
 import { Worker, type Transferable } from "node:worker_threads"
 
