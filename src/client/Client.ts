@@ -84,10 +84,14 @@ interface Task {
 
 const MAX_BATCH_PIECES = 4096
 
-/** Splits the missing pieces into batches of about `batchBytes` of compressed data. */
-export const planBatches = (manifest: Manifest, held: PieceBitmap, pieceBytes: number, batchBytes: number): Array<Task> => {
+/**
+ * The missing pieces as batches of about `batchBytes` of compressed data,
+ * made one at a time as the stream pulls them: what the client keeps per
+ * piece is the server's bitmap (one bit), never an object.
+ */
+export function* planBatches(manifest: Manifest, held: PieceBitmap, pieceBytes: number, batchBytes: number): Generator<Task> {
   const per = Math.max(1, Math.min(MAX_BATCH_PIECES, Math.floor(batchBytes / Math.max(1, pieceBytes))))
-  const tasks: Array<Task> = []
+  let seq = 0
   for (const [a, b] of held.missing()) {
     for (let start = a; start < b; start += per) {
       const end = Math.min(b, start + per)
@@ -97,10 +101,9 @@ export const planBatches = (manifest: Manifest, held: PieceBitmap, pieceBytes: n
         indices[k] = manifest.first + start + k
         bytes += lengthOf(manifest, indices[k]!)
       }
-      tasks.push({ seq: tasks.length, indices, bytes })
+      yield { seq: seq++, indices, bytes }
     }
   }
-  return tasks
 }
 
 const heldBytes = (manifest: Manifest, held: PieceBitmap): number => {
@@ -121,14 +124,14 @@ const transfer = (
   Effect.gen(function*() {
     const reader = yield* PieceReader
     const committed = yield* Deferred.make<Committed, DatasetRejected | LinkError>()
-    let tasks: Array<Task> = []
-    const acked = new Set<number>()
+    /** Batches sent and not acknowledged yet: all the client remembers of them. */
+    const inFlight = new Map<number, { readonly pieces: number; readonly bytes: number }>()
     transfers.set(handle, {
       onAck: (seq) => {
-        const task = tasks[seq]
-        if (task === undefined || acked.has(seq)) return
-        acked.add(seq)
-        progress.ackedPieces += task.indices.length
+        const task = inFlight.get(seq)
+        if (task === undefined) return
+        inFlight.delete(seq)
+        progress.ackedPieces += task.pieces
         progress.ackedBytes += task.bytes
         if (progress.ackedPieces === progress.totalPieces) progress.phase = "committing"
       },
@@ -149,7 +152,7 @@ const transfer = (
       return yield* Effect.fail(new ProtocolError({ peer: links[0]!.peer, code: "BadMessage", reason: "server sent a bitmap of the wrong length" }))
     }
     const pieceBytes = yield* firstPieceBytes(options.dir, { dataset: manifest.dataset, lowest: manifest.first, highest: manifest.first, pieces: 1, marker: true })
-    tasks = planBatches(manifest, held, pieceBytes, options.batchBytes)
+    const tasks = planBatches(manifest, held, pieceBytes, options.batchBytes)
     const missing = manifest.count - held.held
     progress.start(manifest.count, manifest.size, held.held, heldBytes(manifest, held))
     if (held.held > 0) yield* Effect.logInfo(`${manifest.dataset}: server already holds ${held.held} of ${manifest.count} pieces; sending the other ${missing}`)
@@ -159,7 +162,8 @@ const transfer = (
       for (const l of links) if (l.inflight() < best.inflight()) best = l
       return best
     }
-    const pump = Stream.fromIterable(tasks).pipe(
+    const pump = Stream.fromIterable({ [Symbol.iterator]: () => tasks }).pipe(
+      Stream.tap((task) => Effect.sync(() => inFlight.set(task.seq, { pieces: task.indices.length, bytes: task.bytes }))),
       Stream.mapEffect(
         (task) =>
           reader.read({ dir: options.dir, dataset: manifest.dataset, handle, seq: task.seq, indices: task.indices, maxPieceBytes: options.maxFrame - 64, expectBytes: pieceBytes * task.indices.length }),
