@@ -2,9 +2,11 @@
 // ferry benchmark: ferry send/serve against the shell one-liners
 //   receiver: nc -l 127.0.0.1 PORT | gzip -d > OUT        (and igzip -d)
 //   sender:   find DIR -maxdepth 1 -name 'NAME-*.gz' | LC_ALL=C sort | xargs cat | nc -N 127.0.0.1 PORT
-// on loopback, warm page cache. See bench/README.md. Node 20 built-ins only.
+// on loopback, warm page cache; ferry-tls is ferry over TLS (self-signed certificate made
+// with openssl once per invocation), on W1 unless named in --contenders. See bench/README.md.
+// Node 20 built-ins only.
 //
-//   node bench/run.mjs [--quick] [--runs N] [--only W1,W2,W3] [--contenders ferry,gzip,igzip]
+//   node bench/run.mjs [--quick] [--runs N] [--only W1,W2,W3] [--contenders ferry,ferry-tls,gzip,igzip]
 //                      [--timeout SECONDS] [--no-install]
 
 import { spawn, spawnSync } from "node:child_process"
@@ -27,7 +29,14 @@ const SPEC_VERSION = 1 // bump to force regeneration of every cached workload
 const QUICK_FACTOR = 20
 const KiB = 1024
 const MiB = 1024 * 1024
-const ALL_CONTENDERS = ["ferry", "gzip", "igzip"]
+const ALL_CONTENDERS = ["ferry", "ferry-tls", "gzip", "igzip"]
+const FERRY_CONTENDERS = new Set(["ferry", "ferry-tls"]) // not one-liners: never the "best one-liner"
+const TLS_DEFAULT_WORKLOADS = ["W1"] // ferry-tls runs only here unless --contenders names it
+// The certificate of ferry-tls: self-signed P-256, valid for localhost and 127.0.0.1.
+const tlsCertArgs = (key, cert) => [
+  "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+  "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+]
 
 // ---------------------------------------------------------------- options
 
@@ -36,7 +45,8 @@ function usage() {
   --quick                 shrink every workload ${QUICK_FACTOR}x (to try the harness; numbers are not representative)
   --runs N                runs per contender and workload, alternating (default 3)
   --only W1,W2,W3         workloads to run (default all; W3 also needs W1 as its 1-client reference)
-  --contenders LIST       from ferry,gzip,igzip (default all)
+  --contenders LIST       from ferry,ferry-tls,gzip,igzip (default all; by default ferry-tls runs on
+                          W1 only, naming it here runs it on every selected workload)
   --timeout SECONDS       time limit of a single run (default 600)
   --no-install            do not try apt-get install for missing nc / igzip
   -h, --help              this text`
@@ -48,7 +58,7 @@ function die(msg) {
 }
 
 function parseArgs(argv) {
-  const o = { quick: false, runs: 3, only: ["W1", "W2", "W3"], contenders: [...ALL_CONTENDERS], timeoutS: 600, install: true }
+  const o = { quick: false, runs: 3, only: ["W1", "W2", "W3"], contenders: [...ALL_CONTENDERS], contendersGiven: false, timeoutS: 600, install: true }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
     const eq = arg.indexOf("=")
@@ -61,7 +71,7 @@ function parseArgs(argv) {
       case "--runs": o.runs = Number(value()); break
       case "--timeout": o.timeoutS = Number(value()); break
       case "--only": o.only = list(value()).map((s) => s.toUpperCase()); break
-      case "--contenders": o.contenders = list(value()).map((s) => s.toLowerCase()); break
+      case "--contenders": o.contenders = list(value()).map((s) => s.toLowerCase()); o.contendersGiven = true; break
       case "-h": case "--help": console.log(usage()); process.exit(0)
       default: die(`unknown argument ${arg}\n${usage()}`)
     }
@@ -380,17 +390,20 @@ function displayCommands(tool) {
 
 const TOOLS = { nc: null, ncDisplay: null, gzip: null, igzip: null }
 
-async function runFerry(w, ctx) {
+// tls: null for plain ferry, { cert, key } (PEM paths) for ferry-tls
+async function runFerry(w, ctx, tls = null) {
   const dest = await makeTemp("ferry-bench-dest-")
   const tdir = await makeTemp("ferry-bench-time-")
   try {
-    const server = launch(FERRY, ["serve", "--port", "0", "--dest", dest, "--host", "127.0.0.1"], ctx)
+    const serverTls = tls ? ["--tls-cert", tls.cert, "--tls-key", tls.key] : []
+    const clientTls = tls ? ["--tls-ca", tls.cert] : []
+    const server = launch(FERRY, ["serve", "--port", "0", "--dest", dest, "--host", "127.0.0.1", ...serverTls], ctx)
     const m = await waitForLine(server, /listening on ([\d.]+):(\d+)/, 60_000)
     const address = `${m[1]}:${m[2]}`
     const cpu0 = procCpuS(server.pid)
     const t0 = performance.now()
     const clients = w.datasets.map((d, i) =>
-      launch(TIME, ["-f", TIME_FMT, "-o", join(tdir, `client-${i}`), FERRY, "send", "--path", d.dir, "--address", address, "--quiet"], ctx),
+      launch(TIME, ["-f", TIME_FMT, "-o", join(tdir, `client-${i}`), FERRY, "send", "--path", d.dir, "--address", address, "--quiet", ...clientTls], ctx),
     )
     const results = await Promise.all(clients.map((c) => c.done))
     const wallS = (performance.now() - t0) / 1000
@@ -516,7 +529,7 @@ function resolveTools() {
   TOOLS.igzip = which("igzip")
 }
 function missingFor(c) {
-  if (c === "ferry") return []
+  if (FERRY_CONTENDERS.has(c)) return [] // openssl for ferry-tls: see makeTlsCert
   const m = []
   if (!TOOLS.nc) m.push("nc (netcat-openbsd)")
   if (!TOOLS[c]) m.push(c === "igzip" ? "igzip (isal)" : "gzip")
@@ -538,6 +551,23 @@ function aptInstall() {
   log("apt-get install failed; running apt-get update once and retrying")
   if (!run(["apt-get", "update"])) return "apt-get update failed"
   return run(["apt-get", "install", "-y", ...pkgs]) ? null : "apt-get install failed"
+}
+
+// Self-signed certificate for ferry-tls, made once per invocation in a temporary folder
+// (removed at exit). Returns { dir, cert, key } or { error }.
+async function makeTlsCert() {
+  const openssl = which("openssl")
+  if (!openssl) return { error: "openssl not found on PATH (needed for the self-signed certificate)" }
+  const dir = await makeTemp("ferry-bench-tls-")
+  const cert = join(dir, "cert.pem")
+  const key = join(dir, "key.pem")
+  const r = spawnSync(openssl, tlsCertArgs(key, cert), { encoding: "utf8", timeout: 60_000 })
+  if (r.error || r.status !== 0 || !existsSync(cert) || !existsSync(key)) {
+    await removeTemp(dir)
+    const why = r.error ? r.error.message : `exit ${r.status ?? r.signal}`
+    return { error: `openssl req failed to make the self-signed certificate (${why}): ${lastLine(r.stderr) || "no output"}` }
+  }
+  return { dir, cert, key }
 }
 
 // ---------------------------------------------------------------- reporting helpers
@@ -622,8 +652,7 @@ async function main() {
       log(`SKIPPED contender ${c}: ${skipped[c]}`)
     }
   }
-  const contenders = wanted.filter((c) => !skipped[c])
-  if (contenders.length === 0) die("no contender can run")
+  let contenders = wanted.filter((c) => !skipped[c])
 
   // workloads: W3's reference is W1 (one client, same total bytes)
   const plan = opts.only.map((id) => makeWorkload(id, opts.quick))
@@ -633,6 +662,27 @@ async function main() {
     plan.unshift(ref)
     log("W3 needs its one-client reference: running W1 as well")
   }
+  // ferry-tls: on W1 only, unless --contenders names the contenders (then on every workload of the plan)
+  const runsOn = (w, c) => c !== "ferry-tls" || opts.contendersGiven || (TLS_DEFAULT_WORKLOADS.includes(w.id) && !w.referenceOnly)
+  const plannedFor = (c) => plan.filter((w) => runsOn(w, c)).map((w) => w.id)
+  let tls = null
+  if (contenders.includes("ferry-tls")) {
+    if (plannedFor("ferry-tls").length === 0) {
+      log(`ferry-tls runs on ${TLS_DEFAULT_WORKLOADS.join(", ")} only by default (name it in --contenders to run it on ${opts.only.join(", ")}): not run this time`)
+      contenders = contenders.filter((c) => c !== "ferry-tls")
+    } else {
+      const made = await makeTlsCert()
+      if (made.error) {
+        skipped["ferry-tls"] = made.error
+        log(`SKIPPED contender ferry-tls: ${made.error}`)
+        contenders = contenders.filter((c) => c !== "ferry-tls")
+      } else {
+        tls = made
+        log(`ferry-tls: self-signed certificate (P-256, CN=localhost, SAN localhost and 127.0.0.1) in ${made.dir}`)
+      }
+    }
+  }
+  if (contenders.length === 0) die("no contender can run")
   for (const w of plan) await ensureData(w)
 
   const results = new Map() // `${w.id}/${c}` -> runs[]
@@ -640,24 +690,27 @@ async function main() {
   for (const w of plan) {
     log(`${w.id}: warm-up read of ${fmtBytes(w.bytes)} original (gzip pieces into the page cache)`)
     await warmUp(w)
-    for (const c of contenders) results.set(`${w.id}/${c}`, [])
+    const cs = contenders.filter((c) => runsOn(w, c))
+    for (const c of cs) results.set(`${w.id}/${c}`, [])
     for (let run = 1; run <= opts.runs; run++) {
-      for (const c of contenders) {
+      for (const c of cs) {
         await haltIfStopping()
-        const r = await timedRun((ctx) => (c === "ferry" ? runFerry(w, ctx) : runOneLiner(c, w, ctx)), opts.timeoutS)
+        const go = (ctx) => (c === "ferry" ? runFerry(w, ctx) : c === "ferry-tls" ? runFerry(w, ctx, tls) : runOneLiner(c, w, ctx))
+        const r = await timedRun(go, opts.timeoutS)
         await haltIfStopping() // interrupted: not a result
         results.get(`${w.id}/${c}`).push({ run, ...r })
         if (r.ok) {
-          log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(5)}: ${f(r.wallS)} s wall, ${f(w.bytes / 1e6 / r.wallS, 1)} MB/s, ${f(r.cpuS)} s CPU, RSS ${f(r.rssServerMiB, 0)}/${f(r.rssClientMiB, 0)} MiB`)
+          log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(9)}: ${f(r.wallS)} s wall, ${f(w.bytes / 1e6 / r.wallS, 1)} MB/s, ${f(r.cpuS)} s CPU, RSS ${f(r.rssServerMiB, 0)}/${f(r.rssClientMiB, 0)} MiB`)
         } else {
           failures++
-          log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(5)}: FAILED: ${r.error}`)
+          log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(9)}: FAILED: ${r.error}`)
         }
       }
     }
   }
 
   await haltIfStopping()
+  if (tls) await removeTemp(tls.dir)
   // summaries
   const summary = (w, c) => {
     const runs = results.get(`${w.id}/${c}`) ?? []
@@ -678,26 +731,30 @@ async function main() {
       rssClientMaxMiB: max("rssClientMiB"),
     }
   }
-  const out = []
+  const out = [] // { w, cs: contenders run on w, sums, best }
   for (const w of plan) {
-    const sums = Object.fromEntries(contenders.map((c) => [c, summary(w, c)]))
-    const oneLiners = contenders.filter((c) => c !== "ferry" && sums[c].wallMedianS)
+    const cs = contenders.filter((c) => runsOn(w, c))
+    const sums = Object.fromEntries(cs.map((c) => [c, summary(w, c)]))
+    const oneLiners = cs.filter((c) => !FERRY_CONTENDERS.has(c) && sums[c].wallMedianS)
     const best = oneLiners.sort((a, b) => sums[a].wallMedianS - sums[b].wallMedianS)[0] ?? null
-    for (const c of contenders) sums[c].wallVsBestOneLiner = best && sums[c].wallMedianS ? sums[c].wallMedianS / sums[best].wallMedianS : null
-    out.push({ w, sums, best })
+    for (const c of cs) sums[c].wallVsBestOneLiner = best && sums[c].wallMedianS ? sums[c].wallMedianS / sums[best].wallMedianS : null
+    out.push({ w, cs, sums, best })
   }
 
   const header = ["Workload", "Contender", "OK runs", "Wall s (median)", "MB/s", "CPU s (median)", "RSS server MiB (max)", "RSS client MiB (max)", "Wall / best one-liner"]
   const rows = []
-  for (const { w, sums } of out) {
-    for (const c of contenders) {
+  for (const { w, cs, sums } of out) {
+    for (const c of cs) {
       const s = sums[c]
       const label = w.referenceOnly ? `${w.id} (W3 reference)` : w.id
       if (s.okRuns === 0) rows.push([label, c, `0/${s.runs}`, "FAILED", "–", "–", "–", "–", "–"])
       else rows.push([label, c, `${s.okRuns}/${s.runs}`, f(s.wallMedianS), f(s.mbPerS, 1), f(s.cpuMedianS), f(s.rssServerMaxMiB, 0), f(s.rssClientMaxMiB, 0), f(s.wallVsBestOneLiner)])
     }
   }
-  for (const c of Object.keys(skipped)) rows.push(["all", c, "–", "SKIPPED", "–", "–", "–", "–", "–"])
+  for (const c of Object.keys(skipped)) {
+    const where = plannedFor(c)
+    rows.push([where.length === plan.length ? "all" : where.join(","), c, "–", "SKIPPED", "–", "–", "–", "–", "–"])
+  }
   const mainTable = mdTable(header, rows)
 
   // W3 scaling: 4 clients at once vs 1 client, same total bytes
@@ -706,7 +763,7 @@ async function main() {
   const w1 = out.find((o) => o.w.id === "W1")
   const w3ratio = {}
   if (w3 && w1) {
-    const r = contenders.map((c) => {
+    const r = w3.cs.filter((c) => w1.cs.includes(c)).map((c) => {
       const a = w3.sums[c].wallMedianS
       const b = w1.sums[c].wallMedianS
       w3ratio[c] = { w3WallMedianS: a, referenceWallMedianS: b, ratio: a && b ? a / b : null }
@@ -715,9 +772,35 @@ async function main() {
     w3Table = mdTable(["Contender", "W3", "W3 wall s (median)", "W1 reference wall s (1 client)", "W3 / reference"], r)
   }
 
+  // TLS cost: ferry-tls / ferry on each workload where both ran (medians)
+  const tlsCost = {}
+  const tlsLines = []
+  for (const { w, cs, sums } of out) {
+    if (!cs.includes("ferry") || !cs.includes("ferry-tls")) continue
+    const a = sums["ferry"]
+    const b = sums["ferry-tls"]
+    const ratio = (x, y) => (x > 0 && y > 0 ? y / x : null)
+    const c = {
+      ferryWallMedianS: a.wallMedianS,
+      ferryTlsWallMedianS: b.wallMedianS,
+      wallRatio: ratio(a.wallMedianS, b.wallMedianS),
+      ferryCpuMedianS: a.cpuMedianS,
+      ferryTlsCpuMedianS: b.cpuMedianS,
+      cpuRatio: ratio(a.cpuMedianS, b.cpuMedianS),
+    }
+    const label = w.referenceOnly ? `${w.id} (W3 reference)` : w.id
+    tlsCost[label] = c
+    const none = [a.okRuns ? null : "ferry", b.okRuns ? null : "ferry-tls"].filter(Boolean)
+    tlsLines.push(
+      none.length
+        ? `TLS cost on ${label}: not available (no successful run of ${none.join(" and ")})`
+        : `TLS cost on ${label}: ${f(c.wallRatio)}x wall, ${f(c.cpuRatio)}x CPU`,
+    )
+  }
+
   const failureLines = []
-  for (const { w } of out)
-    for (const c of contenders)
+  for (const { w, cs } of out)
+    for (const c of cs)
       for (const r of results.get(`${w.id}/${c}`)) if (!r.ok) failureLines.push(`- ${w.id} ${c} run ${r.run}: ${r.error}`)
 
   const title = opts.quick ? `QUICK RUN (workloads shrunk ${QUICK_FACTOR}x, not representative)` : "full-size run"
@@ -727,10 +810,17 @@ async function main() {
       client: "bin/ferry send --path DIR --address 127.0.0.1:PORT --quiet",
     },
   }
+  if (contenders.includes("ferry-tls") || skipped["ferry-tls"])
+    commands["ferry-tls"] = {
+      certificate: `openssl ${tlsCertArgs("KEY", "CERT").join(" ")}`,
+      server: `${commands.ferry.server} --tls-cert CERT --tls-key KEY`,
+      client: `${commands.ferry.client} --tls-ca CERT`,
+    }
   for (const c of ["gzip", "igzip"]) if (contenders.includes(c) || skipped[c]) commands[c] = displayCommands(c)
 
   let stdout = `\n## ferry benchmark: ${title}\n\n${mainTable}\n`
   if (w3Table) stdout += `\nW3 scaling (same total bytes; below 1 means several clients at once beat one):\n\n${w3Table}\n`
+  if (tlsLines.length) stdout += `\n${tlsLines.join("\n")}\n`
   if (Object.keys(skipped).length) stdout += `\n${Object.entries(skipped).map(([c, why]) => `- SKIPPED ${c}: ${why}`).join("\n")}\n`
   if (failureLines.length) stdout += `\nFailed runs (not counted):\n${failureLines.join("\n")}\n`
   console.log(stdout)
@@ -752,18 +842,20 @@ async function main() {
     commands,
     tools: { nc: TOOLS.nc, gzip: TOOLS.gzip, igzip: TOOLS.igzip, time: TIME },
     units: { wall: "s", cpu: "s user+sys, all processes", rss: "MiB peak", throughput: "MB/s (1e6 bytes) of original data rebuilt" },
-    workloads: out.map(({ w, sums, best }) => ({
+    workloads: out.map(({ w, cs, sums, best }) => ({
       id: w.id,
       referenceOnly: w.referenceOnly,
       description: w.description,
       clients: w.clients,
       originalBytes: w.bytes,
       datasets: w.datasets.map(({ name, pieces, slice, size, seed, sha256 }) => ({ name, pieces, slice, size, seed, sha256 })),
+      contenders: cs,
       bestOneLiner: best,
       summary: sums,
-      runs: Object.fromEntries(contenders.map((c) => [c, results.get(`${w.id}/${c}`)])),
+      runs: Object.fromEntries(cs.map((c) => [c, results.get(`${w.id}/${c}`)])),
     })),
     w3VsReference: w3Table ? w3ratio : undefined,
+    tlsCost: tlsLines.length ? tlsCost : undefined,
   }
 
   const md = [
@@ -780,18 +872,26 @@ async function main() {
     "",
     mainTable,
     "",
-    "MB/s is original (rebuilt) bytes / median wall time, in 10^6 bytes per second. CPU is user+sys summed over every process of the contender (for ferry: the server while the send ran, plus the client processes). RSS server/client is the peak of the server process and of the largest client process (for the one-liners: largest process on the receiver side and on the sender side). Wall / best one-liner divides by the faster of the gzip/igzip one-liners.",
+    "MB/s is original (rebuilt) bytes / median wall time, in 10^6 bytes per second. CPU is user+sys summed over every process of the contender (for ferry and ferry-tls: the server while the send ran, plus the client processes). RSS server/client is the peak of the server process and of the largest client process (for the one-liners: largest process on the receiver side and on the sender side). Wall / best one-liner divides by the faster of the gzip/igzip one-liners.",
     "",
   ]
   if (w3Table) md.push("## W3: four clients at once vs one client", "", w3Table, "", "The reference is W1: one dataset of the same total bytes sent by one client (one pipeline for the one-liners).", "")
+  if (tlsLines.length) md.push("## TLS cost", "", ...tlsLines.map((l) => `- ${l}`), "", "ferry-tls median / ferry median on the same workload: wall time and CPU (user+sys of server and clients). Above 1 is what TLS costs.", "")
   md.push("## Workloads", "")
   for (const { w } of out) md.push(`- ${w.id}${w.referenceOnly ? " (as W3 reference)" : ""}: ${w.description}; ${w.bytes.toLocaleString("en-US")} original bytes; datasets ${w.datasets.map((d) => `${d.name} (seed ${d.seed}, sha256 ${d.sha256.slice(0, 12)}...)`).join(", ")}`)
   md.push("", "## Commands", "", "ferry (server started and listening before the timer starts; time runs from the start of send to its exit):", "", "```sh", commands.ferry.server, commands.ferry.client, "```", "")
+  if (commands["ferry-tls"]) {
+    const t = commands["ferry-tls"]
+    md.push(
+      `ferry-tls (the same, over TLS; on ${plannedFor("ferry-tls").join(", ")}${skipped["ferry-tls"] ? `; SKIPPED: ${skipped["ferry-tls"]}` : ""}). The certificate is made once per invocation, before the runs, in a temporary folder removed at exit:`,
+      "", "```sh", t.certificate, t.server, t.client, "```", "",
+    )
+  }
   for (const c of ["gzip", "igzip"]) {
     if (!commands[c]) continue
     md.push(`${c} one-liner (receiver listening before the timer starts; time runs from the start of the sender until the receiver exits)${skipped[c] ? ` (SKIPPED: ${skipped[c]})` : ""}:`, "", "```sh", `# receiver`, commands[c].receiver, `# sender`, commands[c].sender, "```", "")
   }
-  md.push(`Every process was run under \`${TIME} -f '${TIME_FMT}' -o FILE\` (the ferry server is read from /proc/PID/stat and VmHWM instead). For W3 every contender runs four transfers at once: four ferry send clients to one server, or four sender/receiver pipelines on four ports. Outputs were checked against the sha256 saved by \`ferry fake\` (and NAME.done for ferry) before a time counted.`, "")
+  md.push(`Every process was run under \`${TIME} -f '${TIME_FMT}' -o FILE\` (the ferry servers are read from /proc/PID/stat and VmHWM instead). For W3 every contender runs four transfers at once: four ferry send clients to one server, or four sender/receiver pipelines on four ports. Outputs were checked against the sha256 saved by \`ferry fake\` (and NAME.done for ferry and ferry-tls) before a time counted.`, "")
   if (Object.keys(skipped).length) md.push("## Skipped contenders", "", ...Object.entries(skipped).map(([c, why]) => `- SKIPPED ${c}: ${why}`), "")
   if (failureLines.length) md.push("## Failed runs", "", ...failureLines, "")
 

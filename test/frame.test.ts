@@ -17,7 +17,7 @@ import { Committed, type ControlMessage, decodeControl, encodeControl, Failed, H
 fc.configureGlobal({ seed: 424242, numRuns: 150 })
 
 const controlMessages: fc.Arbitrary<ControlMessage> = fc.oneof(
-  fc.record({ protocol: fc.nat(9), server: fc.string(), nonce: fc.stringMatching(/^[0-9a-f]{0,16}$/), auth: fc.constantFrom("none" as const, "hmac-sha256" as const), idle: fc.nat(3600) }).map((r) => new Welcome(r)),
+  fc.record({ protocol: fc.nat(9), server: fc.string(), nonce: fc.stringMatching(/^[0-9a-f]{0,16}$/), auth: fc.constantFrom("none" as const, "hmac-sha256" as const), idle: fc.nat(3600), maxFrame: fc.nat() }).map((r) => new Welcome(r)),
   fc.record({ protocol: fc.nat(9), client: fc.string({ maxLength: 50 }), proof: fc.option(fc.stringMatching(/^[0-9a-f]{0,64}$/), { nil: null }) }).map((r) => new Hello(r)),
   fc.record({ handle: fc.nat(), dataset: fc.stringMatching(/^[a-z]{1,64}$/), size: fc.nat(), sliceSize: fc.nat(), first: fc.nat(9_999_999), count: fc.nat(10_000_000) })
     .map(({ handle, ...m }) => new Open({ handle, manifest: new Manifest(m) })),

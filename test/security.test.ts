@@ -19,6 +19,15 @@ beforeAll(async () => {
   sample = { dir, sha: shaOf(made.stdout, "safe")! }
 })
 
+/** Polls an async condition (a server frees a slot a moment after a client leaves). */
+const until = async (condition: () => Promise<boolean>, tries = 20) => {
+  for (let k = 0; k < tries; k++) {
+    if (await condition()) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error("condition not met")
+}
+
 /** A real transfer must still work: the proof that the server was not harmed. */
 const stillServes = async (address: string, dest: string, extra: ReadonlyArray<string> = []) => {
   const r = await ferry(["send", "--path", sample.dir, "--address", address, "--quiet", "--retries", "0", ...extra])
@@ -240,6 +249,56 @@ describe("abuse and limits", () => {
     }
     expect(readdirSync(join(dest, ".ferry"))).toEqual(before)
     expect(existsSync(join(dest, "..", "x"))).toBe(false)
+  })
+})
+
+describe("more limits", () => {
+  it("past --max-connections, a client is refused; when one leaves, others get in", async () => {
+    const dest = dirs.make("dest")
+    const server = await startServer(dest, ["--max-connections", "1"])
+    try {
+      const first = await rawHandshake(server.address)
+      await expect(rawHandshake(server.address)).rejects.toThrow(/TooManyConnections/)
+      first.socket.destroy()
+      await first.closed
+      await until(async () => (await ferry(["send", "--path", sample.dir, "--address", server.address, "--connections", "1", "--retries", "0", "--quiet"])).code === 0)
+      expect(sha256File(join(dest, "safe"))).toBe(sample.sha)
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it("past --max-datasets in progress, a new dataset is refused as busy", async () => {
+    const dest = dirs.make("dest")
+    const server = await startServer(dest, ["--max-datasets", "1"])
+    try {
+      const c = await rawHandshake(server.address)
+      c.write(openMessage(1, { dataset: "one", size: 10, sliceSize: 10, first: 0, count: 1 }))
+      expect((await c.next())._tag).toBe("Opened")
+      c.write(openMessage(2, { dataset: "two", size: 10, sliceSize: 10, first: 0, count: 1 }))
+      expect(await c.next()).toMatchObject({ _tag: "Failed", code: "Busy" })
+      c.socket.destroy()
+      await c.closed
+      await until(async () => (await ferry(["send", "--path", sample.dir, "--address", server.address, "--retries", "0", "--quiet"])).code === 0)
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it("a small --max-frame and --connection-memory still carry a transfer: the client sizes its batches to the server", async () => {
+    const dest = dirs.make("dest")
+    const server = await startServer(dest, ["--max-frame", "64KiB", "--connection-memory", "256KiB"])
+    try {
+      await stillServes(server.address, dest)
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it("--max-frame larger than --connection-memory is a usage error", async () => {
+    const r = await ferry(["serve", "--port", "0", "--dest", dirs.make("dest"), "--max-frame", "2MiB", "--connection-memory", "1MiB"])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toMatch(/^ferry: --max-frame \(2097152\) cannot be larger than --connection-memory \(1048576\)$/m)
   })
 })
 

@@ -53,7 +53,7 @@ export interface SendOptions {
 export const defaultSendOptions: Omit<SendOptions, "dir" | "address"> = {
   connections: 2,
   window: 8 * 1024 * 1024,
-  batchBytes: 1024 * 1024,
+  batchBytes: 2 * 1024 * 1024,
   readAhead: 4,
   parallelDatasets: 2,
   maxFrame: DEFAULT_MAX_FRAME,
@@ -152,7 +152,12 @@ const transfer = (
       return yield* Effect.fail(new ProtocolError({ peer: links[0]!.peer, code: "BadMessage", reason: "server sent a bitmap of the wrong length" }))
     }
     const pieceBytes = yield* firstPieceBytes(options.dir, { dataset: manifest.dataset, lowest: manifest.first, highest: manifest.first, pieces: 1, marker: true })
-    const tasks = planBatches(manifest, held, pieceBytes, options.batchBytes)
+    // batches stay well under the largest frame the server accepts
+    const serverMax = Math.min(...links.map((l) => l.maxFrame))
+    // Batches are planned on the largest a piece can be (an incompressible slice stored by gzip),
+    // not on the first piece's size, so that no frame can outgrow the server's limit.
+    const pieceBound = Math.ceil(manifest.sliceSize * 1.001) + 320
+    const tasks = planBatches(manifest, held, pieceBound, Math.max(1, Math.min(options.batchBytes, Math.floor(serverMax / 2))))
     const missing = manifest.count - held.held
     progress.start(manifest.count, manifest.size, held.held, heldBytes(manifest, held))
     if (held.held > 0) yield* Effect.logInfo(`${manifest.dataset}: server already holds ${held.held} of ${manifest.count} pieces; sending the other ${missing}`)
@@ -166,7 +171,7 @@ const transfer = (
       Stream.tap((task) => Effect.sync(() => inFlight.set(task.seq, { pieces: task.indices.length, bytes: task.bytes }))),
       Stream.mapEffect(
         (task) =>
-          reader.read({ dir: options.dir, dataset: manifest.dataset, handle, seq: task.seq, indices: task.indices, maxPieceBytes: options.maxFrame - 64, expectBytes: pieceBytes * task.indices.length }),
+          reader.read({ dir: options.dir, dataset: manifest.dataset, handle, seq: task.seq, indices: task.indices, maxPieceBytes: Math.min(options.maxFrame, serverMax) - 64, expectBytes: pieceBytes * task.indices.length }),
         { concurrency: options.readAhead }
       ),
       Stream.mapEffect(

@@ -31,6 +31,8 @@ export interface TransferEvents {
 
 export interface ServerLink {
   readonly peer: string
+  /** Largest frame the server accepts. */
+  readonly maxFrame: number
   /** Bytes sent and not yet acknowledged. */
   readonly inflight: () => number
   readonly open: (handle: number, manifest: Manifest) => Effect.Effect<Opened, LinkError | DatasetRejected>
@@ -194,6 +196,7 @@ export const connect = (
 
     return {
       peer,
+      maxFrame: welcome.maxFrame,
       inflight: () => inflight,
       open: (handle, manifest) =>
         Effect.gen(function*() {

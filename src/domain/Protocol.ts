@@ -20,7 +20,9 @@ export class Welcome extends Schema.TaggedClass<Welcome>()("Welcome", {
   nonce: Schema.String,
   auth: Schema.Literal("none", "hmac-sha256"),
   /** Seconds of silence after which the server drops a connection: clients ping well within it. */
-  idle: Schema.Number
+  idle: Schema.Number,
+  /** Largest frame the server accepts: clients size their batches under it. */
+  maxFrame: Schema.Number
 }) {}
 
 /** Client -> server, answer to Welcome. */

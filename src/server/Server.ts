@@ -245,7 +245,8 @@ const serveLink = (
       server: `ferry/${VERSION}`,
       nonce,
       auth: options.token === undefined ? "none" : "hmac-sha256",
-      idle: Duration.toSeconds(options.idleTimeout)
+      idle: Duration.toSeconds(options.idleTimeout),
+      maxFrame: options.maxFrame
     })
     const welcomed = yield* Effect.either(send(encodeControl(welcome)))
     if (Either.isLeft(welcomed)) return
