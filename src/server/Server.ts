@@ -84,7 +84,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
         host: options.host,
         port: options.port,
         maxFrame: options.maxFrame,
-        readAhead: Math.min(4 * 1024 * 1024, Math.floor(options.connectionMemory / 4)),
+        readAhead: Math.min(2 * 1024 * 1024, Math.floor(options.connectionMemory / 4)),
         tls: options.tls,
         handshakeTimeout: options.handshakeTimeout
       },

@@ -15,7 +15,7 @@ export class BufferPool {
     /** Smaller requests are plain allocations: not worth pooling. */
     readonly minBytes = 64 * 1024,
     /** Buffers kept for reuse at most. */
-    readonly keep = 32
+    readonly keep = 24
   ) {}
 
   /** A buffer of exactly `size` bytes, over a pooled ArrayBuffer that may be larger. */

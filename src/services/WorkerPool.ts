@@ -16,7 +16,7 @@ export interface WorkerPool<In, Out> {
 /** What a worker script posts back for task `id`. */
 export type WorkerReply<Out> = { readonly id: number; readonly ok: Out } | { readonly id: number; readonly crash: string }
 
-export const defaultWorkers = (): number => Math.max(1, os.availableParallelism())
+export const defaultWorkers = (): number => Number(process.env["FERRY_WORKERS"] ?? 0) || Math.max(1, os.availableParallelism())
 
 interface Pending<Out> {
   readonly resume: (result: Effect.Effect<Out>) => void
