@@ -49,7 +49,7 @@ const outcome = (dataset: string, r: ReadOutcome): Effect.Effect<PieceFrame, Dat
     : Effect.fail(new DatasetError({ dataset, reason: r.reason }))
 
 /** Reading is mostly syscalls: two threads keep the disk queue full without starving gunzip. */
-export const PieceReaderLive = (workers = 2) =>
+export const PieceReaderLive = (workers = Number(process.env["FERRY_READERS"] ?? 0) || 2) =>
   Layer.scoped(
     PieceReader,
     Effect.gen(function*() {
