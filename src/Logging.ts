@@ -2,11 +2,18 @@
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
+import { eraseBoard } from "./client/Progress.js"
 
 const text = (message: unknown): string =>
   Array.isArray(message) ? message.map((m) => (typeof m === "string" ? m : JSON.stringify(m))).join(" ") : String(message)
 
-export const ferryLogger = (debug: boolean, write: (line: string) => void = (l) => void process.stderr.write(l)) =>
+const toStderr = (line: string) => {
+  // on a terminal, a line goes where the live progress board was; the board follows below
+  if (process.stderr.isTTY) eraseBoard((s) => void process.stderr.write(s))
+  process.stderr.write(line)
+}
+
+export const ferryLogger = (debug: boolean, write: (line: string) => void = toStderr) =>
   Logger.make(({ date, logLevel, message }) => {
     const level = logLevel.label
     if (debug) write(`${date.toISOString().slice(11, 23)} ${level.padEnd(5)} ${text(message)}\n`)

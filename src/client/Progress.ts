@@ -56,9 +56,24 @@ export const describe = (p: DatasetProgress, width = 24): string => {
   return `${p.dataset} ${bar} ${(fraction * 100).toFixed(1).padStart(5)}% ${pieces} ${mb(p.ackedBytes)} of ${mb(p.totalBytes)} ${tail}`
 }
 
+/**
+ * Lines the live board occupies at the bottom of the terminal. A log line
+ * printed meanwhile first erases them (see Logging.ts), and the board is drawn
+ * again below it on its next tick, so neither overwrites the other.
+ */
+export const boardOnScreen = { lines: 0 }
+
+/** Erases the live board, if any, so that a line can be printed in its place. */
+export const eraseBoard = (write: (s: string) => void): void => {
+  if (boardOnScreen.lines > 0) {
+    write(`\x1b[${boardOnScreen.lines}A\x1b[0J`)
+    boardOnScreen.lines = 0
+  }
+}
+
 export interface Board {
   readonly track: (dataset: string) => DatasetProgress
-  /** Draws once more, now (at the end). */
+  /** Draws once more, now, and leaves that on screen (at the end). */
   readonly flush: Effect.Effect<void>
 }
 
@@ -71,14 +86,13 @@ export const makeBoard = (options: {
   Effect.gen(function*() {
     const write = options.write ?? ((s: string) => void process.stderr.write(s))
     const rows: Array<DatasetProgress> = []
-    let drawn = 0
     const tty = options.mode === "tty"
     const draw = Effect.sync(() => {
       if (rows.length === 0) return
       if (tty) {
-        let out = drawn > 0 ? `\x1b[${drawn}A` : ""
+        let out = boardOnScreen.lines > 0 ? `\x1b[${boardOnScreen.lines}A` : ""
         for (const p of rows) out += `\x1b[2K${describe(p)}\n`
-        drawn = rows.length
+        boardOnScreen.lines = rows.length
         write(out)
       } else {
         for (const p of rows) if (p.phase === "sending" || p.phase === "committing") write(`${describe(p)}\n`)
@@ -96,6 +110,7 @@ export const makeBoard = (options: {
         rows.push(p)
         return p
       },
-      flush: tty ? draw : Effect.void
+      // the last drawing stays on screen as it is: what follows prints below it
+      flush: tty ? Effect.zipRight(draw, Effect.sync(() => void (boardOnScreen.lines = 0))) : Effect.void
     } satisfies Board
   })
