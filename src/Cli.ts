@@ -17,7 +17,6 @@ import * as Option from "effect/Option"
 import { defaultSendOptions, send } from "./client/Client.js"
 import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"
 import { UsageError } from "./domain/Errors.js"
-import { DEFAULT_MAX_FRAME } from "./domain/Frame.js"
 import { formatBytes, parseAddress, parseBytes } from "./domain/Units.js"
 import { VERSION } from "./domain/Version.js"
 import { LoggingLive } from "./Logging.js"
@@ -170,7 +169,7 @@ const serveCommand = Command.make(
     port: Options.integer("port").pipe(Options.withDescription("TCP port to listen on (0 picks a free one).")),
     dest: Options.text("dest").pipe(Options.withDescription("Folder where rebuilt files and their .done markers appear.")),
     host: Options.text("host").pipe(Options.withDefault(defaultServeOptions.host), Options.withDescription("Address to listen on.")),
-    maxFrame: Options.text("max-frame").pipe(Options.withDefault(String(DEFAULT_MAX_FRAME)), Options.withDescription("Largest frame accepted, in bytes.")),
+    maxFrame: Options.text("max-frame").pipe(Options.withDefault("16MiB"), Options.withDescription("Largest frame accepted, in bytes.")),
     tokenFile,
     tlsCert: Options.text("tls-cert").pipe(Options.optional, Options.withDescription("TLS certificate (PEM); with --tls-key, clients must use TLS.")),
     tlsKey: Options.text("tls-key").pipe(Options.optional, Options.withDescription("TLS private key (PEM).")),
@@ -179,7 +178,8 @@ const serveCommand = Command.make(
     maxDatasets: Options.integer("max-datasets").pipe(Options.withDefault(defaultStoreLimits.maxDatasets), Options.withDescription("Datasets in progress at once.")),
     maxDatasetSize: Options.text("max-dataset-size").pipe(Options.withDefault("16TiB"), Options.withDescription("Largest original file accepted.")),
     maxPieces: Options.integer("max-pieces").pipe(Options.withDefault(defaultStoreLimits.maxPieces), Options.withDescription("Most pieces in one dataset.")),
-    connectionMemory: Options.text("connection-memory").pipe(Options.withDefault("256MiB"), Options.withDescription("Memory one connection's frames may hold.")),
+    maxSlice: Options.text("max-slice").pipe(Options.withDefault("64MiB"), Options.withDescription("Largest slice (what one piece decompresses to).")),
+    connectionMemory: Options.text("connection-memory").pipe(Options.withDefault("128MiB"), Options.withDescription("Memory one connection's frames may hold.")),
     handshakeTimeout,
     idleTimeout: Options.float("idle-timeout").pipe(Options.withDefault(120), Options.withDescription("Seconds of silence before a connection is dropped.")),
     debug
@@ -199,7 +199,8 @@ const serveCommand = Command.make(
         const limits = {
           maxDatasets: yield* positive("max-datasets", flags.maxDatasets),
           maxPieces: yield* positive("max-pieces", flags.maxPieces),
-          maxDatasetSize: yield* bytesFlag("max-dataset-size", flags.maxDatasetSize)
+          maxDatasetSize: yield* bytesFlag("max-dataset-size", flags.maxDatasetSize),
+          maxSliceSize: yield* bytesFlag("max-slice", flags.maxSlice)
         }
         const token = yield* tokenFrom(flags.tokenFile)
         if (Option.isSome(flags.tlsCert) !== Option.isSome(flags.tlsKey)) {

@@ -180,6 +180,20 @@ describe("piece store", () => {
       )
     ))
 
+  it.scoped("a batch that would decompress to more than a worker may hold is refused before inflating", () => {
+    const { layer } = world()
+    return Effect.gen(function*() {
+      const store = yield* PieceStore
+      const slice = 64 * 1024 * 1024
+      const session = yield* store.open(new Manifest({ dataset: "bomb", size: slice * 10, sliceSize: slice, first: 0, count: 10 }))
+      const frame = encodePieces(1, 0, [0, 1, 2].map((index) => ({ index, bytes: zlib.gzipSync(Buffer.alloc(10)) }))).subarray(5)
+      const batch = decodePieces(frame)
+      if ("problem" in batch) throw new Error(batch.problem)
+      const r = yield* Effect.either(session.write(batch, Buffer.from(frame)))
+      expect(Either.isLeft(r) && [r.left.code, r.left.reason]).toEqual(["BadFrame", "a batch of 3 pieces would decompress to 201326592 bytes, over the limit of 134217728"])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.scoped("a full disk fails the dataset clearly and keeps what was written", () => {
     const { layer, memory } = world()
     return Effect.gen(function*() {

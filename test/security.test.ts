@@ -145,7 +145,7 @@ describe("abuse and limits", () => {
       "--idle-timeout", "1",
       "--max-pending", "8",
       "--max-frame", "2MiB",
-      "--max-pieces", "5000",
+      "--max-pieces", "50000",
       "--max-dataset-size", "1TB"
     ])
   })
@@ -214,6 +214,17 @@ describe("abuse and limits", () => {
     await c.closed
   })
 
+  it("before the handshake, only small frames are read", async () => {
+    const c = await rawConnect(server.address)
+    await c.next()
+    const header = Buffer.alloc(5)
+    header.writeUInt32BE(1024 * 1024, 0) // 1 MiB: under --max-frame, over what a stranger may send
+    header[4] = 1
+    c.write(header)
+    await c.closed
+    await server.waitFor(/frame of 1048576 bytes is over the limit of 65536/)
+  })
+
   it("a frame over the limit is refused", async () => {
     const c = await rawHandshake(server.address)
     const header = Buffer.alloc(5)
@@ -226,14 +237,16 @@ describe("abuse and limits", () => {
 
   it("a dataset announced larger than the limit, or than the disk, is refused with the numbers", async () => {
     const c = await rawHandshake(server.address)
-    c.write(openMessage(1, { dataset: "huge", size: 2e12, sliceSize: 1e9, first: 0, count: 2000 }))
+    c.write(openMessage(1, { dataset: "huge", size: 2e12, sliceSize: 1e6, first: 0, count: 2e6 }))
     expect(await c.next()).toMatchObject({ _tag: "Failed", code: "TooLarge", message: "2000000000000 bytes is over this server's limit of 1000000000000" })
-    c.write(openMessage(2, { dataset: "disk", size: 9e11, sliceSize: 9e8, first: 0, count: 1000 }))
+    c.write(openMessage(2, { dataset: "disk", size: 9e11, sliceSize: 6e7, first: 0, count: 15000 }))
     const answer = await c.next()
     expect(answer).toMatchObject({ _tag: "Failed", code: "NoSpace" })
     expect(answer._tag === "Failed" && answer.message).toMatch(/^needs \d+ more bytes but only \d+ are free in /)
-    c.write(openMessage(3, { dataset: "many", size: 6000, sliceSize: 1, first: 0, count: 6000 }))
+    c.write(openMessage(3, { dataset: "many", size: 60000, sliceSize: 1, first: 0, count: 60000 }))
     expect(await c.next()).toMatchObject({ _tag: "Failed", code: "TooManyPieces" })
+    c.write(openMessage(4, { dataset: "wide", size: 2e8, sliceSize: 1e8, first: 0, count: 2 }))
+    expect(await c.next()).toMatchObject({ _tag: "Failed", code: "TooLarge", message: "slices of 100000000 bytes are over this server's limit of 67108864" })
     expect(existsSync(join(dest, ".ferry", "huge"))).toBe(false)
     expect(existsSync(join(dest, ".ferry", "disk"))).toBe(false)
     c.socket.destroy()

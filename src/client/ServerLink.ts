@@ -167,11 +167,15 @@ export const connect = (
             const d = opening.get(m.handle)
             opening.delete(m.handle)
             transfers.get(m.handle)?.onFailed(error)
-            // the server drops the handle: free its window
+            // The server drops the handle and will ack none of its batches: free their window,
+            // and forget the handle so that a batch still on its way is not sent.
             const seqs = [...(held.get(m.handle)?.keys() ?? [])]
             return Effect.zipRight(
               d === undefined ? Effect.void : Deferred.fail(d, error),
-              Effect.forEach(seqs, (seq) => release(m.handle, seq), { discard: true })
+              Effect.zipRight(
+                Effect.forEach(seqs, (seq) => release(m.handle, seq), { discard: true }),
+                Effect.sync(() => held.delete(m.handle))
+              )
             )
           }
           default:
@@ -207,12 +211,22 @@ export const connect = (
           return yield* whileUp(Deferred.await(d))
         }),
       sendBatch: (handle, seq, frame, onFlushed) =>
-        Effect.gen(function*() {
-          const bytes = Math.min(frame.length, options.window)
-          yield* whileUp(window.take(bytes))
-          inflight += bytes
-          held.get(handle)?.set(seq, bytes)
-          yield* link.send(frame, onFlushed)
-        })
+        Effect.uninterruptibleMask((restore) =>
+          Effect.gen(function*() {
+            const bytes = Math.min(frame.length, options.window)
+            // taking window bytes and recording who holds them happen together
+            yield* restore(whileUp(window.take(bytes)))
+            const batches = held.get(handle)
+            if (batches === undefined) {
+              // the dataset failed meanwhile: nothing will ack this batch
+              yield* window.release(bytes)
+              onFlushed?.()
+              return
+            }
+            inflight += bytes
+            batches.set(seq, bytes)
+            yield* restore(link.send(frame, onFlushed))
+          })
+        )
     } satisfies ServerLink
   })

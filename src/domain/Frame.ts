@@ -62,7 +62,7 @@ export class FrameDecoder {
   private kind: FrameKind = FrameKind.Control
 
   constructor(
-    readonly maxFrame: number = DEFAULT_MAX_FRAME,
+    public maxFrame: number = DEFAULT_MAX_FRAME,
     /** Where frame bodies are allocated: the caller may pool them. */
     private readonly allocate: (size: number, kind: FrameKind) => Buffer = (size) => Buffer.allocUnsafeSlow(size)
   ) {}

@@ -12,7 +12,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { newNonce, proofMatches } from "../domain/Auth.js"
 import { ProtocolError, StoreError, TransportError } from "../domain/Errors.js"
-import { decodePieces, DEFAULT_MAX_FRAME, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
+import { decodePieces, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
 import {
   Committed,
   decodeControl,
@@ -53,7 +53,7 @@ export interface ServeOptions {
 export const defaultServeOptions: ServeOptions = {
   host: "0.0.0.0",
   port: 0,
-  maxFrame: DEFAULT_MAX_FRAME,
+  maxFrame: 16 * 1024 * 1024,
   handshakeTimeout: "10 seconds",
   idleTimeout: "120 seconds",
   batchesInFlight: 4,
@@ -61,8 +61,11 @@ export const defaultServeOptions: ServeOptions = {
   tls: undefined,
   maxConnections: 256,
   maxPending: 64,
-  connectionMemory: 256 * 1024 * 1024
+  connectionMemory: 128 * 1024 * 1024
 }
+
+/** Until the handshake is done, only small control frames are accepted. */
+const HANDSHAKE_FRAME = 64 * 1024
 
 /** Connections of one server, counted across links. */
 interface Gate {
@@ -83,7 +86,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
       {
         host: options.host,
         port: options.port,
-        maxFrame: options.maxFrame,
+        maxFrame: Math.min(HANDSHAKE_FRAME, options.maxFrame),
         readAhead: Math.min(2 * 1024 * 1024, Math.floor(options.connectionMemory / 4)),
         tls: options.tls,
         handshakeTimeout: options.handshakeTimeout
@@ -198,6 +201,7 @@ const serveLink = (
             gate.ready++
             yield* Effect.addFinalizer(() => Effect.sync(() => gate.ready--)).pipe(Scope.extend(scope))
             ready = true
+            link.limitFrames(options.maxFrame)
             yield* Effect.logDebug(`${link.peer}: hello from ${message.client}`)
             yield* send(encodeControl(new Ready()))
             yield* Deferred.succeed(handshake, undefined)
@@ -223,7 +227,16 @@ const serveLink = (
           if (dropped.has(batch.handle)) return
           return yield* refuse("UnknownHandle", `pieces for handle ${batch.handle}, which is not open`)
         }
-        const written = yield* Effect.either(memory.withPermits(Math.min(body.length, options.connectionMemory))(session.write(batch, body)))
+        const written = yield* memory.withPermits(Math.min(body.length, options.connectionMemory))(session.write(batch, body)).pipe(
+          // a bug or a dead worker fails this dataset with one line, not the whole connection
+          Effect.catchAllDefect((defect) =>
+            Effect.zipRight(
+              Effect.logError(`${link.peer}: internal error while writing ${session.manifest.dataset}: ${defect instanceof Error ? defect.message : String(defect)}`),
+              Effect.fail(new StoreError({ dataset: session.manifest.dataset, code: "Internal", reason: "internal error on the server (see its log)" }))
+            )
+          ),
+          Effect.either
+        )
         if (Either.isLeft(written)) return yield* fail(batch.handle, written.left)
         yield* send(encodeAck(batch.handle, batch.seq))
       })

@@ -49,7 +49,10 @@ export const GunzipPoolLive = (workers = defaultWorkers()) =>
             dataFd: job.data.fd,
             crcFd: job.crcs.fd
           }
-          return pool.run(message, [job.body.buffer, job.indices.buffer, job.starts.buffer, job.lengths.buffer] as Array<ArrayBuffer>).pipe(
+          // Once posted, a batch is waited for even when its caller is interrupted: the worker
+          // writes through the dataset's file descriptors, which must not be closed (and their
+          // numbers reused) before it is done.
+          return Effect.uninterruptible(pool.run(message, [job.body.buffer, job.indices.buffer, job.starts.buffer, job.lengths.buffer] as Array<ArrayBuffer>)).pipe(
             Effect.map((outcome) => {
               framePool.give((outcome as { body?: ArrayBuffer }).body ?? new ArrayBuffer(0))
               return outcome

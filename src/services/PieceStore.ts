@@ -89,13 +89,19 @@ export interface StoreLimits {
   readonly maxPieces: number
   /** Datasets in progress at once, over all clients. */
   readonly maxDatasets: number
+  /** Largest slice: what one piece may decompress to (a gunzip worker holds a batch of them). */
+  readonly maxSliceSize: number
 }
 
 export const defaultStoreLimits: StoreLimits = {
   maxDatasetSize: 2 ** 44, // 16 TiB
   maxPieces: MAX_PIECES,
-  maxDatasets: 64
+  maxDatasets: 64,
+  maxSliceSize: 64 * 1024 * 1024
 }
+
+/** Bytes one batch may decompress to: a batch needs that much memory in a gunzip worker. */
+export const MAX_BATCH_OUTPUT = 128 * 1024 * 1024
 
 export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreLimits) =>
   Effect.gen(function*() {
@@ -167,7 +173,8 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
         const bits = yield* fs.readFile(p.bitmap)
         const dataSize = (yield* fs.stat(p.data)).size
         if (bits.length !== Math.ceil(manifest.count / 8) || Number(dataSize) !== manifest.size) return Option.none()
-        return Option.some(new PieceBitmap(manifest.count, bits))
+        // a bitmap with bits past the last piece was not written by us: start afresh
+        return Option.fromNullable(PieceBitmap.fromBase64(manifest.count, Buffer.from(bits).toString("base64")))
       }).pipe(Effect.catchAll(() => Effect.succeed(Option.none<PieceBitmap>())))
 
     const createState = (manifest: Manifest) =>
@@ -242,12 +249,25 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
         Effect.flatMap((exit) => Deferred.done(entry.committed, exit))
       )
 
+    /** One user of a dataset is done with it; the last one closes its files. */
+    const release = (entry: Active) =>
+      registry.withPermits(1)(
+        Effect.suspend(() => {
+          entry.users--
+          if (entry.users > 0) return Effect.void
+          active.delete(entry.manifest.dataset)
+          return Scope.close(entry.scope, Exit.void)
+        })
+      )
+
     const startCommitIfComplete = (entry: Active) =>
       Effect.suspend(() => {
         if (!entry.bitmap.complete || entry.committing) return Effect.void
         entry.committing = true
-        // the commit belongs to the dataset, not to the connection that happened to finish it
-        return Effect.asVoid(Effect.forkDaemon(commit(entry)))
+        // The commit belongs to the dataset, not to the connection that happened to finish it,
+        // and it is a user of its own: the files stay open until it is done.
+        entry.users++
+        return Effect.asVoid(Effect.forkDaemon(Effect.ensuring(commit(entry), release(entry))))
       })
 
     const record = (entry: Active, indices: Uint32Array) =>
@@ -275,6 +295,9 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
       Effect.suspend(() => {
         const m = entry.manifest
         const n = batch.indices.length
+        if (n * m.sliceSize > Math.max(MAX_BATCH_OUTPUT, m.sliceSize)) {
+          return Effect.fail(new StoreError({ dataset: m.dataset, code: "BadFrame", reason: `a batch of ${n} pieces would decompress to ${n * m.sliceSize} bytes, over the limit of ${MAX_BATCH_OUTPUT}` }))
+        }
         // Every index must belong to the dataset and appear once; held pieces are skipped.
         const seen = new Set<number>()
         const keep: Array<number> = []
@@ -345,45 +368,42 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
         if (manifest.size > limits.maxDatasetSize) {
           return yield* Effect.fail(new StoreError({ dataset: name, code: "TooLarge", reason: `${manifest.size} bytes is over this server's limit of ${limits.maxDatasetSize}` }))
         }
+        if (manifest.sliceSize > limits.maxSliceSize) {
+          return yield* Effect.fail(new StoreError({ dataset: name, code: "TooLarge", reason: `slices of ${manifest.sliceSize} bytes are over this server's limit of ${limits.maxSliceSize}` }))
+        }
         if (manifest.count > limits.maxPieces) {
           return yield* Effect.fail(new StoreError({ dataset: name, code: "TooManyPieces", reason: `${manifest.count} pieces is over this server's limit of ${limits.maxPieces}` }))
         }
-        const entry = yield* registry.withPermits(1)(
-          Effect.gen(function*() {
-            const current = active.get(name)
-            if (current !== undefined) {
-              if (!sameManifest(current.manifest, manifest)) {
-                return yield* Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `another transfer of ${name} with a different manifest is in progress` }))
+        // Counting a user and arranging its release happen together, uninterruptibly.
+        const entry = yield* Effect.acquireRelease(
+          registry.withPermits(1)(
+            Effect.gen(function*() {
+              const current = active.get(name)
+              if (current !== undefined) {
+                if (!sameManifest(current.manifest, manifest)) {
+                  return yield* Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `another transfer of ${name} with a different manifest is in progress` }))
+                }
+                current.users++
+                return Option.some(current)
               }
-              current.users++
-              return Option.some(current)
-            }
-            const done = yield* committedSize(name)
-            if (Option.isSome(done)) {
-              if (done.value === manifest.size) return Option.none()
-              return yield* Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `${name} is already committed on the server with a different size (${done.value} bytes, not ${manifest.size})` }))
-            }
-            if (active.size >= limits.maxDatasets) {
-              return yield* Effect.fail(new StoreError({ dataset: name, code: "Busy", reason: `the server already has ${active.size} datasets in progress, its limit; try again later` }))
-            }
-            const fresh = yield* activate(manifest)
-            fresh.users = 1
-            active.set(name, fresh)
-            return Option.some(fresh)
-          })
+              const done = yield* committedSize(name)
+              if (Option.isSome(done)) {
+                if (done.value === manifest.size) return Option.none()
+                return yield* Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `${name} is already committed on the server with a different size (${done.value} bytes, not ${manifest.size})` }))
+              }
+              if (active.size >= limits.maxDatasets) {
+                return yield* Effect.fail(new StoreError({ dataset: name, code: "Busy", reason: `the server already has ${active.size} datasets in progress, its limit; try again later` }))
+              }
+              const fresh = yield* activate(manifest)
+              fresh.users = 1
+              active.set(name, fresh)
+              return Option.some(fresh)
+            })
+          ),
+          (opened) => (Option.isSome(opened) ? release(opened.value) : Effect.void)
         )
         if (Option.isNone(entry)) return committedSession(manifest)
         const e = entry.value
-        yield* Effect.addFinalizer(() =>
-          registry.withPermits(1)(
-            Effect.suspend(() => {
-              e.users--
-              if (e.users > 0) return Effect.void
-              active.delete(name)
-              return Scope.close(e.scope, Exit.void)
-            })
-          )
-        )
         // A dataset resumed complete (crash after the last write) commits now.
         yield* startCommitIfComplete(e)
         const held = new PieceBitmap(manifest.count, Uint8Array.from(e.bitmap.bits))

@@ -35,6 +35,8 @@ export interface Link {
   readonly send: (bytes: Uint8Array, onFlushed?: () => void) => Effect.Effect<void, TransportError>
   /** Ends the connection after what was sent. */
   readonly end: Effect.Effect<void>
+  /** Changes the largest frame accepted from now on (small until a peer has authenticated). */
+  readonly limitFrames: (maxFrame: number) => void
 }
 
 export interface LinkOptions {
@@ -169,7 +171,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
   const end = Effect.sync(() => {
     if (!socket.destroyed) socket.end()
   })
-  return { peer, frames, send, end }
+  return { peer, frames, send, end, limitFrames: (maxFrame) => void (decoder.maxFrame = maxFrame) }
 }
 
 const reasonOf = (e: unknown): string => {

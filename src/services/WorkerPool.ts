@@ -35,6 +35,7 @@ export const makeWorkerPool = <In, Out>(
         worker.unref()
         return { worker, busy: 0 }
       })
+      let closing = false
       const pending = new Map<number, Pending<Out> & { readonly slot: (typeof workers)[number] }>()
       const queue: Array<{ id: number; task: In; transfer: ReadonlyArray<Transferable> }> = []
       let nextId = 1
@@ -53,7 +54,7 @@ export const makeWorkerPool = <In, Out>(
         }
       }
 
-      for (const slot of workers) {
+      const attach = (slot: (typeof workers)[number]) => {
         slot.worker.on("message", (reply: WorkerReply<Out>) => {
           const p = pending.get(reply.id)
           slot.busy--
@@ -63,15 +64,25 @@ export const makeWorkerPool = <In, Out>(
           }
           pump()
         })
-        slot.worker.on("error", (e) => {
+        // A worker that dies fails the jobs it held (as defects) and is replaced, so that later
+        // jobs are not queued behind a thread that will never answer.
+        slot.worker.once("exit", () => {
+          if (closing) return
           for (const [id, p] of pending) {
             if (p.slot === slot) {
               pending.delete(id)
-              p.resume(Effect.die(e))
+              p.resume(Effect.die(new Error("a worker thread stopped")))
             }
           }
+          slot.worker = new Worker(script)
+          slot.worker.unref()
+          slot.busy = 0
+          attach(slot)
+          pump()
         })
+        slot.worker.on("error", () => {}) // followed by "exit"
       }
+      for (const slot of workers) attach(slot)
 
       const run = (task: In, transfer: ReadonlyArray<Transferable> = []) =>
         Effect.async<Out>((resume) => {
@@ -84,7 +95,14 @@ export const makeWorkerPool = <In, Out>(
           })
         })
 
-      return { size, run, terminate: () => Promise.all(workers.map((w) => w.worker.terminate())) }
+      return {
+        size,
+        run,
+        terminate: () => {
+          closing = true
+          return Promise.all(workers.map((w) => w.worker.terminate()))
+        }
+      }
     }),
     (pool) => Effect.promise(() => pool.terminate())
   ).pipe(Effect.map(({ run, size }) => ({ run, size })))

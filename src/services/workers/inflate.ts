@@ -24,6 +24,8 @@ const work = (task: InflateMessage): InflateOutcome => {
   const need = task.indices.length === 0 ? 1 : 1 + task.lengths.length * task.geometry.sliceSize
   if (scratch.length < need) scratch = Buffer.allocUnsafeSlow(Math.max(need, scratch.length * 2))
   const r = inflatePieces(task, scratch)
+  // a large batch's buffer is not kept for the life of the worker
+  if (scratch.length > 16 * 1024 * 1024) scratch = Buffer.allocUnsafeSlow(0)
   if (r._tag === "BadPiece") return r
   try {
     for (const [a, b] of runsOf(task.indices)) {

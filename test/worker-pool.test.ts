@@ -1,0 +1,43 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import { mkdtempSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { pathToFileURL } from "node:url"
+import { makeWorkerPool } from "../src/services/WorkerPool.js"
+
+const script = () => {
+  const file = join(mkdtempSync(join(tmpdir(), "ferry-pool-")), "echo.mjs")
+  writeFileSync(
+    file,
+    `import { parentPort } from "node:worker_threads"
+parentPort.on("message", ({ id, task }) => {
+  if (task === "die") process.exit(3)
+  if (task === "throw") return parentPort.postMessage({ id, crash: "boom" })
+  parentPort.postMessage({ id, ok: task * 2 })
+})`
+  )
+  return pathToFileURL(file)
+}
+
+describe("worker pool", () => {
+  it.scoped("runs tasks on every worker and answers each caller", () =>
+    Effect.gen(function*() {
+      const pool = yield* makeWorkerPool<number | string, number>(script(), 2)
+      const results = yield* Effect.forEach([1, 2, 3, 4, 5, 6, 7], (n) => pool.run(n), { concurrency: "unbounded" })
+      expect(results).toEqual([2, 4, 6, 8, 10, 12, 14])
+    }))
+
+  it.scoped("a worker that dies fails its job as a defect and is replaced", () =>
+    Effect.gen(function*() {
+      const pool = yield* makeWorkerPool<number | string, number>(script(), 1)
+      const died = yield* Effect.exit(pool.run("die"))
+      expect(Exit.isFailure(died) && Exit.isInterrupted(died) === false).toBe(true)
+      // the replacement answers
+      expect(yield* pool.run(21)).toBe(42)
+      const crashed = yield* Effect.exit(pool.run("throw"))
+      expect(Exit.isFailure(crashed)).toBe(true)
+      expect(yield* pool.run(5)).toBe(10)
+    }))
+})
