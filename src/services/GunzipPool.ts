@@ -8,7 +8,7 @@ import * as FileSystem from "@effect/platform/FileSystem"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { crcOffset, type InflateTask, inflatePieces, sliceOffset } from "./Inflate.js"
+import { crcOffset, type InflateTask, inflaterName, inflatePieces, sliceOffset } from "./Inflate.js"
 import { framePool } from "./BufferPool.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
 import type { InflateMessage } from "./workers/inflate.js"
@@ -37,6 +37,7 @@ export const GunzipPoolLive = (workers = defaultWorkers()) =>
         new URL("./workers/inflate.js", import.meta.url),
         workers
       )
+      yield* Effect.logDebug(`gunzip: ${workers} worker thread(s), inflating with ${inflaterName()}`)
       return {
         workers,
         inflate: (job) => {
