@@ -693,7 +693,10 @@ async function main() {
     const cs = contenders.filter((c) => runsOn(w, c))
     for (const c of cs) results.set(`${w.id}/${c}`, [])
     for (let run = 1; run <= opts.runs; run++) {
-      for (const c of cs) {
+      // the order rotates each round: the first run after a workload starts is often slower
+      // (writeback, page allocation), and no contender should always be the one to pay for it
+      const order = cs.map((_, k) => cs[(k + run - 1) % cs.length])
+      for (const c of order) {
         await haltIfStopping()
         const go = (ctx) => (c === "ferry" ? runFerry(w, ctx) : c === "ferry-tls" ? runFerry(w, ctx, tls) : runOneLiner(c, w, ctx))
         const r = await timedRun(go, opts.timeoutS)

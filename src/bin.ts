@@ -1,4 +1,5 @@
 /** Entry point of bin/ferry. */
+import * as ValidationError from "@effect/cli/ValidationError"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Cause from "effect/Cause"
@@ -8,7 +9,7 @@ import { cli, ExitCode } from "./Cli.js"
 
 cli(process.argv).pipe(
   // @effect/cli has already printed what was wrong with the command line
-  Effect.catchIf((e) => typeof e === "object" && e !== null && "_tag" in e && String(e._tag).includes("Validation") || (e as { _tag?: string })._tag === "MissingValue" || (e as { _tag?: string })._tag === "CommandMismatch", () =>
+  Effect.catchIf(ValidationError.isValidationError, () =>
     Effect.sync(() => {
       process.exitCode = ExitCode.Usage
     })),

@@ -247,6 +247,12 @@ describe("command-line errors", () => {
     expect(r.stderr).toMatch(/--size must be a size in bytes/)
   })
 
+  it("a flag of the wrong type is a usage error", async () => {
+    const r = await ferry(["serve", "--port", "abc", "--dest", dirs.make("d")])
+    expect(r.code).toBe(2)
+    expect(r.stderr + r.stdout).toMatch(/'abc' is not a integer/)
+  })
+
   it("a missing flag is a usage error", async () => {
     const r = await ferry(["send", "--path", "/tmp"])
     expect(r.code).toBe(2)
