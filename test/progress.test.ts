@@ -43,3 +43,15 @@ describe("progress board", () => {
     expect(describeRow(row)).toMatch(/50\.0% 5\/10 pieces .* failed: disk full$/)
   })
 })
+
+describe("reconnection backoff", () => {
+  it("doubles from 0.25 s up to 10 s, with jitter between half and all of it", async () => {
+    const { backoff } = await import("../src/client/Client.js")
+    const Duration = await import("effect/Duration")
+    const ms = (attempt: number, random: number) => Duration.toMillis(backoff(attempt, random))
+    expect([0, 1, 2, 3].map((a) => ms(a, 1))).toEqual([250, 500, 1000, 2000])
+    expect(ms(0, 0)).toBe(125)
+    expect(ms(10, 1)).toBe(10_000)
+    expect(ms(30, 0)).toBe(5_000)
+  })
+})
