@@ -22,7 +22,7 @@ import { DatasetScanner } from "../services/DatasetScanner.js"
 import { PieceReader } from "../services/PieceReader.js"
 import { type Address, formatAddress, Transport } from "../services/Transport.js"
 import { type Board, type DatasetProgress, makeBoard } from "./Progress.js"
-import { awaitMarker, firstPieceBytes, inventory, readManifest } from "./Scan.js"
+import { awaitMarker, inventory, pieceFileBytes, readManifest } from "./Scan.js"
 import { connect, type LinkError, type ServerLink, type TransferEvents } from "./ServerLink.js"
 
 export interface SendOptions {
@@ -151,8 +151,8 @@ const transfer = (
     if (held === undefined) {
       return yield* Effect.fail(new ProtocolError({ peer: links[0]!.peer, code: "BadMessage", reason: "server sent a bitmap of the wrong length" }))
     }
-    const pieceBytes = yield* firstPieceBytes(options.dir, { dataset: manifest.dataset, lowest: manifest.first, highest: manifest.first, pieces: 1, marker: true })
-    // batches stay well under the largest frame the server accepts
+    const pieceBytes = yield* pieceFileBytes(options.dir, manifest.dataset, manifest.first)
+    // batches stay well under the largest frame the server accepts (half of it)
     const serverMax = Math.min(...links.map((l) => l.maxFrame))
     // Batches are planned on the largest a piece can be (an incompressible slice stored by gzip),
     // not on the first piece's size, so that no frame can outgrow the server's limit.

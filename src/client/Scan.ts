@@ -118,10 +118,11 @@ const indicesOf = (dir: string, dataset: string) =>
     return found
   })
 
-export const firstPieceBytes = (dir: string, holdings: Holdings) =>
+/** Compressed size of one piece, a hint for sizing read buffers. */
+export const pieceFileBytes = (dir: string, dataset: string, index: number) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
-    const info = yield* fs.stat(path.join(dir, pieceFileName(holdings.dataset, holdings.lowest)))
+    const info = yield* fs.stat(path.join(dir, pieceFileName(dataset, index)))
     return Number(info.size)
   }).pipe(Effect.orElseSucceed(() => 16 * 1024))

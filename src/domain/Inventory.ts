@@ -39,11 +39,6 @@ export class Inventory {
     return true
   }
 
-  get pieceCount(): number {
-    let n = 0
-    for (const h of this.datasets.values()) n += h.pieces
-    return n
-  }
 }
 
 export const isContiguous = (h: Holdings): boolean => h.pieces === 0 || h.highest - h.lowest + 1 === h.pieces

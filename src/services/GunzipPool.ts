@@ -24,7 +24,6 @@ export type InflateOutcome =
   | { readonly _tag: "WriteFailed"; readonly code: string; readonly reason: string }
 
 export class GunzipPool extends Context.Tag("ferry/GunzipPool")<GunzipPool, {
-  readonly workers: number
   /** Takes ownership of `job.body`: it may be moved to another thread. */
   readonly inflate: (job: InflateJob) => Effect.Effect<InflateOutcome>
 }>() {}
@@ -39,7 +38,6 @@ export const GunzipPoolLive = (workers = defaultWorkers()) =>
       )
       yield* Effect.logDebug(`gunzip: ${workers} worker thread(s), inflating with ${inflaterName()}`)
       return {
-        workers,
         inflate: (job) => {
           const message: InflateMessage = {
             geometry: job.geometry,
@@ -71,7 +69,6 @@ export const GunzipPoolInProcess = Layer.effect(
     // File positions are shared state: one batch writes at a time.
     const writing = yield* Effect.makeSemaphore(1)
     return {
-      workers: 1,
       inflate: (job) =>
         Effect.suspend(() => {
           const r = inflatePieces(job)
