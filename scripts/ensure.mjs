@@ -29,7 +29,7 @@ if (mtime(join(root, "node_modules/.package-lock.json")) < mtime(join(root, "pac
   // list only this platform's optional packages.)
   run("npm install --no-save --no-audit --no-fund --loglevel=error")
 }
-const built = mtime(join(root, "dist/bin.js"))
+const built = mtime(join(root, "dist/ferry.mjs"))
 if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json"))) {
   console.error("ferry: building (tsc)...")
   run("npm run --silent build")

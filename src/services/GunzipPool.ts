@@ -12,6 +12,7 @@ import { crcOffset, type InflateTask, inflaterName, inflatePieces, sliceOffset }
 import { framePool } from "./BufferPool.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
 import type { InflateMessage } from "./workers/inflate.js"
+import { workerScript } from "./Assets.js"
 
 export interface InflateJob extends InflateTask {
   readonly data: FileSystem.File
@@ -33,7 +34,7 @@ export const GunzipPoolLive = (workers = defaultWorkers()) =>
     GunzipPool,
     Effect.gen(function*() {
       const pool = yield* makeWorkerPool<InflateMessage, InflateOutcome>(
-        new URL("./workers/inflate.js", import.meta.url),
+        workerScript("inflate"),
         workers
       )
       yield* Effect.logDebug(`gunzip: ${workers} worker thread(s), inflating with ${inflaterName()}`)

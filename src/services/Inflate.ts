@@ -11,6 +11,7 @@
 import { createRequire } from "node:module"
 import * as zlib from "node:zlib"
 import { type Geometry as LayoutGeometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
+import { nativeAddon } from "./Assets.js"
 
 /** The manifest fields the arithmetic needs, as plain numbers (cheap to post to a worker). */
 export interface Geometry extends LayoutGeometry {
@@ -57,8 +58,7 @@ interface IsalInflate {
 const loadIsal = (): IsalInflate | null => {
   if (process.env["FERRY_NATIVE"] === "0") return null
   try {
-    // src/services and dist/services both sit two levels below the package root
-    return createRequire(import.meta.url)("../../native/index.cjs") as IsalInflate | null
+    return createRequire(import.meta.url)(nativeAddon) as IsalInflate | null
   } catch {
     return null
   }

@@ -13,6 +13,7 @@ import { DatasetError } from "../domain/Errors.js"
 import { encodePieces, piecesFrameBytes } from "../domain/Frame.js"
 import { framePool } from "./BufferPool.js"
 import { makeWorkerPool } from "./WorkerPool.js"
+import { workerScript } from "./Assets.js"
 
 export interface ReadRequest {
   readonly dir: string
@@ -53,7 +54,7 @@ export const PieceReaderLive = (workers = Number(process.env["FERRY_READERS"] ??
   Layer.scoped(
     PieceReader,
     Effect.gen(function*() {
-      const pool = yield* makeWorkerPool<ReadRequest, ReadOutcome>(new URL("./workers/read.js", import.meta.url), workers)
+      const pool = yield* makeWorkerPool<ReadRequest, ReadOutcome>(workerScript("read"), workers)
       return {
         read: (req) =>
           Effect.suspend(() => {

@@ -17,6 +17,7 @@ import { pieceFileName } from "../domain/Dataset.js"
 import { FolderError } from "../domain/Errors.js"
 import { fillSlice, textPool } from "../domain/Sample.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
+import { workerScript } from "./Assets.js"
 
 export interface SampleSpec {
   readonly dir: string
@@ -94,7 +95,7 @@ export const SampleMakerLive = (workers = defaultWorkers()) =>
   Layer.scoped(
     SampleMaker,
     Effect.gen(function*() {
-      const pool = yield* makeWorkerPool<SliceRun, SliceRunDone>(new URL("./workers/fake.js", import.meta.url), workers)
+      const pool = yield* makeWorkerPool<SliceRun, SliceRunDone>(workerScript("fake"), workers)
       const fs = yield* FileSystem.FileSystem
       return {
         make: (spec) =>
