@@ -23,14 +23,14 @@ import { makeMemoryFileSystem } from "./support/MemoryFileSystem.js"
 
 fc.configureGlobal({ seed: 77, numRuns: 25 })
 
-const world = () => {
+const world = (flushEvery?: number) => {
   const memory = makeMemoryFileSystem()
   const layer = Layer.mergeAll(
     MemoryTransport,
     PieceReaderInProcess,
     DatasetScannerInProcess,
     SampleMakerInProcess,
-    PieceStoreLayer("/dest").pipe(Layer.provide(Layer.mergeAll(GunzipPoolInProcess, DiskSpaceFixed(1e12)))),
+    PieceStoreLayer("/dest", undefined, flushEvery).pipe(Layer.provide(Layer.mergeAll(GunzipPoolInProcess, DiskSpaceFixed(1e12)))),
     Logger.minimumLogLevel(LogLevel.Warning)
   ).pipe(Layer.provideMerge(memory.layer))
   return { memory, layer }
@@ -191,6 +191,46 @@ describe("piece store", () => {
       if ("problem" in batch) throw new Error(batch.problem)
       const r = yield* Effect.either(session.write(batch, Buffer.from(frame)))
       expect(Either.isLeft(r) && [r.left.code, r.left.reason]).toEqual(["BadFrame", "a batch of 3 pieces would decompress to 201326592 bytes, over the limit of 134217728"])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("the data file is flushed in the background every `flushEvery` bytes; a failed flush is left to the commit", () => {
+    // 100 pieces of 100 bytes in batches of 5: 10,000 bytes, a flush-behind due every 1,000
+    const { layer, memory } = world(1000)
+    const dataSyncs: Array<string> = []
+    let failFirst = true
+    memory.faults.inject = (method, path) => {
+      if (method !== "sync" || !path.endsWith("/.ferry/flushed/data")) return undefined
+      dataSyncs.push(path)
+      if (failFirst) {
+        failFirst = false
+        return "EIO"
+      }
+      return undefined
+    }
+    return Effect.gen(function*() {
+      const store = yield* PieceStore
+      const original = Buffer.from(Array.from({ length: 10_000 }, (_, i) => (i * 7) & 0xff))
+      const manifest = new Manifest({ dataset: "flushed", size: 10_000, sliceSize: 100, first: 0, count: 100 })
+      const session = yield* store.open(manifest)
+      for (let seq = 0; seq < 20; seq++) {
+        const pieces = Array.from({ length: 5 }, (_, k) => {
+          const index = seq * 5 + k
+          return { index, bytes: zlib.gzipSync(original.subarray(index * 100, index * 100 + 100)) }
+        })
+        const frame = encodePieces(1, seq, pieces).subarray(5)
+        const batch = decodePieces(frame)
+        if ("problem" in batch) throw new Error(batch.problem)
+        yield* session.write(batch, Buffer.from(frame))
+        yield* Effect.yieldNow()
+      }
+      yield* session.commit
+      // the commit's own fsync, plus at least one flush-behind before it (the first one failed,
+      // quietly), and never more than one per `flushEvery` bytes
+      expect(dataSyncs.length).toBeGreaterThanOrEqual(2)
+      expect(dataSyncs.length).toBeLessThanOrEqual(10 + 1)
+      expect(Buffer.from(memory.files.read("/dest/flushed")!)).toEqual(original)
+      expect(memory.files.readText(`/dest/${markerFileName("flushed")}`)).toBe("10000\n")
     }).pipe(Effect.provide(layer))
   })
 

