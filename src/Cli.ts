@@ -14,7 +14,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { defaultSendOptions, send } from "./client/Client.js"
+import { defaultSendOptions, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send } from "./client/Client.js"
 import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"
 import { UsageError } from "./domain/Errors.js"
 import { formatBytes, parseAddress, parseBytes } from "./domain/Units.js"
@@ -112,7 +112,10 @@ const sendCommand = Command.make(
   {
     path: Options.text("path").pipe(Options.withDescription("Folder holding NAME-NNNNNNN.gz pieces and NAME.done markers.")),
     address: Options.text("address").pipe(Options.withDescription("Server to send to, as HOST:PORT.")),
-    connections: Options.integer("connections").pipe(Options.withDefault(defaultSendOptions.connections), Options.withDescription("TCP connections to open.")),
+    connections: Options.integer("connections").pipe(
+      Options.optional,
+      Options.withDescription(`TCP connections to open (default: 1 when the first connection is set up within ${NEAR_ROUND_TRIP_MS} ms, as on loopback, a LAN or nearby; ${FAR_CONNECTIONS} when the server is farther).`)
+    ),
     quiet: Options.boolean("quiet").pipe(Options.withDescription("No progress display.")),
     retries: Options.integer("retries").pipe(Options.withDefault(defaultSendOptions.retries), Options.withDescription("Reconnections in a row without progress before giving up.")),
     tokenFile,
@@ -128,7 +131,7 @@ const sendCommand = Command.make(
       Effect.gen(function*() {
         const address = parseAddress(flags.address)
         if (address === undefined) return yield* Effect.fail(new UsageError({ reason: `--address must be HOST:PORT, not ${JSON.stringify(flags.address)}` }))
-        const connections = yield* positive("connections", flags.connections)
+        const connections = Option.isSome(flags.connections) ? yield* positive("connections", flags.connections.value) : "auto"
         if (!Number.isSafeInteger(flags.retries) || flags.retries < 0) return yield* Effect.fail(new UsageError({ reason: `--retries must be 0 or more, not ${flags.retries}` }))
         const token = yield* tokenFrom(flags.tokenFile)
         const ca = Option.isSome(flags.tlsCa) ? yield* readFlagFile("tls-ca", flags.tlsCa.value) : undefined

@@ -59,6 +59,10 @@ describe("ferry send / serve over loopback", () => {
     const r = await ferry(["send", "--path", src, "--address", server.address, "--debug"])
     expect(r.code).toBe(0)
     expect(r.stderr).toMatch(/ignoring README\.txt/)
+    // --connections left to "auto": one connection when the first was set up within 20 ms, 4 otherwise
+    const auto = /(\d+) connection\(s\) to \S+ \(auto: round trip ([\d.]+) ms\)/.exec(r.stderr)
+    expect(auto).not.toBeNull()
+    expect(Number(auto![1])).toBe(Number(auto![2]) < 20 ? 1 : 4)
     expect(sha256File(join(dest, "one"))).toBe(a)
     expect(sha256File(join(dest, "two"))).toBe(b)
   })
@@ -70,10 +74,11 @@ describe("ferry send / serve over loopback", () => {
       fake(s2, ["--name", "right", "--size", "4000000", "--slice", "8192", "--seed", "2"])
     ])
     const [r1, r2] = await Promise.all([
-      ferry(["send", "--path", s1, "--address", server.address]),
+      ferry(["send", "--path", s1, "--address", server.address, "--connections", "3", "--debug"]),
       ferry(["send", "--path", s2, "--address", server.address])
     ])
     expect([r1.code, r2.code]).toEqual([0, 0])
+    expect(r1.stderr).toMatch(/ 3 connection\(s\) to \S+\n/)
     expect(sha256File(join(dest, "left"))).toBe(h1)
     expect(sha256File(join(dest, "right"))).toBe(h2)
   })

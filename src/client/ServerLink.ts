@@ -33,6 +33,8 @@ export interface ServerLink {
   readonly peer: string
   /** Largest frame the server accepts. */
   readonly maxFrame: number
+  /** Milliseconds of one network round trip, measured when the connection was set up. */
+  readonly roundTrip: number
   /** Bytes sent and not yet acknowledged. */
   readonly inflight: () => number
   readonly open: (handle: number, manifest: Manifest) => Effect.Effect<Opened, LinkError | DatasetRejected>
@@ -122,7 +124,8 @@ export const connect = (
     yield* link.send(encodeControl(new Hello({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}`, proof })))
     const ready = yield* inTime(Effect.flatMap(next, (f) => expectControl(peer, f)), "answer to our hello")
     if (ready._tag !== "Ready") return yield* Effect.fail(refusal(peer, ready))
-    yield* Effect.logDebug(`${peer}: connected (${welcome.server})`)
+    const roundTrip = link.roundTrip ?? 0
+    yield* Effect.logDebug(`${peer}: connected (${welcome.server}), round trip ${roundTrip.toFixed(2)} ms`)
     // keep a quiet connection (waiting for a marker, or for a commit) from looking idle
     yield* link.send(encodeControl(new Ping())).pipe(
       Effect.repeat(Schedule.spaced(Duration.seconds(Math.max(1, welcome.idle / 3)))),
@@ -201,6 +204,7 @@ export const connect = (
     return {
       peer,
       maxFrame: welcome.maxFrame,
+      roundTrip,
       inflight: () => inflight,
       open: (handle, manifest) =>
         Effect.gen(function*() {

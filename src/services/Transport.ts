@@ -37,6 +37,12 @@ export interface Link {
   readonly end: Effect.Effect<void>
   /** Changes the largest frame accepted from now on (small until a peer has authenticated). */
   readonly limitFrames: (maxFrame: number) => void
+  /**
+   * On a dialled link, the milliseconds the TCP connection took to set up (SYN to SYN-ACK, after
+   * any name lookup): one network round trip, measured by the kernels rather than by either
+   * side's event loop. 0 in memory; not measured on accepted links.
+   */
+  readonly roundTrip?: number
 }
 
 export interface LinkOptions {
@@ -221,6 +227,8 @@ export const TcpTransport = Layer.succeed(Transport, {
     Effect.gen(function*() {
       const peer = formatAddress(address)
       const secure = options?.tls
+      let started = performance.now()
+      let roundTrip = 0
       const socket = yield* Effect.async<net.Socket, TransportError>((resume) => {
         const s = secure === undefined
           ? net.connect({ host: address.host, port: address.port })
@@ -234,6 +242,12 @@ export const TcpTransport = Layer.succeed(Transport, {
         const onError = (e: Error) =>
           resume(Effect.fail(new TransportError({ address: peer, reason: secure === undefined ? reasonOf(e) : tlsProblem(e) })))
         s.once("error", onError)
+        s.once("lookup", () => {
+          started = performance.now()
+        })
+        s.once("connect", () => {
+          roundTrip = performance.now() - started
+        })
         s.once(secure === undefined ? "connect" : "secureConnect", () => {
           s.off("error", onError)
           resume(Effect.succeed(s))
@@ -243,7 +257,7 @@ export const TcpTransport = Layer.succeed(Transport, {
       tune(socket)
       socket.on("error", () => {}) // surfaced through reads and writes
       yield* scopedSocket(socket)
-      return linkFromDuplex(socket, peer, options)
+      return { ...linkFromDuplex(socket, peer, options), roundTrip }
     }),
   listen: (options, onLink) =>
     Effect.gen(function*() {
@@ -349,7 +363,7 @@ export const MemoryTransport = Layer.sync(Transport, () => {
         const [client, server] = duplexPair()
         yield* scopedSocket(client)
         accept(server, `memory-client-${nextClient++}`)
-        return linkFromDuplex(client, peer, options)
+        return { ...linkFromDuplex(client, peer, options), roundTrip: 0 }
       }),
     listen: (options, onLink) =>
       Effect.gen(function*() {
