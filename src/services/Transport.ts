@@ -38,9 +38,9 @@ export interface Link {
   /** Changes the largest frame accepted from now on (small until a peer has authenticated). */
   readonly limitFrames: (maxFrame: number) => void
   /**
-   * On a dialled link, the milliseconds the TCP connection took to set up (SYN to SYN-ACK, after
-   * any name lookup): one network round trip, measured by the kernels rather than by either
-   * side's event loop. 0 in memory; not measured on accepted links.
+   * On a dialled link, the milliseconds the TCP connection took to set up (after any name
+   * lookup): one network round trip, plus however late this event loop noticed it (a few
+   * milliseconds while a process starts). 0 in memory; not measured on accepted links.
    */
   readonly roundTrip?: number
 }
