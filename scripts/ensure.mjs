@@ -30,7 +30,7 @@ if (mtime(join(root, "node_modules/.package-lock.json")) < mtime(join(root, "pac
   run("npm install --no-save --no-audit --no-fund --loglevel=error")
 }
 const built = mtime(join(root, "dist/ferry.mjs"))
-if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json"))) {
+if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json")) || built < mtime(join(root, "scripts/bundle.mjs"))) {
   console.error("ferry: building (tsc)...")
   run("npm run --silent build")
 }
