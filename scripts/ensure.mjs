@@ -24,10 +24,8 @@ if (major < 20) {
 }
 if (mtime(join(root, "node_modules/.package-lock.json")) < mtime(join(root, "package-lock.json"))) {
   console.error("ferry: installing the locked dependencies...")
-  // `npm install --no-save` installs the versions in package-lock.json and leaves it untouched.
-  // (`npm ci` would be the usual choice, but npm 11 here refuses lock files that, like this one,
-  // list only this platform's optional packages.)
-  run("npm install --no-save --no-audit --no-fund --loglevel=error")
+  // exactly the locked versions; the lock file lists every platform's optional packages
+  run("npm ci --no-audit --no-fund --loglevel=error")
 }
 const built = mtime(join(root, "dist/ferry.mjs"))
 if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json")) || built < mtime(join(root, "scripts/bundle.mjs"))) {
