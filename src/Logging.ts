@@ -2,16 +2,11 @@
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
-import { eraseBoard } from "./client/Progress.js"
 
 const text = (message: unknown): string =>
   Array.isArray(message) ? message.map((m) => (typeof m === "string" ? m : JSON.stringify(m))).join(" ") : String(message)
 
-const toStderr = (line: string) => {
-  // on a terminal, a line goes where the live progress board was; the board follows below
-  if (process.stderr.isTTY) eraseBoard((s) => void process.stderr.write(s))
-  process.stderr.write(line)
-}
+const toStderr = (line: string) => void process.stderr.write(line)
 
 export const ferryLogger = (debug: boolean, write: (line: string) => void = toStderr) =>
   Logger.make(({ date, logLevel, message }) => {

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
 import * as zlib from "node:zlib"
 import { PieceBitmap } from "../src/domain/Bitmap.js"
-import { combine, FileCrc } from "../src/domain/Crc32.js"
+import { combine, ContentCrc, FileCrc, shiftBy } from "../src/domain/Crc32.js"
 import {
   expectedCount,
   lastIndex,
@@ -94,17 +94,17 @@ describe("manifest arithmetic", () => {
   it("a count that disagrees with the size is a problem naming both", () => {
     fc.assert(
       fc.property(manifests, fc.integer({ min: 1, max: 3 }), (m, off) => {
-        const wrong = new Manifest({ ...m, count: m.count + off })
+        const wrong = new Manifest({ ...m, count: m.count + off, firstSliceCrc: 0 })
         expect(manifestProblem(wrong)).toMatch(new RegExp(`needs ${m.count} pieces, but there are ${m.count + off}`))
       })
     )
   })
 
   it("a size of 0 is an empty file: no piece, or one empty piece", () => {
-    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 0, first: 0, count: 0 }))).toBeUndefined()
-    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 0, first: 3, count: 1 }))).toBeUndefined()
-    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 10, first: 0, count: 1 }))).toBeDefined()
-    expect(manifestProblem(new Manifest({ dataset: "e", size: 10, sliceSize: 0, first: 0, count: 1 }))).toMatch(/decompresses to 0 bytes/)
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 0, first: 0, count: 0, firstSliceCrc: 0 }))).toBeUndefined()
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 0, first: 3, count: 1, firstSliceCrc: 0 }))).toBeUndefined()
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 0, sliceSize: 10, first: 0, count: 1, firstSliceCrc: 0 }))).toBeDefined()
+    expect(manifestProblem(new Manifest({ dataset: "e", size: 10, sliceSize: 0, first: 0, count: 1, firstSliceCrc: 0 }))).toMatch(/decompresses to 0 bytes/)
   })
 })
 
@@ -176,6 +176,48 @@ describe("crc32 of a file from the crc32 of its slices", () => {
         }
         expect(file.value).toBe(zlib.crc32(data))
       })
+    )
+  })
+})
+
+describe("crc32 of a file from runs of slices added in any order", () => {
+  it("shiftBy(crc(a), n) = combine(crc(a), 0, n) for any n", () => {
+    fc.assert(
+      fc.property(fc.integer(), fc.integer({ min: 0, max: 2 ** 40 }), (crc, n) => {
+        expect(shiftBy(crc >>> 0, n)).toBe(combine(crc >>> 0, 0, n))
+      })
+    )
+  })
+
+  it("runs of consecutive slices, in a shuffled order, give the whole file's crc", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 40 }),
+        fc.uint8Array({ minLength: 0, maxLength: 1500 }),
+        fc.array(fc.integer({ min: 1, max: 6 }), { minLength: 1, maxLength: 30 }),
+        fc.integer(),
+        (slice, data, cuts, seed) => {
+          const count = Math.ceil(data.length / slice)
+          const crcs = Array.from({ length: count }, (_, i) => zlib.crc32(data.subarray(i * slice, Math.min(data.length, (i + 1) * slice))))
+          const lengths = Array.from({ length: count }, (_, i) => Math.min(data.length, (i + 1) * slice) - i * slice)
+          const runs: Array<[number, number]> = []
+          for (let i = 0, c = 0; i < count; c++) {
+            const n = Math.min(count - i, cuts[c % cuts.length]!)
+            runs.push([i, i + n])
+            i += n
+          }
+          // a seeded shuffle: the order runs arrive in must not matter
+          let s = seed >>> 0
+          for (let i = runs.length - 1; i > 0; i--) {
+            s = (Math.imul(s, 1664525) + 1013904223) >>> 0
+            const j = s % (i + 1)
+            ;[runs[i], runs[j]] = [runs[j]!, runs[i]!]
+          }
+          const file = new ContentCrc(data.length, slice)
+          for (const [a, b] of runs) file.addRun(a * slice, crcs, lengths, a, b)
+          expect(file.value).toBe(zlib.crc32(data))
+        }
+      )
     )
   })
 })

@@ -1,57 +1,25 @@
 /**
  * The client and server pipelines wired together in one process, over the
- * in-memory transport and filesystem, with the in-process gunzip and reader:
- * several datasets, several clients, pieces arriving in any order, resume.
+ * in-memory transport and filesystem, with the in-process reader and gunzip
+ * (the same reading, inflating and placing code as the worker threads):
+ * several datasets, several clients, pieces arriving in any order, resume,
+ * seals, space, leases.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Layer, Logger, LogLevel } from "effect"
+import { Context, Effect, Either, Layer, Option } from "effect"
 import fc from "fast-check"
-import { createHash } from "node:crypto"
 import * as zlib from "node:zlib"
-import { defaultSendOptions, send, type SendOptions } from "../src/client/Client.js"
 import { Manifest, markerFileName, pieceFileName } from "../src/domain/Dataset.js"
-import { decodePieces, encodePieces } from "../src/domain/Frame.js"
-import { defaultServeOptions, serve } from "../src/server/Server.js"
-import { DatasetScannerInProcess } from "../src/services/DatasetScanner.js"
-import { DiskSpaceFixed } from "../src/services/DiskSpace.js"
-import { GunzipPoolInProcess } from "../src/services/GunzipPool.js"
-import { PieceReaderInProcess } from "../src/services/PieceReader.js"
-import { PieceStore, PieceStoreLayer } from "../src/services/PieceStore.js"
-import { SampleMaker, SampleMakerInProcess } from "../src/services/SampleMaker.js"
-import { type Address, MemoryTransport } from "../src/services/Transport.js"
+import { PieceStore } from "../src/services/PieceStore.js"
+import { make, manifestOf, piecesOf, sendAll, sha256, startServer, storeLayer, world, writeBatch } from "./support/world.js"
 import { makeMemoryFileSystem } from "./support/MemoryFileSystem.js"
 
 fc.configureGlobal({ seed: 77, numRuns: 25 })
 
-const world = (flushEvery?: number) => {
-  const memory = makeMemoryFileSystem()
-  const layer = Layer.mergeAll(
-    MemoryTransport,
-    PieceReaderInProcess,
-    DatasetScannerInProcess,
-    SampleMakerInProcess,
-    PieceStoreLayer("/dest", undefined, flushEvery).pipe(Layer.provide(Layer.mergeAll(GunzipPoolInProcess, DiskSpaceFixed(1e12)))),
-    Logger.minimumLogLevel(LogLevel.Warning)
-  ).pipe(Layer.provideMerge(memory.layer))
-  return { memory, layer }
-}
-
-const sha256 = (bytes: Uint8Array | undefined) => createHash("sha256").update(bytes ?? new Uint8Array()).digest("hex")
-
-const make = (dir: string, name: string, size: number, sliceSize: number, seed = 1, firstNumber = 0) =>
-  Effect.gen(function*() {
-    const maker = yield* SampleMaker
-    const made = yield* maker.make({ dir, name, size, sliceSize, seed, firstNumber, level: 1 })
-    return made
-  })
-
-const startServer = serve({ ...defaultServeOptions, host: "memory", port: 0 })
-
-const sendAll = (dir: string, address: Address, extra: Partial<SendOptions> = {}) =>
-  Effect.scoped(send({ ...defaultSendOptions, dir, address, connections: 2, ...extra }))
+const crcHex = (bytes: Uint8Array) => zlib.crc32(bytes).toString(16).padStart(8, "0")
 
 describe("client and server pipelines in memory", () => {
-  it.scoped("several datasets from several clients at once are rebuilt exactly", () => {
+  it.scopedLive("several datasets from several clients at once are rebuilt exactly", () => {
     const { layer, memory } = world()
     return Effect.gen(function*() {
       const a = yield* make("/out/one", "alpha", 20_000, 1000, 1)
@@ -61,21 +29,22 @@ describe("client and server pipelines in memory", () => {
       memory.files.write("/out/one/beta.done", "12345")
       memory.files.write("/out/two/gamma.done", "30000 \n")
       memory.files.write("/out/two/notes.txt", "ignored")
-      const address = yield* startServer
+      const address = yield* startServer()
       const [r1, r2] = yield* Effect.all([sendAll("/out/one", address), sendAll("/out/two", address, { connections: 3 })], { concurrency: 2 })
-      expect(r1.map((r) => r.dataset)).toEqual(["alpha", "beta"])
-      expect(r2.map((r) => [r.dataset, r.sent])).toEqual([["gamma", 8]])
+      expect(r1.committed.map((r) => r.dataset).sort()).toEqual(["alpha", "beta"])
+      expect(r2.committed.map((r) => [r.dataset, r.sent])).toEqual([["gamma", 8]])
+      expect(r1.failed).toEqual([])
       expect(sha256(memory.files.read("/dest/alpha"))).toBe(a.sha256)
       expect(sha256(memory.files.read("/dest/beta"))).toBe(b.sha256)
       expect(sha256(memory.files.read("/dest/gamma"))).toBe(c.sha256)
       expect(memory.files.readText("/dest/beta.done")).toBe("12345\n")
-      // the server's CRC, combined from slices, is the original's
-      expect(r1[0]!.crc32).toBe(a.crc32.toString(16).padStart(8, "0"))
-      expect(memory.files.list("/dest/.ferry")).toEqual([])
+      // the server's CRC, combined from slices, is the original's, and the one the sender vouched for
+      expect(r1.committed.find((r) => r.dataset === "alpha")!.crc32).toBe(a.crc32.toString(16).padStart(8, "0"))
+      expect(memory.files.list("/dest/.ferry").filter((n) => n !== "committed")).toEqual([])
     }).pipe(Effect.provide(layer))
   })
 
-  it.scoped("a bad piece fails its dataset only, names the piece, and leaves no .done", () => {
+  it.scopedLive("a bad piece fails its dataset only, names the piece, and leaves no .done", () => {
     const { layer, memory } = world()
     return Effect.gen(function*() {
       yield* make("/out", "good", 5000, 500, 1)
@@ -83,62 +52,112 @@ describe("client and server pipelines in memory", () => {
       memory.files.write("/out/good.done", "5000\n")
       memory.files.write("/out/bad.done", "5000\n")
       memory.files.write(`/out/${pieceFileName("bad", 7)}`, zlib.gzipSync(Buffer.alloc(499)))
-      const address = yield* startServer
-      const r = yield* Effect.either(sendAll("/out", address))
-      expect(Either.isLeft(r)).toBe(true)
-      expect(Either.isLeft(r) && r.left.message).toMatch(/dataset bad: server refused it \(BadPiece\): bad-0000007\.gz decompresses to 499 bytes, but the slice is 500/)
+      const address = yield* startServer()
+      const r = yield* sendAll("/out", address)
+      expect(r.committed.map((c) => c.dataset)).toEqual(["good"])
+      expect(r.failed.map((f) => f.error.message)).toEqual([
+        "dataset bad: server refused it (BadPiece): bad-0000007.gz decompresses to 499 bytes, but the slice is 500"
+      ])
       expect(memory.files.exists("/dest/good.done")).toBe(true)
       expect(memory.files.exists("/dest/bad.done")).toBe(false)
       expect(memory.files.exists("/dest/bad")).toBe(false)
     }).pipe(Effect.provide(layer))
   })
 
-  it.scoped("a second send of a committed dataset sends nothing; a different size is a conflict", () => {
+  it.scopedLive("a second send of a committed dataset sends nothing; a different size or content is a conflict", () => {
     const { layer, memory } = world()
     return Effect.gen(function*() {
       yield* make("/out", "same", 3000, 1000)
       memory.files.write("/out/same.done", "3000\n")
-      const address = yield* startServer
+      const address = yield* startServer()
       yield* sendAll("/out", address)
       const again = yield* sendAll("/out", address)
-      expect(again[0]).toMatchObject({ dataset: "same", alreadyCommitted: true, sent: 0 })
+      expect(again.committed[0]).toMatchObject({ dataset: "same", alreadyCommitted: true, sent: 0 })
+      const before = sha256(memory.files.read("/dest/same"))
       yield* make("/other", "same", 4000, 1000, 9)
       memory.files.write("/other/same.done", "4000\n")
-      const before = sha256(memory.files.read("/dest/same"))
-      const conflict = yield* Effect.either(sendAll("/other", address))
-      expect(Either.isLeft(conflict) && conflict.left.message).toMatch(/Conflict.*already committed on the server with a different size \(3000 bytes, not 4000\)/)
+      const bigger = yield* sendAll("/other", address)
+      expect(bigger.failed[0]!.error.message).toMatch(/Conflict.*already committed on the server with a different size \(3000 bytes, not 4000\)/)
+      // same size, other content: the client's CRC from the trailers tells them apart
+      yield* make("/third", "same", 3000, 1000, 5)
+      memory.files.write("/third/same.done", "3000\n")
+      const other = yield* sendAll("/third", address)
+      expect(other.committed).toEqual([])
+      expect(other.failed[0]!.error.message).toMatch(/Conflict.*already holds a committed same of the same size, but with crc32 [0-9a-f]{8}/)
       expect(sha256(memory.files.read("/dest/same"))).toBe(before)
     }).pipe(Effect.provide(layer))
   })
 
-  it.scoped("pieces the server already holds are not sent again", () => {
+  it.scopedLive("pieces the server already holds are not sent again, and still count in the sender's seal", () => {
     const { layer, memory } = world()
     return Effect.gen(function*() {
       const made = yield* make("/out", "half", 10_000, 100)
       memory.files.write("/out/half.done", "10000\n")
+      const original = Buffer.concat(Array.from({ length: 100 }, (_, k) => zlib.gunzipSync(memory.files.read(`/out/${pieceFileName("half", k)}`)!)))
       // a first transfer got 40 of the 100 pieces onto disk, then stopped
       const store = yield* PieceStore
-      const manifest = new Manifest({ dataset: "half", size: 10_000, sliceSize: 100, first: 0, count: 100 })
       yield* Effect.scoped(
         Effect.gen(function*() {
-          const session = yield* store.open(manifest)
+          const session = yield* store.open(manifestOf("half", original, 100))
           const pieces = Array.from({ length: 40 }, (_, k) => ({ index: k * 2, bytes: memory.files.read(`/out/${pieceFileName("half", k * 2)}`)! }))
-          const frame = encodePieces(1, 0, pieces).subarray(5)
-          const batch = decodePieces(frame)
-          if ("problem" in batch) throw new Error(batch.problem)
-          yield* session.write(batch, Buffer.from(frame))
+          yield* writeBatch(session, pieces)
         })
       )
-      const address = yield* startServer
-      const [report] = yield* sendAll("/out", address)
-      expect(report!.sent).toBe(60)
+      const address = yield* startServer()
+      const { committed } = yield* sendAll("/out", address)
+      expect(committed[0]!.sent).toBe(60)
       expect(sha256(memory.files.read("/dest/half"))).toBe(made.sha256)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scopedLive("two senders with different content under one name: no .done beside a mixed file", () => {
+    const { layer, memory } = world()
+    return Effect.gen(function*() {
+      // the same size, slice and first slice, different bytes after it
+      const base = Buffer.alloc(8000, 1)
+      const other = Buffer.from(base)
+      other.fill(2, 1000)
+      for (const [dir, bytes] of [["/a", base], ["/b", other]] as const) {
+        for (const p of piecesOf(bytes, 1000)) memory.files.write(`${dir}/${pieceFileName("abc", p.index)}`, p.bytes)
+        memory.files.write(`${dir}/abc.done`, "8000\n")
+      }
+      const address = yield* startServer()
+      const [ra, rb] = yield* Effect.all([sendAll("/a", address, { batchBytes: 1 }), sendAll("/b", address, { batchBytes: 1 })], { concurrency: 2 })
+      const outcomes = [...ra.committed, ...rb.committed]
+      if (memory.files.exists("/dest/abc.done")) {
+        // whoever was committed, the file is exactly one sender's, and that sender's crc is the one printed
+        expect(outcomes).toHaveLength(1)
+        const file = Buffer.from(memory.files.read("/dest/abc")!)
+        expect([sha256(base), sha256(other)]).toContain(sha256(file))
+        expect(outcomes[0]!.crc32).toBe(crcHex(file))
+      } else {
+        expect(outcomes).toEqual([])
+      }
+      // and whoever was not committed was told why
+      for (const f of [...ra.failed, ...rb.failed]) expect(f.error.message).toMatch(/Conflict/)
+      expect(ra.failed.length + rb.failed.length + outcomes.length).toBe(2)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scopedLive("a dataset refused as Busy waits its turn and is sent once the server has room", () => {
+    const { layer, memory } = world({ limits: { maxDatasets: 1 } })
+    return Effect.gen(function*() {
+      const a = yield* make("/out", "aa", 40_000, 1000, 1)
+      const b = yield* make("/out", "bb", 40_000, 1000, 2)
+      memory.files.write("/out/aa.done", "40000\n")
+      memory.files.write("/out/bb.done", "40000\n")
+      const address = yield* startServer()
+      const r = yield* sendAll("/out", address, { batchBytes: 1 })
+      expect(r.failed).toEqual([])
+      expect(r.committed.map((c) => c.dataset).sort()).toEqual(["aa", "bb"])
+      expect(sha256(memory.files.read("/dest/aa"))).toBe(a.sha256)
+      expect(sha256(memory.files.read("/dest/bb"))).toBe(b.sha256)
     }).pipe(Effect.provide(layer))
   })
 })
 
 describe("piece store", () => {
-  it.effect("rebuilds the file whatever the order and batching of arrival, and commits once", () =>
+  it.effect("rebuilds the file whatever the order and batching of arrival, and commits once sealed", () =>
     Effect.promise(() =>
       fc.assert(
         fc.asyncProperty(
@@ -152,25 +171,16 @@ describe("piece store", () => {
             const size = (count - 1) * sliceSize + 1 + (seed % sliceSize)
             const original = Buffer.alloc(size)
             for (let i = 0; i < size; i++) original[i] = (i * 31 + seed) & 0xff
-            const pieces = Array.from({ length: count }, (_, k) => ({
-              index: first + k,
-              bytes: zlib.gzipSync(original.subarray(k * sliceSize, Math.min(size, (k + 1) * sliceSize)))
-            }))
+            const pieces = piecesOf(original, sliceSize, first)
             const order = fc.sample(fc.shuffledSubarray(pieces, { minLength: count, maxLength: count }), { seed, numRuns: 1 })[0]!
             const batches: Array<typeof pieces> = []
             for (let k = 0; k < order.length; k += batchSize) batches.push(order.slice(k, k + batchSize))
             const program = Effect.gen(function*() {
               const store = yield* PieceStore
-              const manifest = new Manifest({ dataset: "prop", size, sliceSize, first, count })
-              const session = yield* store.open(manifest)
-              yield* Effect.forEach(batches, (b, seq) => {
-                const frame = encodePieces(1, seq, b).subarray(5)
-                const batch = decodePieces(frame)
-                if ("problem" in batch) return Effect.die(batch.problem)
-                return session.write(batch, Buffer.from(frame))
-              }, { concurrency: 3, discard: true })
-              const commit = yield* session.commit
-              expect(commit.crc32).toBe(zlib.crc32(original).toString(16).padStart(8, "0"))
+              const session = yield* store.open(manifestOf("prop", original, sliceSize, first))
+              yield* Effect.forEach(batches, (b, seq) => writeBatch(session, b, seq), { concurrency: 3, discard: true })
+              const commit = yield* session.seal(zlib.crc32(original))
+              expect(commit.crc32).toBe(crcHex(original))
             }).pipe(Effect.scoped, Effect.provide(layer))
             await Effect.runPromise(program)
             expect(Buffer.from(memory.files.read("/dest/prop")!)).toEqual(original)
@@ -180,27 +190,46 @@ describe("piece store", () => {
       )
     ))
 
-  it.scoped("a batch that would decompress to more than a worker may hold is refused before inflating", () => {
+  it.scopedLive("a seal with another CRC32 is a conflict: no .done, and the unvouched state is discarded", () => {
+    const { layer, memory } = world()
+    return Effect.gen(function*() {
+      const store = yield* PieceStore
+      const original = Buffer.from(Array.from({ length: 5000 }, (_, i) => (i * 13) & 0xff))
+      const r = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const session = yield* store.open(manifestOf("seal", original, 1000))
+          yield* writeBatch(session, piecesOf(original, 1000))
+          return yield* Effect.either(session.seal((zlib.crc32(original) ^ 1) >>> 0))
+        })
+      )
+      expect(Either.isLeft(r) && r.left.code).toBe("Conflict")
+      expect(Either.isLeft(r) && r.left.reason).toMatch(/this sender's make .*discarded/)
+      expect(memory.files.exists("/dest/seal.done")).toBe(false)
+      expect(memory.files.exists("/dest/seal")).toBe(false)
+      // a new transfer starts afresh
+      const again = yield* Effect.scoped(Effect.map(store.open(manifestOf("seal", original, 1000)), (s) => s.held.held))
+      expect(again).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scopedLive("a batch that would decompress to more than a worker may hold is refused before inflating", () => {
     const { layer } = world()
     return Effect.gen(function*() {
       const store = yield* PieceStore
       const slice = 64 * 1024 * 1024
-      const session = yield* store.open(new Manifest({ dataset: "bomb", size: slice * 10, sliceSize: slice, first: 0, count: 10 }))
-      const frame = encodePieces(1, 0, [0, 1, 2].map((index) => ({ index, bytes: zlib.gzipSync(Buffer.alloc(10)) }))).subarray(5)
-      const batch = decodePieces(frame)
-      if ("problem" in batch) throw new Error(batch.problem)
-      const r = yield* Effect.either(session.write(batch, Buffer.from(frame)))
+      const session = yield* store.open(new Manifest({ dataset: "bomb", size: slice * 10, sliceSize: slice, first: 0, count: 10, firstSliceCrc: 0 }))
+      const r = yield* Effect.either(writeBatch(session, [0, 1, 2].map((index) => ({ index, bytes: zlib.gzipSync(Buffer.alloc(10)) }))))
       expect(Either.isLeft(r) && [r.left.code, r.left.reason]).toEqual(["BadFrame", "a batch of 3 pieces would decompress to 201326592 bytes, over the limit of 134217728"])
     }).pipe(Effect.provide(layer))
   })
 
-  it.scoped("the data file is flushed in the background every `flushEvery` bytes; a failed flush is left to the commit", () => {
+  it.scopedLive("the data file is flushed in the background every `flushEvery` bytes; a failed flush is left to the commit", () => {
     // 100 pieces of 100 bytes in batches of 5: 10,000 bytes, a flush-behind due every 1,000
-    const { layer, memory } = world(1000)
+    const { layer, memory } = world({ flushEvery: 1000 })
     const dataSyncs: Array<string> = []
     let failFirst = true
     memory.faults.inject = (method, path) => {
-      if (method !== "sync" || !path.endsWith("/.ferry/flushed/data")) return undefined
+      if (method !== "sync" || !/\/\.ferry\/flushed\/epoch\.\d+\/data$/.test(path)) return undefined
       dataSyncs.push(path)
       if (failFirst) {
         failFirst = false
@@ -211,20 +240,13 @@ describe("piece store", () => {
     return Effect.gen(function*() {
       const store = yield* PieceStore
       const original = Buffer.from(Array.from({ length: 10_000 }, (_, i) => (i * 7) & 0xff))
-      const manifest = new Manifest({ dataset: "flushed", size: 10_000, sliceSize: 100, first: 0, count: 100 })
-      const session = yield* store.open(manifest)
+      const session = yield* store.open(manifestOf("flushed", original, 100))
+      const pieces = piecesOf(original, 100)
       for (let seq = 0; seq < 20; seq++) {
-        const pieces = Array.from({ length: 5 }, (_, k) => {
-          const index = seq * 5 + k
-          return { index, bytes: zlib.gzipSync(original.subarray(index * 100, index * 100 + 100)) }
-        })
-        const frame = encodePieces(1, seq, pieces).subarray(5)
-        const batch = decodePieces(frame)
-        if ("problem" in batch) throw new Error(batch.problem)
-        yield* session.write(batch, Buffer.from(frame))
+        yield* writeBatch(session, pieces.slice(seq * 5, seq * 5 + 5), seq)
         yield* Effect.yieldNow()
       }
-      yield* session.commit
+      yield* session.seal(zlib.crc32(original))
       // the commit's own fsync, plus at least one flush-behind before it (the first one failed,
       // quietly), and never more than one per `flushEvery` bytes
       expect(dataSyncs.length).toBeGreaterThanOrEqual(2)
@@ -234,30 +256,106 @@ describe("piece store", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.scoped("a full disk fails the dataset clearly and keeps what was written", () => {
+  it.scopedLive("a full disk fails the dataset clearly and keeps what was written", () => {
     const { layer, memory } = world()
     return Effect.gen(function*() {
       const store = yield* PieceStore
       const original = Buffer.alloc(10_000, 7)
-      const manifest = new Manifest({ dataset: "full", size: 10_000, sliceSize: 1000, first: 0, count: 10 })
-      const session = yield* store.open(manifest)
-      const write = (from: number, to: number) => {
-        const pieces = Array.from({ length: to - from }, (_, k) => ({ index: from + k, bytes: zlib.gzipSync(original.subarray((from + k) * 1000, (from + k + 1) * 1000)) }))
-        const frame = encodePieces(1, from, pieces).subarray(5)
-        const batch = decodePieces(frame)
-        if ("problem" in batch) return Effect.die(batch.problem)
-        return session.write(batch, Buffer.from(frame))
-      }
-      yield* write(0, 3)
-      memory.faults.capacity = memory.files.usedBytes()
+      const session = yield* store.open(manifestOf("full", original, 1000))
+      const pieces = piecesOf(original, 1000)
+      yield* writeBatch(session, pieces.slice(0, 3))
       memory.faults.inject = (method) => (method === "writeAll" || method === "write" ? "ENOSPC" : undefined)
-      const full = yield* Effect.either(write(3, 6))
+      const full = yield* Effect.either(writeBatch(session, pieces.slice(3, 6), 1))
       expect(Either.isLeft(full) && [full.left.code, full.left.message]).toEqual(["NoSpace", "dataset full: the destination disk is full"])
       memory.faults.inject = undefined
-      memory.faults.capacity = undefined
-      const bitmap = memory.files.read("/dest/.ferry/full/bitmap")!
+      const folder = memory.files.list("/dest/.ferry/full").find((n) => n.startsWith("epoch."))!
+      const bitmap = memory.files.read(`/dest/.ferry/full/${folder}/bitmap`)!
       expect(bitmap[0]! & 0b111).toBe(0b111)
       expect(memory.files.exists("/dest/full.done")).toBe(false)
     }).pipe(Effect.provide(layer))
   })
+
+  it.scopedLive("admission counts what datasets in progress still have to write: two that fit alone but not together", () => {
+    // 100 kB free: each dataset needs about 60 kB; the second must wait, not fail half way
+    const memory = makeMemoryFileSystem()
+    const layer = storeLayer(memory, { space: Effect.sync(() => 100_000 - memory.files.usedBytes()) })
+    return Effect.gen(function*() {
+      const store = yield* PieceStore
+      const a = Buffer.alloc(40_000, 1)
+      const b = Buffer.alloc(40_000, 2)
+      const first = yield* store.open(manifestOf("aa", a, 1000))
+      const second = yield* Effect.either(store.open(manifestOf("bb", b, 1000)))
+      expect(Either.isLeft(second) && second.left.code).toBe("NoSpace")
+      expect(Either.isLeft(second) && second.left.reason).toMatch(/needs \d+ more bytes, but of the \d+ free, \d+ are promised to datasets in progress/)
+      yield* writeBatch(first, piecesOf(a, 1000))
+      yield* first.seal(zlib.crc32(a))
+      expect(memory.files.exists("/dest/aa.done")).toBe(true)
+    }).pipe(Effect.scoped, Effect.provide(layer))
+  })
+})
+
+describe("two servers on one destination", () => {
+  it.scopedLive("a dataset held by one server is Busy on the other, and free again when the first lets go", () => {
+    const memory = makeMemoryFileSystem()
+    const one = storeLayer(memory, { leaseMs: 60_000 })
+    const two = storeLayer(memory, { leaseMs: 60_000 })
+    return Effect.gen(function*() {
+      const original = Buffer.alloc(5000, 3)
+      const storeOne = Context.get(yield* Layer.build(one), PieceStore)
+      const storeTwo = Context.get(yield* Layer.build(two), PieceStore)
+      const held = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const session = yield* storeOne.open(manifestOf("abc", original, 1000))
+          yield* writeBatch(session, piecesOf(original, 1000).slice(0, 2))
+          const other = yield* Effect.either(Effect.scoped(storeTwo.open(manifestOf("abc", original, 1000))))
+          expect(Either.isLeft(other) && other.left.code).toBe("Busy")
+          return session.held.held
+        })
+      )
+      expect(held).toBe(0)
+      // the first server closed the dataset: the second resumes it where the first stopped
+      const resumed = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const session = yield* storeTwo.open(manifestOf("abc", original, 1000))
+          const count = session.held.held
+          yield* writeBatch(session, piecesOf(original, 1000).slice(2))
+          yield* session.seal(zlib.crc32(original))
+          return count
+        })
+      )
+      expect(resumed).toBe(2)
+      expect(Buffer.from(memory.files.read("/dest/abc")!)).toEqual(original)
+    })
+  })
+
+  it.scopedLive("a holder that lost its lease while stalled can never commit after another server took over", () => {
+    const memory = makeMemoryFileSystem()
+    // a short lease; the first server's heartbeats are stopped by failing its lease writes
+    const one = storeLayer(memory, { leaseMs: 300 })
+    const two = storeLayer(memory, { leaseMs: 300 })
+    return Effect.gen(function*() {
+      const original = Buffer.alloc(4000, 5)
+      const storeOne = Context.get(yield* Layer.build(one), PieceStore)
+      const storeTwo = Context.get(yield* Layer.build(two), PieceStore)
+      const stale = yield* storeOne.open(manifestOf("abc", original, 1000))
+      yield* writeBatch(stale, piecesOf(original, 1000))
+      // the first server stalls: its lease stops beating
+      memory.faults.inject = (method, path) => (/lease\.1$/.test(path) && (method === "write" || method === "writeAll" || method === "sync") ? "EIO" : undefined)
+      // the second server sees the beat stand still for a whole lease, then takes over
+      let taken: Option.Option<unknown> = Option.none()
+      while (Option.isNone(taken)) {
+        const r = yield* Effect.either(storeTwo.open(manifestOf("abc", original, 1000)))
+        if (Either.isRight(r)) taken = Option.some(r.right)
+        else {
+          expect(r.left.code).toBe("Busy")
+          yield* Effect.sleep("100 millis")
+        }
+      }
+      memory.faults.inject = undefined
+      // the stale holder's seal cannot commit: its epoch is gone
+      const r = yield* Effect.either(stale.seal(zlib.crc32(original)))
+      expect(Either.isLeft(r) && r.left.code).toBe("LeaseLost")
+      expect(memory.files.exists("/dest/abc.done")).toBe(false)
+    })
+  }, 20_000)
 })

@@ -1,324 +1,303 @@
 /**
- * The sending side: scan the folder, wait for each dataset's marker, open the
- * dataset on every connection, stream the missing pieces as batches through
- * the reader pool onto the connections with the most room, and wait for the
- * server's commit.
+ * The sending side: finds the datasets in a folder (once, or for as long as
+ * it runs with `watch`), waits for their markers, and sends each ready one
+ * to a server: the least loaded of those that are up, several datasets at
+ * once. A dataset a server cannot take now (Busy, no space, lost to another
+ * server, shutting down) waits and goes again, elsewhere when it can; one
+ * whose server went away goes to another server, or to the same one once it
+ * is back. Every outcome is published as it happens (Monitor), and the run
+ * answers a summary: what was committed, what failed, and whether a server
+ * could not be reached.
  */
-import * as FileSystem from "@effect/platform/FileSystem"
-import * as Path from "@effect/platform/Path"
-import * as Deferred from "effect/Deferred"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as Path from "@effect/platform/Path"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import * as Exit from "effect/Exit"
-import * as Scope from "effect/Scope"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { PieceBitmap } from "../domain/Bitmap.js"
-import { lengthOf, type Manifest } from "../domain/Dataset.js"
-import { type DatasetError, type DatasetRejected, FolderError, ProtocolError, TransportError } from "../domain/Errors.js"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import { isDeferral } from "../domain/Codes.js"
+import { markerFileName, parseEntry } from "../domain/Dataset.js"
+import { DatasetError, type DatasetRejected, type FolderError } from "../domain/Errors.js"
+import type { Holdings } from "../domain/Inventory.js"
 import { DEFAULT_MAX_FRAME } from "../domain/Frame.js"
-import type { Committed } from "../domain/Protocol.js"
 import { DatasetScanner } from "../services/DatasetScanner.js"
-import { PieceReader } from "../services/PieceReader.js"
-import { type Address, formatAddress, Transport } from "../services/Transport.js"
-import { type Board, type DatasetProgress, makeBoard } from "./Progress.js"
-import { awaitMarker, inventory, pieceFileBytes, readManifest } from "./Scan.js"
-import { connect, type LinkError, type ServerLink, type TransferEvents } from "./ServerLink.js"
+import { publish } from "../services/Monitor.js"
+import type { PieceReader } from "../services/PieceReader.js"
+import type { Address, Transport } from "../services/Transport.js"
+import { cleanUp, finishInterruptedMove, type OnCommit } from "./Cleanup.js"
+import type { ConnectionOptions, LinkError } from "./Connection.js"
+import { awaitMarker, inventory, nameProblem, readManifest } from "./Folder.js"
+import { Progress } from "./Progress.js"
+import { type DatasetReport, transfer, type TransferOptions } from "./Transfer.js"
+import { isTransient, makeUplink, type ReconnectPolicy, type Uplink, type UplinkState } from "./Uplink.js"
 
-export interface SendOptions {
-  readonly dir: string
-  readonly address: Address
-  /** TCP connections to the server, or "auto": see `autoConnections`. */
+export { autoConnections, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS } from "./Uplink.js"
+export type { DatasetReport } from "./Transfer.js"
+
+export interface SendOptions extends TransferOptions, ReconnectPolicy {
+  /** Servers to send to; datasets are spread over them. */
+  readonly addresses: ReadonlyArray<Address>
+  /** TCP connections to each server, or "auto": see `autoConnections`. */
   readonly connections: number | "auto"
   /** Bytes a connection may have unacknowledged. */
   readonly window: number
-  /** Target size of one pieces frame. */
-  readonly batchBytes: number
-  /** Batches being read ahead of the network. */
-  readonly readAhead: number
   /** Datasets sent at the same time. */
   readonly parallelDatasets: number
   readonly maxFrame: number
-  /** Progress board: live on a terminal, periodic lines otherwise, or none. */
-  readonly progress: "tty" | "lines" | "none"
   /** Shared secret for servers that ask for one. */
   readonly token: string | undefined
   /** TLS: verify against `ca` (PEM) or, when undefined, the system's roots. */
-  readonly tls: { readonly ca: Buffer | undefined; readonly servername: string | undefined } | undefined
+  readonly tls: ConnectionOptions["tls"]
   readonly handshakeTimeout: Duration.DurationInput
-  /** Reconnections in a row without progress before giving up. */
-  readonly retries: number
+  /** Keep watching the folder and send datasets as they become ready, until interrupted. */
+  readonly watch: boolean
+  /** A dataset whose marker is still missing after this long fails; undefined: wait forever. */
+  readonly markerTimeout: Duration.DurationInput | undefined
+  /** What to do with a dataset's files once the server has committed it. */
+  readonly onCommit: OnCommit
 }
 
-/** Round trips below this are near: loopback, a LAN, the same region. */
-export const NEAR_ROUND_TRIP_MS = 20
-/** Connections opened by "auto" to a server farther away. */
-export const FAR_CONNECTIONS = 4
-
-/**
- * How many connections "auto" opens, from the round trip the first one measured (its TCP set-up
- * time). A connection carries at most its window per round trip: 8 MiB per 20 ms is 420 MB/s,
- * more than one machine here rebuilds, so near, one connection fills the link, and each extra one
- * only costs CPU on both ends (measured on loopback: a second connection costs the client about
- * 12% more CPU and makes four clients at once about 10% slower). Farther, 8 MiB per 50 ms is
- * 168 MB/s, so more connections are opened to keep the link busy. The threshold is loose on
- * purpose: a busy event loop can add a few milliseconds to the measurement.
- */
-export const autoConnections = (roundTripMs: number): number => (roundTripMs < NEAR_ROUND_TRIP_MS ? 1 : FAR_CONNECTIONS)
-
-export const defaultSendOptions: Omit<SendOptions, "dir" | "address"> = {
+export const defaultSendOptions: Omit<SendOptions, "dir" | "addresses"> = {
   connections: "auto",
   window: 8 * 1024 * 1024,
   batchBytes: 2 * 1024 * 1024,
   readAhead: 4,
   parallelDatasets: 2,
   maxFrame: DEFAULT_MAX_FRAME,
-  progress: "none",
   token: undefined,
   tls: undefined,
   handshakeTimeout: "10 seconds",
-  retries: 5
+  retries: 20,
+  retryFor: "5 minutes",
+  cap: "10 seconds",
+  watch: false,
+  markerTimeout: undefined,
+  onCommit: { _tag: "Keep" }
 }
 
-export interface DatasetReport {
+export interface DatasetFailure {
   readonly dataset: string
-  readonly size: number
-  readonly pieces: number
-  /** Pieces this run sent (the server already held the others). */
-  readonly sent: number
-  readonly alreadyCommitted: boolean
-  readonly crc32: string
+  readonly error: DatasetError | DatasetRejected | LinkError
 }
 
-export type SendError = FolderError | DatasetError | DatasetRejected | LinkError
-
-interface Task {
-  readonly seq: number
-  readonly indices: Uint32Array
-  readonly bytes: number
+export interface SendSummary {
+  /** Datasets found in the folder (at the start, for a watching sender). */
+  readonly found: number
+  readonly committed: ReadonlyArray<DatasetReport>
+  readonly failed: ReadonlyArray<DatasetFailure>
+  /** Set when a server could not be reached, or kept, within the retry budget. */
+  readonly unreachable: LinkError | undefined
 }
 
-const MAX_BATCH_PIECES = 4096
+export type SendEnvironment = Transport | PieceReader | DatasetScanner | FileSystem.FileSystem | Path.Path | Progress
+
+/** A stable order of servers for one dataset (rendezvous hashing): ties go to the dataset's own favourite. */
+const affinity = (dataset: string, server: string): number => {
+  let h = 0x811c9dc5
+  for (const c of `${dataset}@${server}`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0
+  return h
+}
 
 /**
- * The missing pieces as batches of about `batchBytes` of compressed data,
- * made one at a time as the stream pulls them: what the client keeps per
- * piece is the server's bitmap (one bit), never an object.
+ * Waits until a server is up and answers the least loaded (ties by affinity), preferring those
+ * not in `avoid`; fails when every server has been given up on.
  */
-export function* planBatches(manifest: Manifest, held: PieceBitmap, pieceBytes: number, batchBytes: number): Generator<Task> {
-  const per = Math.max(1, Math.min(MAX_BATCH_PIECES, Math.floor(batchBytes / Math.max(1, pieceBytes))))
-  let seq = 0
-  for (const [a, b] of held.missing()) {
-    for (let start = a; start < b; start += per) {
-      const end = Math.min(b, start + per)
-      const indices = new Uint32Array(end - start)
-      let bytes = 0
-      for (let k = 0; k < indices.length; k++) {
-        indices[k] = manifest.first + start + k
-        bytes += lengthOf(manifest, indices[k]!)
+const pickUplink = (uplinks: ReadonlyArray<Uplink>, dataset: string, avoid: ReadonlySet<string>) =>
+  Stream.mergeAll(uplinks.map((u) => u.state.changes), { concurrency: "unbounded" }).pipe(
+    Stream.mapEffect(() => Effect.forEach(uplinks, (u) => Effect.map(SubscriptionRef.get(u.state), (s) => [u, s] as const))),
+    Stream.map((states): Either.Either<Uplink, LinkError> | undefined => {
+      const up = states.filter(([, s]) => s._tag === "Up").map(([u]) => u)
+      if (up.length === 0) {
+        const gone = states.filter((x): x is readonly [Uplink, Extract<UplinkState, { _tag: "Gone" }>] => x[1]._tag === "Gone")
+        return gone.length === states.length ? Either.left(gone[0]![1].error) : undefined
       }
-      yield { seq: seq++, indices, bytes }
-    }
-  }
-}
+      const preferred = up.filter((u) => !avoid.has(u.address))
+      const candidates = preferred.length > 0 ? preferred : up
+      return Either.right(candidates.reduce((best, u) =>
+        u.load < best.load || (u.load === best.load && affinity(dataset, u.address) > affinity(dataset, best.address)) ? u : best
+      ))
+    }),
+    Stream.filter((x): x is Either.Either<Uplink, LinkError> => x !== undefined),
+    Stream.runHead,
+    Effect.flatMap((x) => (Option.isSome(x) ? x.value : Effect.die(new Error("no server state")))),
+  )
 
-const heldBytes = (manifest: Manifest, held: PieceBitmap): number => {
-  if (held.complete) return manifest.size
-  let missing = 0
-  for (const [a, b] of held.missing()) for (let i = a; i < b; i++) missing += lengthOf(manifest, manifest.first + i)
-  return manifest.size - missing
-}
+/** How long a dataset a server could not take waits before it goes again: 1 s doubling to 30 s, jittered. */
+const deferralDelay = (attempt: number) => Duration.millis(Math.min(30_000, 1000 * 2 ** attempt) * (0.75 + Math.random() / 2))
 
-const transfer = (
-  options: SendOptions,
-  links: ReadonlyArray<ServerLink>,
-  transfers: Map<number, TransferEvents>,
-  handle: number,
-  manifest: Manifest,
-  progress: DatasetProgress
-) =>
+export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderError, SendEnvironment | Scope.Scope> =>
   Effect.gen(function*() {
-    const reader = yield* PieceReader
-    const committed = yield* Deferred.make<Committed, DatasetRejected | LinkError>()
-    /** Batches sent and not acknowledged yet: all the client remembers of them. */
-    const inFlight = new Map<number, { readonly pieces: number; readonly bytes: number }>()
-    transfers.set(handle, {
-      onAck: (seq) => {
-        const task = inFlight.get(seq)
-        if (task === undefined) return
-        inFlight.delete(seq)
-        progress.ackedPieces += task.pieces
-        progress.ackedBytes += task.bytes
-        if (progress.ackedPieces === progress.totalPieces) progress.phase = "committing"
-      },
-      onCommitted: (m) => Deferred.unsafeDone(committed, Exit.succeed(m)),
-      onFailed: (e) => Deferred.unsafeDone(committed, Exit.fail(e))
-    })
-    yield* Effect.addFinalizer(() => Effect.sync(() => transfers.delete(handle)))
+    const progress = yield* Progress
+    const scanner = yield* DatasetScanner
+    const dir = options.dir
+    const connection: ConnectionOptions = { window: options.window, maxFrame: options.maxFrame, token: options.token, tls: options.tls, handshakeTimeout: options.handshakeTimeout }
+    const uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options))
+    const ackedEverywhere = () => uplinks.reduce((n, u) => n + u.acked(), 0)
 
-    const opened = yield* Effect.forEach(links, (link) => link.open(handle, manifest), { concurrency: "unbounded" })
-    const first = opened[0]!
-    if (first.committed) {
-      progress.start(manifest.count, manifest.size, manifest.count, manifest.size)
-      progress.phase = "committed"
-      return { dataset: manifest.dataset, size: manifest.size, pieces: manifest.count, sent: 0, alreadyCommitted: true, crc32: "" } satisfies DatasetReport
-    }
-    const held = first.bitmap === null ? new PieceBitmap(manifest.count) : PieceBitmap.fromBase64(manifest.count, first.bitmap)
-    if (held === undefined) {
-      return yield* Effect.fail(new ProtocolError({ peer: links[0]!.peer, code: "BadMessage", reason: "server sent a bitmap of the wrong length" }))
-    }
-    const pieceBytes = yield* pieceFileBytes(options.dir, manifest.dataset, manifest.first)
-    // batches stay well under the largest frame the server accepts (half of it)
-    const serverMax = Math.min(...links.map((l) => l.maxFrame))
-    // Batches are planned on the largest a piece can be (an incompressible slice stored by gzip),
-    // not on the first piece's size, so that no frame can outgrow the server's limit.
-    const pieceBound = Math.ceil(manifest.sliceSize * 1.001) + 320
-    const tasks = planBatches(manifest, held, pieceBound, Math.max(1, Math.min(options.batchBytes, Math.floor(serverMax / 2))))
-    const missing = manifest.count - held.held
-    progress.start(manifest.count, manifest.size, held.held, heldBytes(manifest, held))
-    if (held.held > 0) yield* Effect.logInfo(`${manifest.dataset}: server already holds ${held.held} of ${manifest.count} pieces; sending the other ${missing}`)
+    const committed: Array<DatasetReport> = []
+    const failed: Array<DatasetFailure> = []
+    let unreachable: LinkError | undefined
+    /** Datasets this run has taken up (queued, sending or finished): a watching sender takes each once. */
+    const taken = new Set<string>()
+    const ready = yield* Queue.unbounded<Holdings>()
+    let pending = 0
 
-    const pickLink = () => {
-      let best = links[0]!
-      for (const l of links) if (l.inflight() < best.inflight()) best = l
-      return best
-    }
-    const pump = Stream.fromIterable({ [Symbol.iterator]: () => tasks }).pipe(
-      Stream.tap((task) => Effect.sync(() => inFlight.set(task.seq, { pieces: task.indices.length, bytes: task.bytes }))),
-      Stream.mapEffect(
-        (task) =>
-          reader.read({ dir: options.dir, dataset: manifest.dataset, handle, seq: task.seq, indices: task.indices, maxPieceBytes: Math.min(options.maxFrame, serverMax) - 64, expectBytes: pieceBytes * task.indices.length }),
-        { concurrency: options.readAhead }
-      ),
-      Stream.mapEffect(
-        (batch) =>
-          Effect.suspend(() => {
-            progress.sentBytes += batch.pieceBytes
-            return pickLink().sendBatch(handle, batch.frame.readUInt32BE(9), batch.frame, batch.release)
+    const finish = Effect.suspend(() => (--pending === 0 && !options.watch ? Queue.shutdown(ready) : Effect.void))
+
+    const fail = (dataset: string, error: DatasetFailure["error"]) =>
+      Effect.gen(function*() {
+        failed.push({ dataset, error })
+        const code = error._tag === "DatasetRejected" ? error.code : error._tag === "DatasetError" ? "BadDataset" : error._tag
+        yield* Effect.logError(error.message).pipe(Effect.annotateLogs({ dataset, code }))
+        yield* progress.update(dataset, (p) => ({ ...p, phase: "failed", note: error.message }))
+        yield* publish({ event: "failed", dataset, code, message: error.message })
+      })
+
+    /** Sends one ready dataset until it is committed or fails for good. */
+    const sendOne = (holdings: Holdings) =>
+      Effect.gen(function*() {
+        const name = holdings.dataset
+        const manifest = yield* readManifest(dir, holdings)
+        const avoid = new Set<string>()
+        let deferrals = 0
+        let stalledSince: { readonly at: number; readonly acked: number } | undefined
+        for (;;) {
+          const uplink = yield* pickUplink(uplinks, name, avoid)
+          uplink.load++
+          const outcome = yield* Effect.either(Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest))).pipe(
+            Effect.ensuring(Effect.sync(() => void uplink.load--))
+          )
+          if (Either.isRight(outcome)) return outcome.right
+          const e = outcome.left
+          if (e._tag === "DatasetRejected" && isDeferral(e.code)) {
+            // not now: wait, then try again, elsewhere when another server is up
+            const now = Date.now()
+            if (stalledSince === undefined || ackedEverywhere() !== stalledSince.acked) stalledSince = { at: now, acked: ackedEverywhere() }
+            if (!options.watch && now - stalledSince.at > Duration.toMillis(options.retryFor)) return yield* Effect.fail(e)
+            if (deferrals === 0 || avoid.size === 0) yield* Effect.logInfo(`${name}: ${uplink.address} cannot take it now (${e.code}: ${e.reason}); waiting to try again`)
+            yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: `${e.code} at ${uplink.address}` }))
+            yield* publish({ event: "queued", dataset: name, reason: `${e.code}: ${e.reason}` })
+            avoid.add(uplink.address)
+            yield* Effect.sleep(deferralDelay(deferrals++))
+            continue
+          }
+          if (e._tag !== "DatasetRejected" && e._tag !== "DatasetError" && isTransient(e)) {
+            // that server went away: the dataset goes again, wherever a server is up
+            yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: `reconnecting to ${uplink.address}` }))
+            continue
+          }
+          return yield* Effect.fail(e)
+        }
+      }).pipe(
+        Effect.matchEffect({
+          onFailure: (e) =>
+            Effect.gen(function*() {
+              if (e._tag !== "DatasetError" && e._tag !== "DatasetRejected") unreachable ??= e
+              yield* fail(holdings.dataset, e)
+            }),
+          onSuccess: (report) =>
+            Effect.gen(function*() {
+              committed.push(report)
+              yield* publish({ event: "committed", dataset: report.dataset, server: report.server, bytes: report.size, pieces: report.pieces, sent: report.sent, crc32: report.crc32, seconds: report.seconds, alreadyCommitted: report.alreadyCommitted })
+              if (options.onCommit._tag !== "Keep") {
+                const cleaned = yield* Effect.either(cleanUp(dir, { dataset: report.dataset, first: holdings.lowest === Infinity ? 0 : holdings.lowest, count: holdings.pieces }, options.onCommit))
+                if (Either.isLeft(cleaned)) yield* Effect.logWarning(`${report.dataset}: committed, but ${cleaned.left.message}`)
+                else yield* publish({ event: "cleaned", dataset: report.dataset, action: options.onCommit._tag === "Move" ? "move" : "delete", to: options.onCommit._tag === "Move" ? options.onCommit.to : null })
+              }
+            })
+        }),
+        Effect.ensuring(finish)
+      )
+
+    /** Takes up a dataset: at once when its marker is there, else once it appears (or fails after the marker timeout). */
+    const takeUp = (holdings: Holdings, markerThere: boolean) =>
+      Effect.gen(function*() {
+        const name = holdings.dataset
+        if (taken.has(name)) return
+        taken.add(name)
+        pending++
+        const invalid = nameProblem(name)
+        if (invalid !== undefined) {
+          yield* fail(name, new DatasetError({ dataset: name, reason: invalid }))
+          return yield* finish
+        }
+        if (markerThere) {
+          yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: "" }))
+          return yield* Queue.offer(ready, holdings)
+        }
+        yield* Effect.logInfo(`waiting for ${markerFileName(name)} in ${dir}`)
+        yield* progress.update(name, (p) => ({ ...p, phase: "waiting" }))
+        yield* publish({ event: "waiting", dataset: name })
+        const wait = options.markerTimeout === undefined
+          ? awaitMarker(dir, name)
+          : awaitMarker(dir, name).pipe(Effect.timeoutFail({ duration: options.markerTimeout, onTimeout: () => new DatasetError({ dataset: name, reason: `${markerFileName(name)} did not appear within ${Duration.format(options.markerTimeout!)}` }) }))
+        yield* wait.pipe(
+          Effect.zipRight(Effect.logInfo(`found ${markerFileName(name)}`)),
+          // pieces may have landed while we waited: count again
+          Effect.zipRight(Effect.map(Effect.orElseSucceed(inventory(dir), () => undefined), (inv) => inv?.datasets.get(name) ?? holdings)),
+          Effect.matchEffect({
+            onFailure: (e) => Effect.zipRight(fail(name, e), finish),
+            onSuccess: (h) => Effect.zipRight(progress.update(name, (p) => ({ ...p, phase: "queued" })), Queue.offer(ready, h))
           }),
-        { concurrency: links.length, unordered: true }
-      ),
-      Stream.runDrain
-    )
-    const result = yield* Effect.raceFirst(Effect.zipRight(pump, Deferred.await(committed)), Deferred.await(committed))
-    progress.phase = "committed"
-    return { dataset: manifest.dataset, size: result.size, pieces: manifest.count, sent: missing, alreadyCommitted: false, crc32: result.crc32 } satisfies DatasetReport
-  }).pipe(Effect.scoped)
+          Effect.forkScoped
+        )
+      })
 
-/** Failures worth a new connection: the network or the server went away. */
-const isTransient = (e: SendError): e is LinkError =>
-  e._tag === "TransportError" || (e._tag === "ProtocolError" && (e.code === "HandshakeTimeout" || e.code === "IdleTimeout" || e.code === "TooManyConnections" || e.code === "TooManyPending"))
-
-/** Exponential backoff with jitter: 0.25 s, 0.5 s, 1 s ... up to 10 s, each scaled by 0.5 to 1. */
-export const backoff = (attempt: number, random: number = Math.random()): Duration.Duration =>
-  Duration.millis(Math.min(10_000, 250 * 2 ** attempt) * (0.5 + random / 2))
-
-/**
- * Sends every dataset in `options.dir`; answers one report per dataset, or
- * the first failure. A lost connection or a restarted server costs a
- * reconnection (up to `retries` in a row without progress), after which only
- * the pieces the server does not hold yet are sent.
- */
-export const send = (
-  options: SendOptions
-): Effect.Effect<
-  Array<DatasetReport>,
-  SendError,
-  Transport | PieceReader | DatasetScanner | FileSystem.FileSystem | Path.Path | Scope.Scope
-> =>
-  Effect.gen(function*() {
-    const found = yield* inventory(options.dir)
-    if (found.datasets.size === 0) {
-      return yield* Effect.fail(new FolderError({ path: options.dir, reason: "no pieces found (expected files named like abc-0000000.gz and abc.done)" }))
+    const found = yield* inventory(dir)
+    if (options.onCommit._tag === "Move") {
+      for (const name of found.moving) {
+        const h = found.datasets.get(name)
+        yield* Effect.logInfo(`${name}: finishing its move to ${options.onCommit.to}, which an earlier run left half done`)
+        yield* finishInterruptedMove(dir, name, h?.lowest ?? 0, h?.highest ?? -1, options.onCommit.to).pipe(Effect.catchAll((e) => Effect.logWarning(`${name}: ${e.message}`)))
+        found.datasets.delete(name)
+      }
     }
     const names = [...found.datasets.keys()].sort()
     yield* Effect.logDebug(`found ${names.length} dataset(s): ${names.map((n) => `${n} (${found.datasets.get(n)!.pieces} pieces${found.datasets.get(n)!.marker ? "" : ", no marker yet"})`).join(", ")}`)
+    if (names.length === 0 && !options.watch) return { found: 0, committed, failed, unreachable } satisfies SendSummary
+    for (const name of names) yield* takeUp(found.datasets.get(name)!, found.datasets.get(name)!.marker)
 
-    const board: Board = yield* makeBoard({ mode: options.progress })
-    const progress = new Map(names.map((name) => [name, board.track(name)]))
-
-    // Each dataset's manifest, as soon as its marker is there; connections come and go, these stay.
-    const manifests = new Map<string, Deferred.Deferred<Manifest, DatasetError>>()
-    for (const name of names) {
-      const ready = yield* Deferred.make<Manifest, DatasetError>()
-      manifests.set(name, ready)
-      yield* Effect.gen(function*() {
-        let holdings = found.datasets.get(name)!
-        if (!holdings.marker) {
-          yield* awaitMarker(options.dir, name)
-          // pieces may have landed while we waited: count again
-          holdings = (yield* Effect.orElseSucceed(inventory(options.dir), () => found)).datasets.get(name) ?? holdings
-        }
-        return yield* readManifest(options.dir, holdings)
-      }).pipe(Effect.exit, Effect.flatMap((exit) => Deferred.done(ready, exit)), Effect.forkScoped)
-    }
-
-    const reports = new Map<string, DatasetReport>()
-    const failed = new Map<string, SendError>()
-
-    /** One connected attempt at every dataset not finished yet; answers the link failures. */
-    const attempt = Effect.scoped(
-      Effect.gen(function*() {
-        const transfers = new Map<number, TransferEvents>()
-        const dial = connect(options.address, transfers, { window: options.window, maxFrame: options.maxFrame, token: options.token, tls: options.tls, handshakeTimeout: options.handshakeTimeout })
-        const first = yield* dial
-        const wanted = options.connections === "auto" ? autoConnections(first.roundTrip) : Math.max(1, options.connections)
-        const links = [first, ...(yield* Effect.all(Array.from({ length: wanted - 1 }, () => dial), { concurrency: "unbounded" }))]
-        yield* Effect.logDebug(
-          `${links.length} connection(s) to ${formatAddress(options.address)}${options.connections === "auto" ? ` (auto: round trip ${first.roundTrip.toFixed(2)} ms)` : ""}`
-        )
-        const slots = yield* Effect.makeSemaphore(Math.max(1, options.parallelDatasets))
-        const pending = names.filter((n) => !reports.has(n) && !failed.has(n))
-        const outcomes = yield* Effect.forEach(
-          pending,
-          (name) =>
-            Effect.gen(function*() {
-              const manifest = yield* Deferred.await(manifests.get(name)!)
-              const p = progress.get(name)!
-              return yield* slots.withPermits(1)(transfer(options, links, transfers, names.indexOf(name) + 1, manifest, p)).pipe(
-                Effect.tapError((e) =>
-                  Effect.sync(() => {
-                    if (!isTransient(e)) {
-                      p.phase = "failed"
-                      p.note = e.message
-                    }
-                  })
-                )
-              )
-            }).pipe(Effect.either, Effect.map((r) => [name, r] as const)),
-          { concurrency: "unbounded" }
-        )
-        const lost: Array<LinkError> = []
-        for (const [name, r] of outcomes) {
-          if (Either.isRight(r)) reports.set(name, r.right)
-          else if (isTransient(r.left)) lost.push(r.left)
-          else failed.set(name, r.left)
-        }
-        return lost
+    if (options.watch) {
+      // a new marker (or pieces of a new dataset) seen by the watch: count the folder again and take up what is new
+      const look = Effect.gen(function*() {
+        const inv = yield* inventory(dir).pipe(Effect.orElseSucceed(() => undefined))
+        if (inv === undefined) return
+        for (const [name, h] of inv.datasets) if (!taken.has(name) && !inv.moving.has(name)) yield* takeUp(h, h.marker)
       })
-    ).pipe(Effect.catchAll((e) => (isTransient(e) ? Effect.succeed([e]) : Effect.fail(e))))
-
-    const acked = () => [...progress.values()].reduce((n, p) => n + p.ackedPieces, 0)
-    let failures = 0
-    for (;;) {
-      const before = acked()
-      const lost = yield* attempt
-      if (lost.length === 0) break
-      failures = acked() > before ? 1 : failures + 1
-      if (failures > options.retries) {
-        return yield* Effect.fail(
-          options.retries === 0
-            ? lost[0]!
-            : new TransportError({ address: formatAddress(options.address), reason: `${lost[0]!.reason} (gave up after ${options.retries} retries)` })
-        )
-      }
-      const wait = backoff(failures - 1)
-      yield* Effect.logWarning(`${lost[0]!.message}; reconnecting in ${Duration.format(Duration.millis(Math.round(Duration.toMillis(wait))))} (retry ${failures} of ${options.retries})`)
-      yield* Effect.sleep(wait)
+      yield* scanner.watch(dir).pipe(
+        Stream.filter((seen) =>
+          seen.length === 0 ||
+          seen.some((n) => {
+            const e = parseEntry(n)
+            return e._tag !== "Other" && !taken.has(e.dataset)
+          })
+        ),
+        Stream.runForEach(() => look),
+        Effect.forkScoped
+      )
     }
-    yield* board.flush
-    const errors = names.filter((n) => failed.has(n)).map((n) => failed.get(n)!)
-    for (const f of errors.slice(1)) yield* Effect.logError(f.message)
-    if (errors.length > 0) return yield* Effect.fail(errors[0]!)
-    return names.map((n) => reports.get(n)!)
+
+    yield* Stream.fromQueue(ready).pipe(
+      Stream.mapEffect(sendOne, { concurrency: Math.max(1, options.parallelDatasets), unordered: true }),
+      Stream.runDrain
+    )
+    return { found: names.length, committed, failed, unreachable } satisfies SendSummary
   })
+
+/** The reconnection policy of a sender that watches: it never gives up on a server. */
+export const watchPolicy: ReconnectPolicy = { retries: Number.MAX_SAFE_INTEGER, retryFor: Duration.infinity, cap: "30 seconds" }
+
+/** Exit codes of `ferry send`: see the README. */
+export const SendExit = { Ok: 0, DataFailed: 1, Unreachable: 3, NothingToSend: 4 } as const
+
+export const exitCodeOf = (summary: SendSummary, allowEmpty: boolean): number => {
+  if (summary.found === 0 && summary.committed.length === 0 && summary.failed.length === 0) return allowEmpty ? SendExit.Ok : SendExit.NothingToSend
+  const onData = summary.failed.some((f) => f.error._tag === "DatasetError" || f.error._tag === "DatasetRejected")
+  if (onData) return SendExit.DataFailed
+  if (summary.unreachable !== undefined || summary.failed.length > 0) return SendExit.Unreachable
+  return SendExit.Ok
+}

@@ -54,6 +54,16 @@ export class PieceBitmap {
     }
   }
 
+  /** The runs of held pieces, as [start, end) pairs of relative indices. */
+  *heldRuns(): Generator<readonly [number, number]> {
+    let at = 0
+    for (const [a, b] of this.missing()) {
+      if (a > at) yield [at, a]
+      at = b
+    }
+    if (at < this.count) yield [at, this.count]
+  }
+
   toBase64(): string {
     return Buffer.from(this.bits.buffer, this.bits.byteOffset, this.bits.byteLength).toString("base64")
   }

@@ -74,3 +74,61 @@ export class FileCrc {
 }
 
 export const formatCrc = (crc: number): string => (crc >>> 0).toString(16).padStart(8, "0")
+
+/** Operators for shifts of 2^k bytes, k = 0..52: any length is a product of a few of them. */
+let powers: Array<Matrix> | undefined
+const shiftPowers = (): Array<Matrix> => {
+  if (powers === undefined) {
+    powers = [shiftOperator(1)]
+    for (let k = 1; k <= 52; k++) powers.push(square(powers[k - 1]!))
+  }
+  return powers
+}
+
+/** shift(crc, bytes) for any length, in at most 53 matrix-vector products (no matrix built). */
+export const shiftBy = (crc: number, bytes: number): number => {
+  const p = shiftPowers()
+  let out = crc >>> 0
+  for (let k = 0; bytes > 0 && out !== 0; k++) {
+    if (bytes % 2 === 1) out = times(p[k]!, out)
+    bytes = Math.floor(bytes / 2)
+  }
+  return out
+}
+
+/**
+ * The CRC32 of a whole file from the CRCs of its slices, added in any order:
+ * crc(P0 ++ ... ++ Pn) is the xor over i of shift(crc(Pi), bytes after Pi),
+ * because shifting is linear. So batches read in parallel, or pieces held by
+ * the server and pieces sent now, each add their share when they are known.
+ */
+export class ContentCrc {
+  private crc = 0
+  private readonly op: Matrix | undefined
+  constructor(
+    /** Size of the whole file. */
+    readonly size: number,
+    readonly sliceSize: number
+  ) {
+    this.op = sliceSize > 0 ? shiftOperator(sliceSize) : undefined
+  }
+
+  /**
+   * Adds slices `offset .. offset + lengths` (consecutive in the file): `crcs[k]` is the CRC32 of
+   * slice k, `lengths[k]` its length; all but the last are `sliceSize` long.
+   */
+  addRun(offset: number, crcs: ArrayLike<number>, lengths: ArrayLike<number>, from = 0, to = crcs.length): void {
+    let run = 0
+    let bytes = 0
+    for (let k = from; k < to; k++) {
+      const length = lengths[k]!
+      run = length === this.sliceSize && this.op !== undefined ? (applyShift(this.op, run) ^ crcs[k]!) >>> 0 : combine(run, crcs[k]!, length)
+      bytes += length
+    }
+    this.crc = (this.crc ^ shiftBy(run, this.size - offset - bytes)) >>> 0
+  }
+
+  get value(): number {
+    return this.crc
+  }
+}

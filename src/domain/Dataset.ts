@@ -55,14 +55,18 @@ export const parseMarker = (text: string): { readonly size: number } | { readonl
 
 /**
  * Everything both ends must agree on to rebuild a dataset: its name, the
- * original size, the slice size S and the numbering of the pieces.
+ * original size, the slice size S and the numbering of the pieces, and the
+ * CRC32 of the first slice, so that two senders with different content under
+ * one name are told apart before either sends a piece (the seal at the end
+ * checks the rest).
  */
 export class Manifest extends Schema.Class<Manifest>("Manifest")({
   dataset: DatasetName,
   size: Schema.Number.pipe(Schema.int(), Schema.between(0, MAX_SIZE)),
   sliceSize: Schema.Number.pipe(Schema.int(), Schema.between(0, MAX_SIZE)),
   first: Schema.Number.pipe(Schema.int(), Schema.between(0, MAX_PIECES - 1)),
-  count: Schema.Number.pipe(Schema.int(), Schema.between(0, MAX_PIECES))
+  count: Schema.Number.pipe(Schema.int(), Schema.between(0, MAX_PIECES)),
+  firstSliceCrc: Schema.Number.pipe(Schema.int(), Schema.between(0, 0xffff_ffff))
 }) {}
 
 /** ceil(size / sliceSize), the number of pieces a size calls for. */
@@ -87,4 +91,14 @@ export const manifestProblem = (m: Manifest): string | undefined => {
 
 export const sameManifest = (a: Manifest, b: Manifest): boolean =>
   a.dataset === b.dataset && a.size === b.size && a.sliceSize === b.sliceSize && a.first === b.first &&
-  a.count === b.count
+  a.count === b.count && a.firstSliceCrc === b.firstSliceCrc
+
+/** Why two manifests of one name cannot be the same dataset, in a user's words. */
+export const manifestDifference = (held: Manifest, asked: Manifest): string =>
+  held.size !== asked.size
+    ? `${held.size} bytes, not ${asked.size}`
+    : held.sliceSize !== asked.sliceSize
+    ? `slices of ${held.sliceSize} bytes, not ${asked.sliceSize}`
+    : held.first !== asked.first || held.count !== asked.count
+    ? `pieces ${held.first}..${held.first + held.count - 1}, not ${asked.first}..${asked.first + asked.count - 1}`
+    : "different content (the first slices differ)"

@@ -2,6 +2,7 @@
  * The failures a user can act on, one per cause. Each renders as one line.
  */
 import * as Data from "effect/Data"
+import type { DatasetFailureCode, RefusalCode } from "./Codes.js"
 
 /** The folder given to `send` or `fake` cannot be used. */
 export class FolderError extends Data.TaggedError("FolderError")<{
@@ -13,7 +14,7 @@ export class FolderError extends Data.TaggedError("FolderError")<{
   }
 }
 
-/** A dataset on the sending side is inconsistent: bad marker, missing or unreadable piece. */
+/** A dataset on the sending side is inconsistent: bad name or marker, missing or unreadable piece. */
 export class DatasetError extends Data.TaggedError("DatasetError")<{
   readonly dataset: string
   readonly reason: string
@@ -23,10 +24,10 @@ export class DatasetError extends Data.TaggedError("DatasetError")<{
   }
 }
 
-/** The server rejected a dataset (bad piece, conflict, no space...). */
+/** The server refused or failed a dataset (bad piece, conflict, no space...). */
 export class DatasetRejected extends Data.TaggedError("DatasetRejected")<{
   readonly dataset: string
-  readonly code: string
+  readonly code: DatasetFailureCode
   readonly reason: string
 }> {
   override get message() {
@@ -44,10 +45,10 @@ export class TransportError extends Data.TaggedError("TransportError")<{
   }
 }
 
-/** The peer spoke something other than ferry's protocol, or refused ours. */
+/** The peer refused our connection, or broke ferry's protocol on it. */
 export class ProtocolError extends Data.TaggedError("ProtocolError")<{
   readonly peer: string
-  readonly code: string
+  readonly code: RefusalCode
   readonly reason: string
 }> {
   override get message() {
@@ -55,14 +56,38 @@ export class ProtocolError extends Data.TaggedError("ProtocolError")<{
   }
 }
 
-/** The destination folder of `serve` cannot be used or written. */
-export class StoreError extends Data.TaggedError("StoreError")<{
-  readonly dataset: string
-  readonly code: string
+/**
+ * The other end is not a ferry peer we can talk to: TLS on one side only, a
+ * certificate we do not trust, another protocol or version. Trying again
+ * cannot help, so the client gives up at once.
+ */
+export class PeerMismatch extends Data.TaggedError("PeerMismatch")<{
+  readonly peer: string
   readonly reason: string
 }> {
   override get message() {
-    return this.dataset === "" ? this.reason : `dataset ${this.dataset}: ${this.reason}`
+    return `${this.peer}: ${this.reason}`
+  }
+}
+
+/** One dataset on the server cannot be stored: every `Failed` message starts as one of these. */
+export class StoreError extends Data.TaggedError("StoreError")<{
+  readonly dataset: string
+  readonly code: DatasetFailureCode
+  readonly reason: string
+}> {
+  override get message() {
+    return `dataset ${this.dataset}: ${this.reason}`
+  }
+}
+
+/** The destination folder of `serve` cannot be used at all. */
+export class DestinationError extends Data.TaggedError("DestinationError")<{
+  readonly dest: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `${this.dest}: ${this.reason}`
   }
 }
 
@@ -74,12 +99,3 @@ export class UsageError extends Data.TaggedError("UsageError")<{
     return this.reason
   }
 }
-
-export type FerryError =
-  | FolderError
-  | DatasetError
-  | DatasetRejected
-  | TransportError
-  | ProtocolError
-  | StoreError
-  | UsageError

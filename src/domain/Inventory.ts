@@ -14,14 +14,23 @@ export interface Holdings {
   marker: boolean
 }
 
+const MOVING = /^\.([a-z]+)\.done\.moving$/
+
 export class Inventory {
   readonly datasets = new Map<string, Holdings>()
+  /** Datasets whose move after commit (`--on-commit move:`) was interrupted. */
+  readonly moving = new Set<string>()
   ignored = 0
 
   /** Adds one directory entry; answers false when it is not ferry's. */
   add(fileName: string): boolean {
     const entry = parseEntry(fileName)
     if (entry._tag === "Other") {
+      const moving = MOVING.exec(fileName)
+      if (moving !== null) {
+        this.moving.add(moving[1]!)
+        return true
+      }
       this.ignored++
       return false
     }

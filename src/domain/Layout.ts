@@ -11,8 +11,9 @@ export const pieceFileName = (dataset: string, index: number): string =>
 
 export const markerFileName = (dataset: string): string => `${dataset}.done`
 
-/** The numbers that place slices in the rebuilt file. */
+/** The numbers that place slices in the rebuilt file (a Manifest is one). */
 export interface Geometry {
+  readonly dataset: string
   readonly size: number
   readonly sliceSize: number
   readonly first: number
@@ -30,3 +31,6 @@ export const offsetOf = (m: Geometry, index: number): number => (index - m.first
 /** Uncompressed length piece `index` must have: S, or the remainder for the last. */
 export const lengthOf = (m: Geometry, index: number): number =>
   index === lastIndex(m) ? m.size - (m.count - 1) * m.sliceSize : m.sliceSize
+
+/** Byte offset of piece `index`'s CRC32 in the dataset's CRC file (4 bytes per piece). */
+export const crcOffsetOf = (m: Geometry, index: number): number => (index - m.first) * 4

@@ -1,22 +1,33 @@
 /**
  * Control messages: small JSON frames validated with Schema at both ends.
- * Piece data never goes through here (see Frame.ts).
+ * Piece data never goes through here (see Frame.ts). Protocol 2: the client
+ * speaks first (so that a TLS or non-ferry peer is told apart at once), and
+ * vouches for the content of each dataset with a seal before it is committed.
  */
 import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
+import { DatasetFailureCode, RefusalCode } from "./Codes.js"
 import { DatasetName, Manifest } from "./Dataset.js"
 import { encodeFrame, FrameKind } from "./Frame.js"
 
-export const PROTOCOL_VERSION = 1
+export const PROTOCOL_VERSION = 2
 
 const Handle = Schema.Number.pipe(Schema.int(), Schema.between(0, 0xffff_ffff))
+/** A CRC32 as 8 lowercase hex digits. */
+export const Crc32Hex = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{8}$/))
 
-/** Server -> client, first frame on every connection. */
+/** Client -> server, first frame on every connection. */
+export class Hi extends Schema.TaggedClass<Hi>()("Hi", {
+  protocol: Schema.Number,
+  client: Schema.String.pipe(Schema.maxLength(200))
+}) {}
+
+/** Server -> client, the answer to Hi. */
 export class Welcome extends Schema.TaggedClass<Welcome>()("Welcome", {
   protocol: Schema.Number,
   server: Schema.String,
-  /** Random challenge for the client's proof; room for authentication. */
+  /** Random challenge for the client's proof. */
   nonce: Schema.String,
   auth: Schema.Literal("none", "hmac-sha256"),
   /** Seconds of silence after which the server drops a connection: clients ping well within it. */
@@ -25,10 +36,8 @@ export class Welcome extends Schema.TaggedClass<Welcome>()("Welcome", {
   maxFrame: Schema.Number
 }) {}
 
-/** Client -> server, answer to Welcome. */
+/** Client -> server: the answer to the challenge (null when the server asks for none). */
 export class Hello extends Schema.TaggedClass<Hello>()("Hello", {
-  protocol: Schema.Number,
-  client: Schema.String.pipe(Schema.maxLength(200)),
   proof: Schema.NullOr(Schema.String.pipe(Schema.maxLength(256)))
 }) {}
 
@@ -46,7 +55,18 @@ export class Opened extends Schema.TaggedClass<Opened>()("Opened", {
   handle: Handle,
   held: Schema.Number,
   bitmap: Schema.NullOr(Schema.String),
-  committed: Schema.Boolean
+  /** The CRC32 of the committed file when the dataset was already committed, else null. */
+  committed: Schema.NullOr(Crc32Hex)
+}) {}
+
+/**
+ * Client -> server: every piece of the dataset has been sent, and together the
+ * sender's pieces make a file with this CRC32 (combined from their gzip
+ * trailers). The server commits only a file whose CRC32 is the one vouched for.
+ */
+export class Seal extends Schema.TaggedClass<Seal>()("Seal", {
+  handle: Handle,
+  crc32: Crc32Hex
 }) {}
 
 /** Server -> client: the dataset is rebuilt, synced and marked done. */
@@ -54,27 +74,32 @@ export class Committed extends Schema.TaggedClass<Committed>()("Committed", {
   handle: Handle,
   dataset: DatasetName,
   size: Schema.Number,
-  crc32: Schema.String
+  crc32: Crc32Hex
 }) {}
 
 /** Server -> client: this dataset failed; the connection and other datasets go on. */
 export class Failed extends Schema.TaggedClass<Failed>()("Failed", {
   handle: Handle,
   dataset: Schema.String,
-  code: Schema.String,
+  code: DatasetFailureCode,
   message: Schema.String
+}) {}
+
+/** Client -> server: this client is done with the handle (the dataset failed, committed, or moves elsewhere). */
+export class Close extends Schema.TaggedClass<Close>()("Close", {
+  handle: Handle
 }) {}
 
 /** Client -> server: still here (sent when a connection would otherwise be silent). */
 export class Ping extends Schema.TaggedClass<Ping>()("Ping", {}) {}
 
-/** Either side: the connection is refused or broken; the sender closes it next. */
+/** Server -> client: the connection is refused or broken; the server closes it next. */
 export class Refused extends Schema.TaggedClass<Refused>()("Refused", {
-  code: Schema.String,
+  code: RefusalCode,
   message: Schema.String
 }) {}
 
-export const ControlMessage = Schema.Union(Welcome, Hello, Ready, Open, Opened, Committed, Failed, Ping, Refused)
+export const ControlMessage = Schema.Union(Hi, Welcome, Hello, Ready, Open, Opened, Seal, Committed, Failed, Close, Ping, Refused)
 export type ControlMessage = typeof ControlMessage.Type
 
 const fromJson = Schema.parseJson(ControlMessage)

@@ -1,36 +1,26 @@
 /**
- * The receiving side: accepts connections, runs the handshake, opens the
- * datasets clients announce, and feeds their piece batches to the piece
- * store, acknowledging each batch once it is on disk.
+ * The receiving side: listens, admits connections through a gate (limits on
+ * connections in and past the handshake), serves each one (Connection.ts),
+ * and on shutdown stops taking frames, lets the batches already taken
+ * finish writing, and closes every connection with a word to its client.
  */
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
-import * as Exit from "effect/Exit"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { newNonce, proofMatches } from "../domain/Auth.js"
-import { ProtocolError, StoreError, TransportError } from "../domain/Errors.js"
-import { decodePieces, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
-import {
-  Committed,
-  decodeControl,
-  encodeControl,
-  Failed,
-  Opened,
-  PROTOCOL_VERSION,
-  Ready,
-  Refused,
-  Welcome
-} from "../domain/Protocol.js"
-import { VERSION } from "../domain/Version.js"
-import { PieceStore, type Session } from "../services/PieceStore.js"
-import { type Address, formatAddress, type Link, Transport } from "../services/Transport.js"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import { piecesFrameBytes } from "../domain/Frame.js"
+import type { TransportError } from "../domain/Errors.js"
+import { publish } from "../services/Monitor.js"
+import { defaultStoreLimits, PieceStore } from "../services/PieceStore.js"
+import { type Address, formatAddress, Transport } from "../services/Transport.js"
+import { HANDSHAKE_FRAME, serveConnection } from "./Connection.js"
 
 export interface ServeOptions {
   readonly host: string
   readonly port: number
+  /** Largest frame accepted; raised to fit one piece of the largest slice accepted (see `frameLimit`). */
   readonly maxFrame: number
   /** A client that has not finished the handshake by then is dropped. */
   readonly handshakeTimeout: Duration.DurationInput
@@ -48,6 +38,8 @@ export interface ServeOptions {
   readonly maxPending: number
   /** Bytes of frames one connection may hold in memory (read ahead plus being written). */
   readonly connectionMemory: number
+  /** On shutdown, how long batches already received may take to finish writing. */
+  readonly drainTimeout: Duration.DurationInput
 }
 
 export const defaultServeOptions: ServeOptions = {
@@ -61,27 +53,106 @@ export const defaultServeOptions: ServeOptions = {
   tls: undefined,
   maxConnections: 256,
   maxPending: 64,
-  connectionMemory: 128 * 1024 * 1024
+  connectionMemory: 128 * 1024 * 1024,
+  drainTimeout: "10 seconds"
 }
 
-/** Until the handshake is done, only small control frames are accepted. */
-const HANDSHAKE_FRAME = 64 * 1024
+/**
+ * The largest frame a server must accept: the one asked for, or one piece of the largest slice
+ * it accepts (stored by gzip without compression, plus its headers), whichever is larger, so that
+ * every slice the server accepts can be sent with default flags.
+ */
+export const frameLimit = (maxFrame: number, maxSliceSize: number = defaultStoreLimits.maxSliceSize): number =>
+  Math.max(maxFrame, piecesFrameBytes(1, Math.ceil(maxSliceSize * 1.001) + 4096))
 
-/** Connections of one server, counted across links. */
-interface Gate {
-  /** Connections in the handshake, oldest first, each with the way to drop it. */
-  readonly pending: Map<object, () => void>
-  ready: number
+/** A connection's place at the gate. */
+export interface Ticket {
+  /** Passes the handshake: false when the server is at its limit of connections. */
+  readonly pass: Effect.Effect<boolean>
+  /** Connections past the handshake now. */
+  readonly ready: () => number
 }
+
+/** Connections of one server, counted across links, and the signal to stop. */
+export interface Gate {
+  /**
+   * A connection enters the handshake; past the limit of those, the oldest is dropped (its `drop`
+   * runs). It leaves, wherever it got to, when the scope closes.
+   */
+  readonly enter: (drop: Effect.Effect<unknown>) => Effect.Effect<Ticket, never, Scope.Scope>
+  /** Completes when the server starts stopping. */
+  readonly stopping: Effect.Effect<void>
+  readonly isStopping: Effect.Effect<boolean>
+}
+
+const makeGate = (options: ServeOptions) =>
+  Effect.gen(function*() {
+    const pending = new Map<object, Effect.Effect<unknown>>()
+    const open = yield* SubscriptionRef.make(0)
+    let ready = 0
+    const stopped = yield* Deferred.make<void>()
+    const gate: Gate = {
+      enter: (drop) =>
+        Effect.gen(function*() {
+          // A flood of connections that never finish the handshake must not lock others out.
+          if (pending.size >= options.maxPending) {
+            const [oldest, dropIt] = pending.entries().next().value as [object, Effect.Effect<unknown>]
+            pending.delete(oldest)
+            yield* dropIt
+          }
+          const me = {}
+          let passed = false
+          pending.set(me, drop)
+          yield* SubscriptionRef.update(open, (n) => n + 1)
+          yield* Effect.addFinalizer(() =>
+            Effect.suspend(() => {
+              pending.delete(me)
+              if (passed) ready--
+              return SubscriptionRef.update(open, (n) => n - 1)
+            })
+          )
+          return {
+            pass: Effect.sync(() => {
+              pending.delete(me)
+              if (ready >= options.maxConnections) return false
+              ready++
+              passed = true
+              return true
+            }),
+            ready: () => ready
+          }
+        }),
+      stopping: Deferred.await(stopped),
+      isStopping: Deferred.isDone(stopped)
+    }
+    /** Asks every connection to stop, and waits until all are gone (at most `timeout`). */
+    const stop = (timeout: Duration.DurationInput) =>
+      Effect.zipRight(
+        Deferred.succeed(stopped, undefined),
+        // finalizers run uninterruptibly: the wait itself must be interruptible for its timeout to work
+        open.changes.pipe(
+          Stream.takeUntil((n) => n === 0),
+          Stream.runDrain,
+          Effect.interruptible,
+          Effect.timeout(timeout),
+          Effect.catchAll(() => Effect.flatMap(SubscriptionRef.get(open), (n) => Effect.logWarning(`${n} connection(s) still open after ${Duration.format(timeout)}; closing them`)))
+        )
+      )
+    return { gate, stop }
+  })
 
 const isLoopback = (host: string) => host === "localhost" || host.startsWith("127.") || host === "::1"
 
-/** Starts listening; serves until the scope closes. Answers the bound address. */
+/**
+ * Starts listening; serves until the scope closes, then stops gracefully: no new frame is taken,
+ * batches already taken finish writing (at most `drainTimeout`), every client is told, and the
+ * datasets' state is left on disk for a resume. Answers the bound address.
+ */
 export const serve = (options: ServeOptions): Effect.Effect<Address, TransportError, Transport | PieceStore | Scope.Scope> =>
   Effect.gen(function*() {
     const transport = yield* Transport
     const store = yield* PieceStore
-    const gate: Gate = { pending: new Map(), ready: 0 }
+    const { gate, stop } = yield* makeGate(options)
     const address = yield* transport.listen(
       {
         host: options.host,
@@ -91,9 +162,20 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
         tls: options.tls,
         handshakeTimeout: options.handshakeTimeout
       },
-      (link) => serveLink(store, link, options, gate)
+      (link) => serveConnection(store, link, options, gate)
     )
-    yield* Effect.logInfo(`serving on ${formatAddress(address)}${options.tls === undefined ? "" : " (TLS)"}, writing to ${store.dest}`)
+    // runs before the listener's own finalizer, which cuts every socket
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        yield* Effect.logInfo("stopping: finishing the batches in flight, then closing every connection")
+        yield* publish({ event: "stopping", reason: "interrupted" })
+        yield* stop(options.drainTimeout)
+        yield* publish({ event: "stopped" })
+      })
+    )
+    const shown = formatAddress(address)
+    yield* Effect.logInfo(`serving on ${shown}${options.tls === undefined ? "" : " (TLS)"}, writing to ${store.dest}`)
+    yield* publish({ event: "listening", address: shown, tls: options.tls !== undefined, dest: store.dest })
     if (options.token === undefined && !isLoopback(options.host)) {
       yield* Effect.logWarning(
         `listening on ${options.host} without a token: anyone who can reach port ${address.port} can write datasets into ${store.dest}; set --token-file or FERRY_TOKEN`
@@ -101,192 +183,3 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
     }
     return address
   })
-
-const serveLink = (
-  store: PieceStore["Type"],
-  link: Link,
-  options: ServeOptions,
-  gate: Gate
-): Effect.Effect<void, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const scope = yield* Effect.scope
-    const nonce = newNonce()
-    // frames of this connection being verified and written, in bytes
-    const memory = yield* Effect.makeSemaphore(options.connectionMemory)
-    const sessions = new Map<number, Session>()
-    /** Handles whose dataset failed: their batches still in flight are dropped quietly. */
-    const dropped = new Set<number>()
-    const handshake = yield* Deferred.make<void, ProtocolError>()
-    // A flood of connections that never finish the handshake must not lock others out:
-    // past the limit, the oldest of them is dropped.
-    const me = {}
-    if (gate.pending.size >= options.maxPending) {
-      const [oldest, drop] = gate.pending.entries().next().value as [object, () => void]
-      gate.pending.delete(oldest)
-      drop()
-    }
-    gate.pending.set(me, () =>
-      Deferred.unsafeDone(handshake, Exit.fail(new ProtocolError({ peer: link.peer, code: "TooManyPending", reason: "too many connections in the handshake; dropped the oldest" }))))
-    yield* Effect.addFinalizer(() => Effect.sync(() => gate.pending.delete(me)))
-    let ready = false
-
-    const send = (bytes: Uint8Array) => link.send(bytes)
-    const refuse = (code: string, message: string) =>
-      Effect.logWarning(`${link.peer}: refused (${code}): ${message}`).pipe(
-        Effect.zipRight(send(encodeControl(new Refused({ code, message })))),
-        Effect.ignore,
-        Effect.zipRight(Effect.fail(new ProtocolError({ peer: link.peer, code, reason: message })))
-      )
-
-    const fail = (handle: number, e: StoreError) =>
-      Effect.gen(function*() {
-        sessions.delete(handle)
-        dropped.add(handle)
-        yield* Effect.logWarning(`${link.peer}: ${e.message}`)
-        yield* send(encodeControl(new Failed({ handle, dataset: e.dataset, code: e.code, message: e.reason })))
-      })
-
-    const open = (handle: number, manifest: Session["manifest"]) =>
-      Effect.gen(function*() {
-        if (sessions.has(handle)) return yield* refuse("HandleInUse", `handle ${handle} is already open`)
-        const opened = yield* Effect.either(Scope.extend(store.open(manifest), scope))
-        if (Either.isLeft(opened)) return yield* fail(handle, opened.left)
-        const session = opened.right
-        sessions.set(handle, session)
-        dropped.delete(handle)
-        yield* Effect.logDebug(`${link.peer}: opened ${manifest.dataset} as handle ${handle} (${session.held.held}/${manifest.count} held)`)
-        yield* send(encodeControl(
-          new Opened({
-            handle,
-            held: session.held.held,
-            bitmap: session.held.held > 0 && !session.committed ? session.held.toBase64() : null,
-            committed: session.committed
-          })
-        ))
-        // Tell this client when the dataset is committed, whoever finished it.
-        yield* session.commit.pipe(
-          Effect.flatMap((c) => send(encodeControl(new Committed({ handle, dataset: c.dataset, size: c.size, crc32: c.crc32 })))),
-          Effect.catchTag("StoreError", (e) => fail(handle, e)),
-          Effect.ignore,
-          Effect.forkIn(scope)
-        )
-      })
-
-    const onControl = (body: Buffer) =>
-      Effect.gen(function*() {
-        const decoded = decodeControl(body)
-        if (Either.isLeft(decoded)) return yield* refuse("BadMessage", `malformed control message: ${decoded.left}`)
-        const message = decoded.right
-        switch (message._tag) {
-          case "Hello": {
-            if (ready) return yield* refuse("Unexpected", "second Hello")
-            if (message.protocol !== PROTOCOL_VERSION) {
-              return yield* refuse(
-                "VersionMismatch",
-                `client speaks protocol ${message.protocol}, this server speaks ${PROTOCOL_VERSION}; upgrade the older side`
-              )
-            }
-            if (options.token !== undefined && !proofMatches(options.token, nonce, message.proof)) {
-              return yield* refuse(
-                "AuthFailed",
-                message.proof === null
-                  ? "this server requires a token (--token-file or FERRY_TOKEN)"
-                  : "authentication failed: wrong token"
-              )
-            }
-            gate.pending.delete(me)
-            if (gate.ready >= options.maxConnections) {
-              return yield* refuse("TooManyConnections", `the server has ${gate.ready} connections, its limit; try again later`)
-            }
-            gate.ready++
-            yield* Effect.addFinalizer(() => Effect.sync(() => gate.ready--)).pipe(Scope.extend(scope))
-            ready = true
-            link.limitFrames(options.maxFrame)
-            yield* Effect.logDebug(`${link.peer}: hello from ${message.client}`)
-            yield* send(encodeControl(new Ready()))
-            yield* Deferred.succeed(handshake, undefined)
-            return
-          }
-          case "Open":
-            if (!ready) return yield* refuse("NotReady", "Open before the handshake")
-            return yield* open(message.handle, message.manifest)
-          case "Ping":
-            return
-          default:
-            return yield* refuse("Unexpected", `unexpected ${message._tag} from a client`)
-        }
-      })
-
-    const onPieces = (body: Buffer) =>
-      Effect.gen(function*() {
-        if (!ready) return yield* refuse("NotReady", "pieces before the handshake")
-        const batch = decodePieces(body)
-        if ("problem" in batch) return yield* refuse("BadFrame", batch.problem)
-        const session = sessions.get(batch.handle)
-        if (session === undefined) {
-          if (dropped.has(batch.handle)) return
-          return yield* refuse("UnknownHandle", `pieces for handle ${batch.handle}, which is not open`)
-        }
-        const written = yield* memory.withPermits(Math.min(body.length, options.connectionMemory))(session.write(batch, body)).pipe(
-          // a bug or a dead worker fails this dataset with one line, not the whole connection
-          Effect.catchAllDefect((defect) =>
-            Effect.zipRight(
-              Effect.logError(`${link.peer}: internal error while writing ${session.manifest.dataset}: ${defect instanceof Error ? defect.message : String(defect)}`),
-              Effect.fail(new StoreError({ dataset: session.manifest.dataset, code: "Internal", reason: "internal error on the server (see its log)" }))
-            )
-          ),
-          Effect.either
-        )
-        if (Either.isLeft(written)) return yield* fail(batch.handle, written.left)
-        yield* send(encodeAck(batch.handle, batch.seq))
-      })
-
-    const onFrame = (frame: RawFrame) => {
-      switch (frame.kind) {
-        case FrameKind.Control:
-          return onControl(frame.body)
-        case FrameKind.Pieces:
-          return onPieces(frame.body)
-        case FrameKind.Ack:
-          return refuse("Unexpected", "ack from a client")
-      }
-    }
-
-    yield* Effect.logDebug(`${link.peer}: connected`)
-    const welcome = new Welcome({
-      protocol: PROTOCOL_VERSION,
-      server: `ferry/${VERSION}`,
-      nonce,
-      auth: options.token === undefined ? "none" : "hmac-sha256",
-      idle: Duration.toSeconds(options.idleTimeout),
-      maxFrame: options.maxFrame
-    })
-    const welcomed = yield* Effect.either(send(encodeControl(welcome)))
-    if (Either.isLeft(welcomed)) return
-
-    const handshakeDeadline = Deferred.await(handshake).pipe(
-      Effect.timeoutFail({
-        duration: options.handshakeTimeout,
-        onTimeout: () => new ProtocolError({ peer: link.peer, code: "HandshakeTimeout", reason: "no handshake in time" })
-      }),
-      Effect.tapError((e) => refuse(e.code, e.reason).pipe(Effect.ignore)),
-      Effect.zipRight(Effect.never)
-    )
-
-    const idle = () => new ProtocolError({ peer: link.peer, code: "IdleTimeout", reason: `nothing received for ${Duration.format(options.idleTimeout)}` })
-    const outcome = yield* link.frames.pipe(
-      Stream.timeoutFail(idle, options.idleTimeout),
-      Stream.mapEffect(onFrame, { concurrency: options.batchesInFlight, unordered: true }),
-      Stream.runDrain,
-      Effect.raceFirst(handshakeDeadline),
-      Effect.either
-    )
-    if (Either.isLeft(outcome)) {
-      const e = outcome.left
-      if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
-      else if (e._tag === "ProtocolError") yield* Effect.logWarning(`${link.peer}: dropped: ${e.reason}`)
-      else yield* Effect.logDebug(`${link.peer}: ${e.reason}`)
-    } else yield* Effect.logDebug(`${link.peer}: disconnected`)
-    yield* link.end
-  })
-

@@ -20,7 +20,17 @@ export class DatasetScanner extends Context.Tag("ferry/DatasetScanner")<DatasetS
   readonly list: (dir: string) => Stream.Stream<ReadonlyArray<string>, FolderError>
   /** Emits whenever the folder may have changed; never ends by itself. */
   readonly changes: (dir: string) => Stream.Stream<void>
+  /**
+   * Names seen in the folder, for a sender that keeps watching it: names from filesystem events
+   * as they come, and a slow sweep through the folder that reads at most a bounded number of
+   * entries per tick (so a tick costs the same with ten million pieces present), starting over
+   * when it reaches the end. Never ends by itself.
+   */
+  readonly watch: (dir: string) => Stream.Stream<ReadonlyArray<string>>
 }>() {}
+
+/** Entries one sweep tick reads at most. */
+export const SWEEP_BUDGET = 16_384
 
 const folderError = (dir: string, e: unknown) => {
   const err = e as NodeJS.ErrnoException
@@ -36,8 +46,63 @@ const folderError = (dir: string, e: unknown) => {
 
 const BATCH = 4096
 
+/** Folder events, as names (a change event without a name stands for "look again"). */
+const events = (dir: string) =>
+  Stream.async<ReadonlyArray<string>>((emit) => {
+    let watcher: fs.FSWatcher | undefined
+    try {
+      watcher = fs.watch(dir, { persistent: false }, (_kind, name) => void emit.single(name === null ? [] : [String(name)]))
+      watcher.on("error", () => watcher?.close())
+    } catch {
+      // no watching here (some network filesystems): the sweep covers it
+    }
+    return Effect.sync(() => watcher?.close())
+  })
+
+/** One tick of the sweep: the next entries from a cursor kept open between ticks. */
+const sweep = (dir: string, budget: number) => {
+  let cursor: fs.Dir | undefined
+  const close = Effect.sync(() => {
+    try {
+      cursor?.closeSync()
+    } catch {
+      // already closed
+    }
+    cursor = undefined
+  })
+  const next = Effect.sync((): ReadonlyArray<string> => {
+    const names: Array<string> = []
+    try {
+      cursor ??= fs.opendirSync(dir, { bufferSize: 1024 })
+      for (let entry = cursor.readSync(); entry !== null; entry = cursor.readSync()) {
+        names.push(entry.name)
+        if (names.length >= budget) return names
+      }
+      cursor.closeSync()
+      cursor = undefined
+    } catch {
+      try {
+        cursor?.closeSync()
+      } catch {
+        // already closed
+      }
+      cursor = undefined
+    }
+    return names
+  })
+  return { next, close }
+}
+
 export const DatasetScannerLive = (pollEvery: Duration.DurationInput = "1 second") =>
   Layer.succeed(DatasetScanner, {
+    watch: (dir) =>
+      Stream.suspend(() => {
+        const tick = sweep(dir, SWEEP_BUDGET)
+        return Stream.merge(
+          events(dir),
+          Stream.fromSchedule(Schedule.spaced(pollEvery)).pipe(Stream.mapEffect(() => tick.next), Stream.ensuring(tick.close))
+        )
+      }),
     list: (dir) =>
       Stream.acquireRelease(
         Effect.try({ try: () => fs.opendirSync(dir, { bufferSize: 1024 }), catch: (e) => folderError(dir, e) }),
@@ -91,7 +156,11 @@ export const DatasetScannerInProcess = Layer.effect(
             Effect.mapError((e) => new FolderError({ path: dir, reason: e._tag === "SystemError" && e.reason === "NotFound" ? "no such folder" : e.message }))
           )
         ),
-      changes: () => Stream.fromSchedule(Schedule.spaced("10 millis")).pipe(Stream.as(undefined))
+      changes: () => Stream.fromSchedule(Schedule.spaced("10 millis")).pipe(Stream.as(undefined)),
+      watch: (dir) =>
+        Stream.fromSchedule(Schedule.spaced("10 millis")).pipe(
+          Stream.mapEffect(() => files.readDirectory(dir).pipe(Effect.orElseSucceed((): ReadonlyArray<string> => [])))
+        )
     }
   })
 )

@@ -1,22 +1,23 @@
 /**
  * Gunzip pool: verifies a batch of pieces and writes each slice at its place
- * in the dataset's file. Live: worker threads, one per core, writing with
- * pwrite into the preallocated file. Test: the same checks in-process,
- * writing through the injected FileSystem.
+ * in the dataset's file. Both layers run the same code (Inflate.ts:
+ * makeInflater, placementsOf); live, in worker threads, one per core,
+ * writing with pwrite through the dataset's descriptors; in process, on the
+ * calling fiber, writing through the Destination's files.
  */
-import * as FileSystem from "@effect/platform/FileSystem"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { crcOffset, type InflateTask, inflaterName, inflatePieces, sliceOffset } from "./Inflate.js"
+import { nativeAddon, workerScript } from "./Assets.js"
 import { framePool } from "./BufferPool.js"
+import type { DestFile } from "./Destination.js"
+import { type InflateTask, makeInflater, placementsOf } from "./Inflate.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
 import type { InflateMessage } from "./workers/inflate.js"
-import { workerScript } from "./Assets.js"
 
 export interface InflateJob extends InflateTask {
-  readonly data: FileSystem.File
-  readonly crcs: FileSystem.File
+  readonly data: DestFile
+  readonly crcs: DestFile
 }
 
 export type InflateOutcome =
@@ -25,20 +26,32 @@ export type InflateOutcome =
   | { readonly _tag: "WriteFailed"; readonly code: string; readonly reason: string }
 
 export class GunzipPool extends Context.Tag("ferry/GunzipPool")<GunzipPool, {
+  /** "ISA-L" or "zlib", and how many threads inflate. */
+  readonly inflater: string
+  readonly threads: number
   /** Takes ownership of `job.body`: it may be moved to another thread. */
   readonly inflate: (job: InflateJob) => Effect.Effect<InflateOutcome>
 }>() {}
 
-export const GunzipPoolLive = (workers = defaultWorkers()) =>
+export interface GunzipOptions {
+  /** Worker threads (default: one per core). */
+  readonly workers?: number
+  /** The ISA-L addon's loader, or null for zlib (default: the one shipped in native/). */
+  readonly nativeAddon?: string | null
+}
+
+export const GunzipPoolLive = (options: GunzipOptions = {}) =>
   Layer.scoped(
     GunzipPool,
     Effect.gen(function*() {
-      const pool = yield* makeWorkerPool<InflateMessage, InflateOutcome>(
-        workerScript("inflate"),
-        workers
-      )
-      yield* Effect.logDebug(`gunzip: ${workers} worker thread(s), inflating with ${inflaterName()}`)
+      const workers = options.workers ?? defaultWorkers()
+      const addon = options.nativeAddon === undefined ? nativeAddon : options.nativeAddon
+      const pool = yield* makeWorkerPool<InflateMessage, InflateOutcome>(workerScript("inflate"), workers, { nativeAddon: addon })
+      const name = makeInflater(addon).name
+      yield* Effect.logDebug(`gunzip: ${workers} worker thread(s), inflating with ${name}`)
       return {
+        inflater: name,
+        threads: workers,
         inflate: (job) => {
           const message: InflateMessage = {
             geometry: job.geometry,
@@ -63,39 +76,21 @@ export const GunzipPoolLive = (workers = defaultWorkers()) =>
     })
   )
 
-/** Same verification on the calling thread, writes through FileSystem.File: for tests and fakes. */
-export const GunzipPoolInProcess = Layer.effect(
-  GunzipPool,
-  Effect.gen(function*() {
-    // File positions are shared state: one batch writes at a time.
-    const writing = yield* Effect.makeSemaphore(1)
+/** The same inflater and the same placements on the calling fiber, written through the Destination's files. */
+export const GunzipPoolInProcess = (options: Pick<GunzipOptions, "nativeAddon"> = {}) =>
+  Layer.sync(GunzipPool, () => {
+    const inflater = makeInflater(options.nativeAddon === undefined ? nativeAddon : options.nativeAddon)
     return {
+      inflater: inflater.name,
+      threads: 1,
       inflate: (job) =>
         Effect.suspend(() => {
-          const r = inflatePieces(job)
+          const r = inflater.inflate(job)
           if (r._tag === "BadPiece") return Effect.succeed<InflateOutcome>(r)
-          return writing.withPermits(1)(
-            Effect.gen(function*() {
-              for (let k = 0; k < job.indices.length; k++) {
-                const index = job.indices[k]!
-                yield* job.data.seek(sliceOffset(job.geometry, index), "start")
-                yield* job.data.writeAll(r.slices.subarray(r.bounds[k]!, r.bounds[k + 1]!))
-                yield* job.crcs.seek(crcOffset(job.geometry, index), "start")
-                yield* job.crcs.writeAll(new Uint8Array(r.crcs.buffer, k * 4, 4))
-              }
-              const bytes = r.bounds[job.indices.length]!
-              return { _tag: "Written", bytes } as InflateOutcome
-            }).pipe(
-              Effect.catchAll((e) =>
-                Effect.succeed<InflateOutcome>({ _tag: "WriteFailed", code: errorCode(e), reason: e.message })
-              )
-            )
+          return Effect.forEach(placementsOf(job, r), (p) => (p.file === "data" ? job.data : job.crcs).write(p.bytes, p.position), { discard: true }).pipe(
+            Effect.as<InflateOutcome>({ _tag: "Written", bytes: r.bounds[job.indices.length]! }),
+            Effect.catchAll((e) => Effect.succeed<InflateOutcome>({ _tag: "WriteFailed", code: e.code, reason: e.message }))
           )
         })
     }
   })
-)
-
-/** The errno code in a platform error's message ("ENOSPC: no space left..."), if any. */
-const errorCode = (e: { readonly _tag: string; readonly message: string }): string =>
-  /\b(E[A-Z]{2,})\b/.exec(e.message)?.[1] ?? e._tag

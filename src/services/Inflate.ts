@@ -10,13 +10,9 @@
  */
 import { createRequire } from "node:module"
 import * as zlib from "node:zlib"
-import { type Geometry as LayoutGeometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
-import { nativeAddon } from "./Assets.js"
+import { crcOffsetOf, type Geometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
 
-/** The manifest fields the arithmetic needs, as plain numbers (cheap to post to a worker). */
-export interface Geometry extends LayoutGeometry {
-  readonly dataset: string
-}
+export type { Geometry }
 
 export interface InflateTask {
   readonly geometry: Geometry
@@ -33,7 +29,8 @@ export type Inflated =
     readonly slices: Buffer
     /** Where each slice starts in `slices`; one more entry marks the end. */
     readonly bounds: Float64Array
-    readonly crcs: Uint32Array
+    /** The CRC32 of each slice, as the CRC file holds them: 4 bytes each, little-endian. */
+    readonly crcs: Buffer
   }
   | { readonly _tag: "BadPiece"; readonly index: number; readonly reason: string }
 
@@ -55,10 +52,11 @@ interface IsalInflate {
   inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): [number, number, number]
 }
 
-const loadIsal = (): IsalInflate | null => {
-  if (process.env["FERRY_NATIVE"] === "0") return null
+/** The addon through its loader (`native/index.cjs`); null when none is given or it cannot load. */
+const loadIsal = (addonPath: string | null): IsalInflate | null => {
+  if (addonPath === null) return null
   try {
-    return createRequire(import.meta.url)(nativeAddon) as IsalInflate | null
+    return createRequire(import.meta.url)(addonPath) as IsalInflate | null
   } catch {
     return null
   }
@@ -72,11 +70,12 @@ const ISAL_PROBLEMS: Record<number, string> = {
   6: "incorrect length check"
 }
 
-/** Which inflater the gunzip workers use, for the logs. */
-export const inflaterName = (): string => (loadIsal() === null ? "zlib" : "ISA-L")
+/** The native addon's loader to use, from Assets' answer and the FERRY_NATIVE switch (0: zlib only). */
+export const nativeAddonFor = (path: string, env: string | undefined): string | null => (env === "0" ? null : path)
 
-const makeEngine = (): ((input: Uint8Array, out: Buffer, at: number, room: number) => InflateOne) => {
-  const isal = loadIsal()
+type Engine = (input: Uint8Array, out: Buffer, at: number, room: number) => InflateOne
+
+const makeEngine = (isal: IsalInflate | null): Engine => {
   if (isal !== null) {
     return (input, out, at, room) => {
       const [status, produced, consumed] = isal.inflateInto(input, out, at, room + 1)
@@ -127,17 +126,27 @@ const makeEngine = (): ((input: Uint8Array, out: Buffer, at: number, room: numbe
   }
 }
 
-let engine: ReturnType<typeof makeEngine> | undefined
+export interface Inflater {
+  /** "ISA-L" or "zlib", for the logs. */
+  readonly name: string
+  /** Inflates and verifies a batch; `into`, when given and large enough, receives the slices (workers reuse one buffer). */
+  readonly inflate: (task: InflateTask, into?: Buffer) => Inflated
+}
 
-/** `into`, when given and large enough, receives the slices (workers reuse one buffer). */
-export const inflatePieces = (task: InflateTask, into?: Buffer): Inflated => {
-  engine ??= makeEngine()
+/** An inflater with its own engine: one per thread. `addonPath` null means zlib. */
+export const makeInflater = (addonPath: string | null): Inflater => {
+  const isal = loadIsal(addonPath)
+  const engine = makeEngine(isal)
+  return { name: isal === null ? "zlib" : "ISA-L", inflate: (task, into) => inflatePieces(engine, task, into) }
+}
+
+const inflatePieces = (engine: Engine, task: InflateTask, into?: Buffer): Inflated => {
   const m = task.geometry
   const n = task.indices.length
   const bounds = new Float64Array(n + 1)
   for (let k = 0; k < n; k++) bounds[k + 1] = bounds[k]! + lengthOf(m, task.indices[k]!)
   const slices = into !== undefined && into.length >= bounds[n]! + 1 ? into : Buffer.allocUnsafeSlow(bounds[n]! + 1)
-  const crcs = new Uint32Array(n)
+  const crcs = Buffer.allocUnsafe(n * 4)
   const body = Buffer.from(task.body.buffer, task.body.byteOffset, task.body.byteLength)
   for (let k = 0; k < n; k++) {
     const index = task.indices[k]!
@@ -157,7 +166,7 @@ export const inflatePieces = (task: InflateTask, into?: Buffer): Inflated => {
     }
     // zlib has checked each member's CRC: for a single member (ISIZE = whole length) the trailer's CRC is the slice's
     const single = input.length >= 18 && input.readUInt32LE(input.length - 4) === expected >>> 0
-    crcs[k] = single ? input.readUInt32LE(input.length - 8) : zlib.crc32(slices.subarray(bounds[k]!, bounds[k + 1]!))
+    crcs.writeUInt32LE(single ? input.readUInt32LE(input.length - 8) : zlib.crc32(slices.subarray(bounds[k]!, bounds[k + 1]!)), k * 4)
   }
   return { _tag: "Inflated", slices, bounds, crcs }
 }
@@ -185,5 +194,25 @@ export const runsOf = (indices: Uint32Array): Array<readonly [number, number]> =
   return runs
 }
 
-export const sliceOffset = (g: Geometry, index: number): number => offsetOf(g, index)
-export const crcOffset = (g: Geometry, index: number): number => (index - g.first) * 4
+/** One positional write of a verified batch. */
+export interface Placement {
+  readonly file: "data" | "crcs"
+  readonly bytes: Uint8Array
+  readonly position: number
+}
+
+/**
+ * Where a verified batch goes: for each run of consecutive pieces, their
+ * slices at the run's offset in the data file, and their CRC32s at its place
+ * in the CRC file. The worker threads and the in-process pool both write
+ * exactly these, so the arithmetic exists once.
+ */
+export const placementsOf = (task: InflateTask, inflated: Extract<Inflated, { _tag: "Inflated" }>): Array<Placement> => {
+  const out: Array<Placement> = []
+  for (const [a, b] of runsOf(task.indices)) {
+    const first = task.indices[a]!
+    out.push({ file: "data", bytes: inflated.slices.subarray(inflated.bounds[a]!, inflated.bounds[b]!), position: offsetOf(task.geometry, first) })
+    out.push({ file: "crcs", bytes: inflated.crcs.subarray(a * 4, b * 4), position: crcOffsetOf(task.geometry, first) })
+  }
+  return out
+}

@@ -1,97 +1,152 @@
 /**
  * Piece reader: turns a batch of piece files into one ready-to-send pieces
- * frame. Live: worker threads doing the open/read/close syscalls off the
- * event loop. Test: in-process through the injected FileSystem.
+ * frame, with the CRC32 of each piece's slice, and reads the trailers of
+ * pieces that are not sent. Both layers run the same code (PieceFrames.ts):
+ * live, in worker threads doing the open/read/close syscalls off the event
+ * loop; in process, over files loaded through the injected FileSystem.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { pieceFileName } from "../domain/Dataset.js"
 import { DatasetError } from "../domain/Errors.js"
-import { encodePieces, piecesFrameBytes } from "../domain/Frame.js"
-import { framePool } from "./BufferPool.js"
-import { makeWorkerPool } from "./WorkerPool.js"
+import { type Geometry, pieceFileName } from "../domain/Layout.js"
 import { workerScript } from "./Assets.js"
+import { framePool } from "./BufferPool.js"
+import { frameCapacity, type PieceFiles, readFrame, readTrailers } from "./PieceFrames.js"
+import { makeWorkerPool } from "./WorkerPool.js"
+import type { ReadReply, ReadTask } from "./workers/read.js"
 
 export interface ReadRequest {
   readonly dir: string
-  readonly dataset: string
+  readonly geometry: Geometry
   readonly handle: number
   readonly seq: number
   readonly indices: Uint32Array
   readonly maxPieceBytes: number
   /** Compressed bytes the batch is expected to hold (a sizing hint). */
   readonly expectBytes: number
-  /** Memory to fill (moved to the worker and back), when the caller has some. */
-  readonly buffer?: ArrayBuffer
 }
 
-export type ReadOutcome =
-  | { readonly _tag: "Frame"; readonly frame: ArrayBuffer; readonly length: number; readonly pieceBytes: number }
-  | { readonly _tag: "Unreadable"; readonly index: number; readonly reason: string }
-
 export interface PieceFrame {
+  readonly seq: number
   readonly frame: Buffer
   /** Compressed bytes of the pieces themselves, for progress. */
   readonly pieceBytes: number
+  /** The CRC32 of each piece's slice, in batch order. */
+  readonly crcs: Uint32Array
   /** Hands the frame's memory back for reuse once it is no longer needed (sent). */
   readonly release: () => void
 }
 
 export class PieceReader extends Context.Tag("ferry/PieceReader")<PieceReader, {
   readonly read: (req: ReadRequest) => Effect.Effect<PieceFrame, DatasetError>
+  /** The slice CRC32s of these pieces, from their trailers. */
+  readonly trailers: (dir: string, geometry: Geometry, indices: Uint32Array) => Effect.Effect<Uint32Array, DatasetError>
 }>() {}
 
-const outcome = (dataset: string, r: ReadOutcome): Effect.Effect<PieceFrame, DatasetError> =>
-  r._tag === "Frame"
-    ? Effect.succeed({ frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes, release: () => framePool.give(r.frame) })
-    : Effect.fail(new DatasetError({ dataset, reason: r.reason }))
+const failed = (dataset: string, r: { readonly reason: string }) => Effect.fail(new DatasetError({ dataset, reason: r.reason }))
 
-/** Reading is mostly syscalls: two threads keep the disk queue full without starving gunzip. */
-export const PieceReaderLive = (workers = Number(process.env["FERRY_READERS"] ?? 0) || 2) =>
+/** Trailer reads go in chunks, so that one message never holds a worker for long. */
+const TRAILER_CHUNK = 4096
+
+const inChunks = (indices: Uint32Array, read: (chunk: Uint32Array) => Effect.Effect<Uint32Array, DatasetError>) =>
+  Effect.map(
+    Effect.forEach(
+      Array.from({ length: Math.ceil(indices.length / TRAILER_CHUNK) }, (_, c) => indices.slice(c * TRAILER_CHUNK, (c + 1) * TRAILER_CHUNK)),
+      read,
+      { concurrency: 2 }
+    ),
+    (parts) => {
+      const out = new Uint32Array(indices.length)
+      parts.forEach((p, c) => out.set(p, c * TRAILER_CHUNK))
+      return out
+    }
+  )
+
+export interface ReaderOptions {
+  /** Reader threads: reading is mostly syscalls, so two keep the disk queue full without starving others. */
+  readonly workers?: number
+}
+
+export const PieceReaderLive = (options: ReaderOptions = {}) =>
   Layer.scoped(
     PieceReader,
     Effect.gen(function*() {
-      const pool = yield* makeWorkerPool<ReadRequest, ReadOutcome>(workerScript("read"), workers)
+      const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2)
       return {
         read: (req) =>
           Effect.suspend(() => {
-            const buffer = framePool.take(Math.ceil(piecesFrameBytes(req.indices.length, req.expectBytes * 1.25))).buffer as ArrayBuffer
-            return Effect.flatMap(pool.run({ ...req, buffer }, [buffer]), (r) => outcome(req.dataset, r))
-          })
+            const buffer = framePool.take(frameCapacity(req.indices.length, req.expectBytes)).buffer as ArrayBuffer
+            const { dir, expectBytes: _, ...request } = req
+            return Effect.flatMap(pool.run({ _tag: "Frame", dir, request, buffer }, [buffer]), (r) =>
+              r._tag === "Frame"
+                ? Effect.succeed<PieceFrame>({ seq: req.seq, frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes, crcs: r.crcs, release: () => framePool.give(r.frame) })
+                : failed(req.geometry.dataset, r._tag === "Unreadable" ? r : { reason: "unexpected reply from a reader thread" }))
+          }),
+        trailers: (dir, geometry, indices) =>
+          inChunks(indices, (chunk) =>
+            Effect.flatMap(pool.run({ _tag: "Trailers", dir, geometry, indices: chunk }), (r) =>
+              r._tag === "Trailers" ? Effect.succeed(r.crcs) : failed(geometry.dataset, r._tag === "Unreadable" ? r : { reason: "unexpected reply from a reader thread" })))
       }
     })
   )
+
+/** Files loaded whole through FileSystem, served to the shared reading code as if they were open descriptors. */
+const loadFiles = (fs: FileSystem.FileSystem, path: Path.Path, dir: string, dataset: string, names: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const loaded = new Map<string, Uint8Array | { readonly error: string }>()
+    for (const name of names) {
+      const bytes = yield* fs.readFile(path.join(dir, name)).pipe(
+        Effect.catchAll((e) => Effect.succeed({ error: /\b(E[A-Z]{2,})\b/.exec(e.message)?.[1] ?? e.message }))
+      )
+      loaded.set(name, bytes)
+    }
+    const open = new Map<number, { bytes: Uint8Array; at: number }>()
+    let next = 3
+    const files: PieceFiles = {
+      open: (name) => {
+        const f = loaded.get(name)
+        if (f === undefined || "error" in f) throw Object.assign(new Error(`${dataset}: ${name}`), { code: f === undefined ? "ENOENT" : f.error })
+        open.set(next, { bytes: f, at: 0 })
+        return next++
+      },
+      read: (fd, into, offset, length, position) => {
+        const f = open.get(fd)!
+        const from = position ?? f.at
+        const got = Math.max(0, Math.min(length, f.bytes.length - from))
+        into.set(f.bytes.subarray(from, from + got), offset)
+        if (position === null) f.at += got
+        return got
+      },
+      size: (fd) => open.get(fd)!.bytes.length,
+      close: (fd) => void open.delete(fd)
+    }
+    return files
+  })
 
 export const PieceReaderInProcess = Layer.effect(
   PieceReader,
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
+    const load = (dir: string, g: Geometry, indices: Uint32Array) =>
+      loadFiles(fs, path, dir, g.dataset, Array.from(indices, (i) => pieceFileName(g.dataset, i)))
     return {
       read: (req) =>
-        Effect.forEach(req.indices, (index) => {
-          const name = pieceFileName(req.dataset, index)
-          return fs.readFile(path.join(req.dir, name)).pipe(
-            Effect.mapError((e) =>
-              new DatasetError({ dataset: req.dataset, reason: `${name} cannot be read (${e.message})` })
-            ),
-            Effect.filterOrFail(
-              (bytes) => bytes.length <= req.maxPieceBytes,
-              (bytes) =>
-                new DatasetError({ dataset: req.dataset, reason: `${name} is ${bytes.length} bytes, over the limit of ${req.maxPieceBytes}` })
-            ),
-            Effect.map((bytes) => ({ index, bytes }))
-          )
-        }).pipe(
-          Effect.map((pieces) => ({
-            frame: encodePieces(req.handle, req.seq, pieces),
-            pieceBytes: pieces.reduce((n, p) => n + p.bytes.length, 0),
-            release: () => {}
-          }))
-        )
+        Effect.flatMap(load(req.dir, req.geometry, req.indices), (files) => {
+          const { dir: _, expectBytes, ...request } = req
+          const r = readFrame(request, files, Buffer.allocUnsafe(frameCapacity(req.indices.length, expectBytes)))
+          return r._tag === "Frame"
+            ? Effect.succeed<PieceFrame>({ seq: req.seq, frame: r.frame, pieceBytes: r.pieceBytes, crcs: r.crcs, release: () => {} })
+            : failed(req.geometry.dataset, r)
+        }),
+      trailers: (dir, geometry, indices) =>
+        Effect.flatMap(load(dir, geometry, indices), (files) => {
+          const r = readTrailers(geometry, indices, files)
+          return r._tag === "Trailers" ? Effect.succeed(r.crcs) : failed(geometry.dataset, r)
+        })
     }
   })
 )

@@ -1,49 +1,43 @@
 /**
- * Piece store: the server's destination folder. Each dataset in progress has
- * a hidden state folder `DEST/.ferry/NAME/` holding its manifest, the
- * preallocated data file, one CRC32 per piece and a bitmap of the pieces
- * written. When the bitmap is full the dataset is committed: data fsynced,
- * renamed to `DEST/NAME`, then `DEST/NAME.done` written to a temporary name,
- * fsynced and renamed, then the folder fsynced.
- *
- * Built only on FileSystem, Path and GunzipPool, so the same code runs on a
- * real disk and on the in-memory test filesystem.
+ * Piece store: the server's destination folder. A dataset in progress is
+ * leased by this server (store/Leases.ts), admitted only when what it still
+ * has to write fits beside every other dataset in progress
+ * (domain/Admission.ts), and has its files in an epoch folder
+ * (store/StateFiles.ts). Batches are checked (domain/Batch.ts), then
+ * inflated, verified and written by the gunzip pool. A dataset is committed
+ * once every piece is recorded and a sender has vouched, with a seal, for
+ * the CRC32 of exactly the file the server holds: data fsynced, renamed to
+ * `DEST/NAME`, then `DEST/NAME.done` written to a temporary name, fsynced
+ * and renamed, then the folder fsynced.
  */
-import * as FileSystem from "@effect/platform/FileSystem"
-import * as Path from "@effect/platform/Path"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
+import { admit, remainingBytes } from "../domain/Admission.js"
+import { checkBatch, pick } from "../domain/Batch.js"
 import { PieceBitmap } from "../domain/Bitmap.js"
-import { FileCrc, formatCrc } from "../domain/Crc32.js"
-import {
-  formatMarker,
-  holdsIndex,
-  lastIndex,
-  lengthOf,
-  Manifest,
-  manifestProblem,
-  markerFileName,
-  MAX_PIECES,
-  parseMarker,
-  pieceFileName,
-  sameManifest
-} from "../domain/Dataset.js"
-import { StoreError } from "../domain/Errors.js"
+import { formatCrc } from "../domain/Crc32.js"
+import { formatMarker, type Manifest, manifestDifference, manifestProblem, markerFileName, MAX_PIECES, parseMarker, sameManifest } from "../domain/Dataset.js"
+import { DestinationError, StoreError } from "../domain/Errors.js"
 import type { PieceBatch } from "../domain/Frame.js"
-import { DiskSpace } from "./DiskSpace.js"
+import type { Geometry } from "../domain/Layout.js"
+import { Destination } from "./Destination.js"
 import { GunzipPool } from "./GunzipPool.js"
+import { type Lease, Leases, STATE_FOLDER } from "./store/Leases.js"
+import { fileCrc, fileNames, ioToStore, openState, record, type StateFiles } from "./store/StateFiles.js"
 
-export const STATE_FOLDER = ".ferry"
+export { STATE_FOLDER }
 
 export interface Commit {
   readonly dataset: string
   readonly size: number
+  /** The CRC32 of the committed file, 8 hex digits ("" when an old commit left none on record). */
   readonly crc32: string
 }
 
@@ -52,37 +46,23 @@ export interface Session {
   readonly manifest: Manifest
   /** What the store held when the session opened (all set when already committed). */
   readonly held: PieceBitmap
-  readonly committed: boolean
+  /** The commit on record, when the dataset was already committed with this size. */
+  readonly committed: Option.Option<Commit>
   /** Verifies and writes a batch; succeeds once every piece of it is on disk and recorded. */
   readonly write: (batch: PieceBatch, body: Buffer) => Effect.Effect<void, StoreError>
-  /** Completes when the dataset is committed (at once if it already was). */
-  readonly commit: Effect.Effect<Commit, StoreError>
+  /**
+   * The sender vouches that its pieces make a file with this CRC32. Completes with the commit once
+   * every piece is held and the file's CRC32 is this one; fails with Conflict when it is not.
+   */
+  readonly seal: (crc32: number) => Effect.Effect<Commit, StoreError>
 }
 
 export class PieceStore extends Context.Tag("ferry/PieceStore")<PieceStore, {
   readonly dest: string
   readonly open: (manifest: Manifest) => Effect.Effect<Session, StoreError, Scope.Scope>
+  /** Datasets in progress now. */
+  readonly inProgress: Effect.Effect<number>
 }>() {}
-
-interface Active {
-  readonly manifest: Manifest
-  readonly bitmap: PieceBitmap
-  readonly data: FileSystem.File
-  readonly crcs: FileSystem.File
-  readonly bitmapFile: FileSystem.File
-  readonly scope: Scope.CloseableScope
-  readonly committed: Deferred.Deferred<Commit, StoreError>
-  users: number
-  committing: boolean
-  /** Bytes written since the last flush-behind started, and whether one is running. */
-  unflushed: number
-  flushing: boolean
-}
-
-const ManifestJson = Schema.parseJson(Manifest)
-
-const storeError = (dataset: string, code: string) => (e: { readonly message: string }) =>
-  new StoreError({ dataset, code, reason: e.message })
 
 /** What one server accepts; each has a flag on `ferry serve`. */
 export interface StoreLimits {
@@ -109,179 +89,190 @@ export const MAX_BATCH_OUTPUT = 128 * 1024 * 1024
 /** Bytes written to a dataset between two background fsyncs of its data file. */
 export const FLUSH_BEHIND = 128 * 1024 * 1024
 
-export const makePieceStore = (
-  dest: string,
-  limits: StoreLimits = defaultStoreLimits,
-  /** Bytes between two background fsyncs of a dataset's data file. */
-  flushEvery: number = FLUSH_BEHIND
-) =>
+interface Seal {
+  readonly crc: number
+  readonly reply: Deferred.Deferred<Commit, StoreError>
+}
+
+interface Active {
+  readonly manifest: Manifest
+  readonly geometry: Geometry
+  readonly state: StateFiles
+  readonly lease: Lease
+  readonly scope: Scope.CloseableScope
+  readonly commit: Deferred.Deferred<Commit, StoreError>
+  /** One settlement of seals at a time. */
+  readonly settling: Effect.Semaphore
+  users: number
+  /** Bytes still to write, reserved against the free space. */
+  remaining: number
+  committing: boolean
+  /** Set when the dataset failed for every session (the lease was lost). */
+  failure: StoreError | undefined
+  seals: Array<Seal>
+  /** Remove the state when the last session leaves: it holds a file no sender vouches for. */
+  discard: boolean
+  unflushed: number
+  flushing: boolean
+}
+
+const CommittedRecord = Schema.parseJson(Schema.Struct({ size: Schema.Number, crc32: Schema.String }))
+const committedRecord = (name: string) => `${STATE_FOLDER}/committed/${name}`
+
+const refuse = (dataset: string, code: StoreError["code"], reason: string) => Effect.fail(new StoreError({ dataset, code, reason }))
+
+/** The limits a manifest must fit, checked before anything touches the disk. */
+const limitProblem = (m: Manifest, limits: StoreLimits): StoreError | undefined => {
+  const fail = (code: StoreError["code"], reason: string) => new StoreError({ dataset: m.dataset, code, reason })
+  const problem = manifestProblem(m)
+  if (problem !== undefined) return fail("BadManifest", problem)
+  if (m.size > limits.maxDatasetSize) return fail("TooLarge", `${m.size} bytes is over this server's limit of ${limits.maxDatasetSize}`)
+  if (m.sliceSize > limits.maxSliceSize) return fail("TooLarge", `slices of ${m.sliceSize} bytes are over this server's limit of ${limits.maxSliceSize}`)
+  if (m.count > limits.maxPieces) return fail("TooManyPieces", `${m.count} pieces is over this server's limit of ${limits.maxPieces}`)
+  return undefined
+}
+
+/** Checks that the destination can be used at all: a real folder, writable, its state folder not a link. */
+export const checkDestination: Effect.Effect<void, DestinationError, Destination> = Effect.gen(function*() {
+  const dest = yield* Destination
+  const unusable = (reason: string) => new DestinationError({ dest: dest.root, reason })
+  const kind = yield* dest.kind(STATE_FOLDER).pipe(Effect.mapError((e) => unusable(e.message)))
+  if (kind === "link") return yield* Effect.fail(unusable(`${STATE_FOLDER} is a symbolic link; ferry keeps its work inside --dest and will not follow it`))
+  const describe = (e: { readonly code: string; readonly message: string }) =>
+    unusable(e.code === "EROFS" ? "is on a read-only filesystem; ferry needs to write there" : `cannot be used (${e.message})`)
+  yield* dest.ensureDir(STATE_FOLDER).pipe(Effect.mapError(describe))
+  // a probe write: a read-only mount may still let folders be listed, and mkdir there can answer ENOENT
+  const probe = `${STATE_FOLDER}/.probe-${process.pid}`
+  yield* dest.writeFile(probe, Buffer.from("ferry\n")).pipe(Effect.mapError(describe))
+  yield* dest.remove(probe).pipe(Effect.ignore)
+})
+
+export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEvery: number = FLUSH_BEHIND) =>
   Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const path = yield* Path.Path
+    yield* checkDestination
+    const dest = yield* Destination
     const gunzip = yield* GunzipPool
-    const disk = yield* DiskSpace
+    const leases = yield* Leases
     const active = new Map<string, Active>()
-    // Opening and closing datasets touch shared folders: one at a time.
+    // Opening and closing datasets: one at a time.
     const registry = yield* Effect.makeSemaphore(1)
-    // Bitmap files are written at positions: one write per dataset at a time.
-    const recording = yield* Effect.makeSemaphore(1)
 
-    const stateDir = path.join(dest, STATE_FOLDER)
-    const isLink = (p: string) => fs.readLink(p).pipe(Effect.as(true), Effect.orElseSucceed(() => false))
-    if (yield* isLink(stateDir)) {
-      return yield* Effect.fail(new StoreError({ dataset: "", code: "DestinationUnusable", reason: `${stateDir} is a symbolic link; ferry keeps its work inside --dest and will not follow it` }))
-    }
-    yield* fs.makeDirectory(stateDir, { recursive: true }).pipe(
-      Effect.mapError((e) => new StoreError({ dataset: "", code: "DestinationUnusable", reason: `${dest}: cannot create state folder (${e.message})` }))
-    )
-
-    /** Every path the store opens is built here, from a validated name, and checked to lie in dest. */
-    const paths = (name: string) => {
-      const dir = path.join(stateDir, name)
-      const inside = (p: string) => {
-        const relative = path.relative(dest, p)
-        if (relative.startsWith("..") || path.isAbsolute(relative)) throw new Error(`${p} is outside ${dest}`)
-        return p
-      }
-      inside(dir)
-      inside(path.join(dest, name))
-      return {
-        dir,
-        manifest: path.join(dir, "manifest.json"),
-        data: path.join(dir, "data"),
-        crcs: path.join(dir, "crc32"),
-        bitmap: path.join(dir, "bitmap"),
-        markerTmp: path.join(dir, "done.tmp"),
-        output: path.join(dest, name),
-        marker: path.join(dest, markerFileName(name))
-      }
-    }
-
-    const syncPath = (p: string) => Effect.scoped(Effect.flatMap(fs.open(p, { flag: "r" }), (f) => f.sync))
-
-    /** The size in an existing `NAME.done`, if any. */
-    const committedSize = (name: string) =>
-      Effect.flatMap(isLink(paths(name).marker), (link) =>
-        link
-          ? Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `${markerFileName(name)} in the destination is a symbolic link; remove it first` }))
-          : Effect.succeed(undefined)
-      ).pipe(Effect.zipRight(fs.readFileString(paths(name).marker).pipe(
-        Effect.map((text) => {
-          const r = parseMarker(text)
-          return "size" in r ? Option.some(r.size) : Option.some(-1)
-        }),
-        Effect.catchAll(() => Effect.succeed(Option.none<number>()))
-      )))
-
-    const readState = (name: string, manifest: Manifest) =>
+    /** The commit on record for `name`: its marker says a size, and its output is a regular file. */
+    const committedOf = (name: string) =>
       Effect.gen(function*() {
-        const p = paths(name)
-        // a planted link must not lead our reads and writes out of dest: start afresh instead
-        if (yield* isLink(p.dir)) return Option.none()
-        const text = yield* fs.readFileString(p.manifest)
-        const stored = yield* Schema.decodeUnknown(ManifestJson)(text)
-        if (!sameManifest(stored, manifest)) return Option.none()
-        const bits = yield* fs.readFile(p.bitmap)
-        const dataSize = (yield* fs.stat(p.data)).size
-        if (bits.length !== Math.ceil(manifest.count / 8) || Number(dataSize) !== manifest.size) return Option.none()
-        // a bitmap with bits past the last piece was not written by us: start afresh
-        return Option.fromNullable(PieceBitmap.fromBase64(manifest.count, Buffer.from(bits).toString("base64")))
-      }).pipe(Effect.catchAll(() => Effect.succeed(Option.none<PieceBitmap>())))
+        const marker = yield* dest.kind(markerFileName(name))
+        if (marker === "none") return Option.none<Commit>()
+        if (marker !== "file") return yield* refuse(name, "Conflict", `${markerFileName(name)} in the destination is not a regular file (a ${marker}); remove it first`)
+        const output = yield* dest.kind(name)
+        if (output !== "file") return yield* refuse(name, "Conflict", `${markerFileName(name)} is in the destination but ${name} is ${output === "none" ? "missing" : `a ${output}`}; remove the marker first`)
+        const text = yield* dest.readFile(markerFileName(name), 64)
+        const marked = Option.isSome(text) ? parseMarker(Buffer.from(text.value).toString("utf8")) : { problem: "" }
+        const size = "size" in marked ? marked.size : -1
+        const onRecord = yield* dest.readFile(committedRecord(name), 256).pipe(
+          Effect.map(Option.flatMap((bytes) => Schema.decodeUnknownOption(CommittedRecord)(Buffer.from(bytes).toString("utf8")))),
+          Effect.orElseSucceed(() => Option.none())
+        )
+        const crc32 = Option.isSome(onRecord) && onRecord.value.size === size ? onRecord.value.crc32 : ""
+        return Option.some<Commit>({ dataset: name, size, crc32 })
+      }).pipe(Effect.catchTag("IoError", (e) => Effect.fail(ioToStore(name, "StateUnusable")(e))))
 
-    const createState = (manifest: Manifest) =>
-      Effect.gen(function*() {
-        const p = paths(manifest.dataset)
-        yield* fs.remove(p.dir, { recursive: true, force: true })
-        yield* fs.makeDirectory(p.dir, { recursive: true })
-        yield* fs.writeFileString(p.manifest, Schema.encodeSync(ManifestJson)(manifest))
-        for (const [file, size] of [[p.data, manifest.size], [p.crcs, manifest.count * 4], [p.bitmap, Math.ceil(manifest.count / 8)]] as const) {
-          yield* Effect.scoped(Effect.flatMap(fs.open(file, { flag: "w" }), (f) => f.truncate(size)))
-        }
-        return new PieceBitmap(manifest.count)
-      })
-
+    /** Leases the dataset, opens or resumes its files, and admits it against the free space. */
     const activate = (manifest: Manifest) =>
       Effect.gen(function*() {
-        const name = manifest.dataset
-        const p = paths(name)
-        const resumed = yield* readState(name, manifest)
-        const held = Option.isSome(resumed) ? resumed.value.held : 0
-        const need = Math.ceil((manifest.size + manifest.count * 4.125) * (1 - held / Math.max(1, manifest.count)))
-        const free = yield* disk.available(dest)
-        if (need > free) {
-          return yield* Effect.fail(new StoreError({ dataset: name, code: "NoSpace", reason: `needs ${need} more bytes but only ${free} are free in ${dest}` }))
-        }
-        const bitmap = Option.isSome(resumed) ? resumed.value : yield* createState(manifest)
         const scope = yield* Scope.make()
-        const openIn = (file: string) => fs.open(file, { flag: "r+" }).pipe(Scope.extend(scope))
-        const files = yield* Effect.all([openIn(p.data), openIn(p.crcs), openIn(p.bitmap)]).pipe(
-          Effect.onError(() => Scope.close(scope, Exit.void))
-        )
+        const inScope = <A, E>(effect: Effect.Effect<A, E, Scope.Scope | Destination>) =>
+          effect.pipe(Scope.extend(scope), Effect.provideService(Destination, dest))
+        const opened = yield* Effect.gen(function*() {
+          const lease = yield* inScope(leases.acquire(manifest.dataset))
+          const state = yield* inScope(openState(lease.folder, manifest))
+          const remaining = remainingBytes(manifest, state.bitmap.held)
+          let reserved = 0
+          for (const other of active.values()) reserved += other.remaining
+          const verdict = admit(remaining, yield* dest.available, reserved)
+          if (verdict._tag === "Refused") return yield* refuse(manifest.dataset, "NoSpace", `${verdict.reason} in ${dest.root}`)
+          return { lease, state, remaining }
+        }).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
         const entry: Active = {
           manifest,
-          bitmap,
-          data: files[0],
-          crcs: files[1],
-          bitmapFile: files[2],
+          geometry: { dataset: manifest.dataset, size: manifest.size, sliceSize: manifest.sliceSize, first: manifest.first, count: manifest.count },
+          ...opened,
           scope,
-          committed: yield* Deferred.make<Commit, StoreError>(),
-          users: 0,
+          commit: yield* Deferred.make<Commit, StoreError>(),
+          settling: yield* Effect.makeSemaphore(1),
+          users: 1,
           committing: false,
+          failure: undefined,
+          seals: [],
+          discard: false,
           unflushed: 0,
           flushing: false
         }
-        yield* Effect.logDebug(`${name}: ${Option.isSome(resumed) ? `resuming with ${bitmap.held} of ${manifest.count} pieces held` : "new dataset"}`)
+        // a lease lost to another server fails the dataset for every session at once (activation
+        // runs uninterruptibly: this watch must not)
+        yield* Deferred.await(opened.lease.lost).pipe(
+          Effect.zipRight(failAll(entry, new StoreError({ dataset: manifest.dataset, code: "LeaseLost", reason: "another server on the same destination took this dataset over" }))),
+          Effect.interruptible,
+          Effect.forkIn(scope)
+        )
+        const held = opened.state.bitmap.held
+        yield* Effect.logDebug(`${manifest.dataset}: ${opened.state.resumed ? `resuming with ${held} of ${manifest.count} pieces held` : "new dataset"} (epoch ${opened.lease.epoch})`)
         return entry
-      }).pipe(Effect.mapError((e) => (e instanceof StoreError ? e : storeError(manifest.dataset, "StateUnusable")(e))))
+      })
 
-    const commit = (entry: Active) =>
-      Effect.gen(function*() {
-        const m = entry.manifest
-        const p = paths(m.dataset)
-        const started = Date.now()
-        yield* entry.data.sync
-        yield* entry.crcs.sync
-        const synced = Date.now()
-        const crcBytes = yield* fs.readFile(p.crcs)
-        const crcs = new Uint32Array(crcBytes.buffer, crcBytes.byteOffset, m.count)
-        const file = new FileCrc(m.sliceSize)
-        for (let i = 0; i < m.count; i++) {
-          if (i === m.count - 1) file.addLast(crcs[i]!, lengthOf(m, lastIndex(m)))
-          else file.add(crcs[i]!)
-        }
-        yield* fs.rename(p.data, p.output)
-        yield* fs.writeFileString(p.markerTmp, formatMarker(m.size))
-        yield* syncPath(p.markerTmp)
-        yield* fs.rename(p.markerTmp, p.marker)
-        yield* syncPath(dest)
-        yield* fs.remove(p.dir, { recursive: true, force: true })
-        yield* Effect.logDebug(`${m.dataset}: commit took ${Date.now() - started} ms, of which ${synced - started} ms flushing the data to disk`)
-        const result: Commit = { dataset: m.dataset, size: m.size, crc32: formatCrc(file.value) }
-        yield* Effect.logInfo(`${m.dataset}: committed ${m.size} bytes in ${m.count} pieces, crc32 ${result.crc32}`)
-        return result
-      }).pipe(
-        Effect.mapError(storeError(entry.manifest.dataset, "CommitFailed")),
-        Effect.exit,
-        Effect.flatMap((exit) => Deferred.done(entry.committed, exit))
+    const failAll = (entry: Active, error: StoreError) =>
+      Effect.suspend(() => {
+        entry.failure ??= error
+        const seals = entry.seals.splice(0)
+        return Effect.forEach(seals, (s) => Deferred.fail(s.reply, error), { discard: true })
+      })
+
+    /** Counts one more session of `manifest`, activating it when it is the first. */
+    const attach = (manifest: Manifest) =>
+      registry.withPermits(1)(
+        Effect.gen(function*() {
+          const name = manifest.dataset
+          const current = active.get(name)
+          if (current !== undefined) {
+            if (!sameManifest(current.manifest, manifest)) {
+              return yield* refuse(name, "Conflict", `another transfer of ${name} is in progress with ${manifestDifference(current.manifest, manifest)}`)
+            }
+            if (current.failure !== undefined) return yield* Effect.fail(current.failure)
+            current.users++
+            return Either.right<Active>(current)
+          }
+          const done = yield* committedOf(name)
+          if (Option.isSome(done)) {
+            if (done.value.size === manifest.size) return Either.left(done.value)
+            return yield* refuse(name, "Conflict", `${name} is already committed on the server with a different size (${done.value.size} bytes, not ${manifest.size})`)
+          }
+          if (active.size >= limits.maxDatasets) {
+            return yield* refuse(name, "Busy", `the server already has ${active.size} datasets in progress, its limit; try again later`)
+          }
+          const fresh = yield* activate(manifest)
+          active.set(name, fresh)
+          return Either.right<Active>(fresh)
+        })
       )
 
-    /** One user of a dataset is done with it; the last one closes its files. */
+    /** One session is done with the dataset; the last one closes its files and gives up the lease. */
     const release = (entry: Active) =>
       registry.withPermits(1)(
-        Effect.suspend(() => {
+        Effect.gen(function*() {
           entry.users--
-          if (entry.users > 0) return Effect.void
+          if (entry.users > 0) return
           active.delete(entry.manifest.dataset)
-          return Scope.close(entry.scope, Exit.void)
+          if (entry.discard) {
+            yield* Effect.logInfo(`${entry.manifest.dataset}: discarding its state, which no sender vouched for; a new transfer starts afresh`)
+            yield* dest.remove(entry.lease.folder).pipe(Effect.ignore)
+          }
+          yield* Scope.close(entry.scope, Exit.void)
         })
       )
 
     /**
      * Flush-behind: once `flushEvery` bytes have been written since the last one, the data file
      * is fsynced in the background, so that the disk writes while the transfer goes on and the
-     * commit's own fsync only has the tail left (on a 1.6 GB dataset, 0.4 s less at the end).
-     * It also bounds the dirty pages a transfer leaves behind. A failure here is left for the
-     * commit's fsync to report.
+     * commit's own fsync only has the tail left. A failure here is left for the commit's fsync.
      */
     const flushBehind = (entry: Active, bytes: number) =>
       Effect.suspend(() => {
@@ -289,178 +280,149 @@ export const makePieceStore = (
         if (entry.unflushed < flushEvery || entry.flushing || entry.committing) return Effect.void
         entry.unflushed = 0
         entry.flushing = true
-        return Effect.asVoid(
-          Effect.forkIn(
-            entry.data.sync.pipe(
-              Effect.catchAll((e) => Effect.logDebug(`${entry.manifest.dataset}: flush-behind failed (${e.message})`)),
-              Effect.ensuring(Effect.sync(() => {
-                entry.flushing = false
-              }))
-            ),
-            entry.scope
-          )
+        return entry.state.data.sync.pipe(
+          Effect.catchAll((e) => Effect.logDebug(`${entry.manifest.dataset}: flush-behind failed (${e.message})`)),
+          Effect.ensuring(Effect.sync(() => void (entry.flushing = false))),
+          Effect.forkIn(entry.scope),
+          Effect.asVoid
         )
       })
 
-    const startCommitIfComplete = (entry: Active) =>
-      Effect.suspend(() => {
-        if (!entry.bitmap.complete || entry.committing) return Effect.void
-        entry.committing = true
-        // The commit belongs to the dataset, not to the connection that happened to finish it,
-        // and it is a user of its own: the files stay open until it is done.
-        entry.users++
-        return Effect.asVoid(Effect.forkDaemon(Effect.ensuring(commit(entry), release(entry))))
-      })
-
-    const record = (entry: Active, indices: Uint32Array) =>
-      Effect.suspend(() => {
-        let lo = Infinity
-        let hi = -1
-        for (const index of indices) {
-          const i = index - entry.manifest.first
-          entry.bitmap.set(i)
-          if (i < lo) lo = i
-          if (i > hi) hi = i
-        }
-        if (hi < 0) return Effect.void
-        const from = lo >>> 3
-        const to = (hi >>> 3) + 1
-        return recording.withPermits(1)(
-          Effect.zipRight(
-            entry.bitmapFile.seek(from, "start"),
-            entry.bitmapFile.writeAll(entry.bitmap.bits.subarray(from, to))
-          )
+    const commit = (entry: Active, crc: number) =>
+      Effect.gen(function*() {
+        const m = entry.manifest
+        const files = fileNames(entry.lease.folder)
+        const started = Date.now()
+        yield* entry.state.data.sync
+        yield* entry.state.crcs.sync
+        const synced = Date.now()
+        yield* entry.lease.confirm
+        // the fence: after a takeover this folder has another name, and the rename finds nothing
+        yield* dest.rename(files.data, m.dataset).pipe(
+          Effect.catchIf((e) => e.code === "ENOENT", () => refuse(m.dataset, "LeaseLost", "another server took this dataset over before it could be committed here"))
         )
-      })
+        if ((yield* dest.kind(m.dataset)) !== "file") return yield* refuse(m.dataset, "CommitFailed", `${m.dataset} is not a regular file after the rename`)
+        const result: Commit = { dataset: m.dataset, size: m.size, crc32: formatCrc(crc) }
+        yield* dest.ensureDir(`${STATE_FOLDER}/committed`)
+        yield* dest.writeFile(committedRecord(m.dataset), Buffer.from(Schema.encodeSync(CommittedRecord)({ size: m.size, crc32: result.crc32 })))
+        yield* dest.writeFile(files.markerTmp, Buffer.from(formatMarker(m.size)), { sync: true })
+        yield* dest.rename(files.markerTmp, markerFileName(m.dataset))
+        yield* dest.syncDir("")
+        yield* dest.remove(`${STATE_FOLDER}/${m.dataset}`)
+        yield* Effect.logDebug(`${m.dataset}: commit took ${Date.now() - started} ms, of which ${synced - started} ms flushing the data to disk`)
+        yield* Effect.logInfo(`${m.dataset}: committed ${m.size} bytes in ${m.count} pieces, crc32 ${result.crc32}`)
+        return result
+      }).pipe(
+        Effect.catchTag("IoError", (e) => Effect.fail(ioToStore(entry.manifest.dataset, "CommitFailed")(e))),
+        Effect.exit,
+        Effect.flatMap((exit) => Deferred.done(entry.commit, exit))
+      )
+
+    /**
+     * Answers the seals received so far, once every piece is held: a seal with the CRC32 of the
+     * file the server holds starts the commit (once) and waits for it; any other is a Conflict.
+     * A file that no attached sender vouches for is discarded when the last of them leaves.
+     */
+    const settle = (entry: Active) =>
+      entry.settling.withPermits(1)(
+        Effect.gen(function*() {
+          if (!entry.state.bitmap.complete || entry.seals.length === 0 || entry.failure !== undefined) return
+          const crc = yield* fileCrc(entry.state).pipe(Effect.mapError(ioToStore(entry.manifest.dataset, "CommitFailed")))
+          const seals = entry.seals.splice(0)
+          const matched = seals.filter((s) => s.crc === crc)
+          const mismatched = seals.filter((s) => s.crc !== crc)
+          if (matched.length > 0 && !entry.committing) {
+            entry.committing = true
+            // The commit belongs to the dataset, not to the session that sealed it, and it is a user
+            // of its own: the files stay open until it is done.
+            entry.users++
+            yield* Effect.forkDaemon(Effect.ensuring(commit(entry, crc), release(entry)))
+          }
+          for (const s of matched) yield* Deferred.completeWith(s.reply, Deferred.await(entry.commit))
+          if (mismatched.length > 0 && matched.length === 0 && !entry.committing && entry.users <= mismatched.length) entry.discard = true
+          const name = entry.manifest.dataset
+          for (const s of mismatched) {
+            yield* Deferred.fail(s.reply, new StoreError({
+              dataset: name,
+              code: "Conflict",
+              reason: `the pieces this server holds make a file with crc32 ${formatCrc(crc)}, but this sender's make ${formatCrc(s.crc)}: another sender sent different content under the name ${name}, or the folder changed since an earlier attempt${entry.discard ? "; the server's copy is discarded, so sending again starts afresh" : ""}`
+            }))
+          }
+        })
+      ).pipe(Effect.catchAll((e) => failAll(entry, e)))
 
     const write = (entry: Active) => (batch: PieceBatch, body: Buffer): Effect.Effect<void, StoreError> =>
-      Effect.suspend(() => {
+      Effect.gen(function*() {
+        if (entry.failure !== undefined) return yield* Effect.fail(entry.failure)
         const m = entry.manifest
-        const n = batch.indices.length
-        if (n * m.sliceSize > Math.max(MAX_BATCH_OUTPUT, m.sliceSize)) {
-          return Effect.fail(new StoreError({ dataset: m.dataset, code: "BadFrame", reason: `a batch of ${n} pieces would decompress to ${n * m.sliceSize} bytes, over the limit of ${MAX_BATCH_OUTPUT}` }))
-        }
-        // Every index must belong to the dataset and appear once; held pieces are skipped.
-        const seen = new Set<number>()
-        const keep: Array<number> = []
-        for (let k = 0; k < n; k++) {
-          const index = batch.indices[k]!
-          if (!holdsIndex(m, index)) {
-            return Effect.fail(new StoreError({ dataset: m.dataset, code: "BadIndex", reason: `piece index ${index} is outside ${pieceFileName(m.dataset, m.first)}..${pieceFileName(m.dataset, lastIndex(m))}` }))
-          }
-          if (seen.has(index)) {
-            return Effect.fail(new StoreError({ dataset: m.dataset, code: "DuplicatePiece", reason: `${pieceFileName(m.dataset, index)} appears twice in one batch` }))
-          }
-          seen.add(index)
-          if (!entry.bitmap.has(index - m.first)) keep.push(k)
-        }
-        if (keep.length === 0) return Effect.void
-        const pick = (a: Uint32Array) => (keep.length === n ? a : Uint32Array.from(keep, (k) => a[k]!))
-        const indices = pick(batch.indices)
+        const verdict = checkBatch(entry.geometry, entry.state.bitmap, batch.indices, MAX_BATCH_OUTPUT)
+        if (verdict._tag === "Rejected") return yield* refuse(m.dataset, verdict.code, verdict.reason)
+        if (verdict.keep !== "all" && verdict.keep.length === 0) return
+        yield* entry.lease.assure
+        const indices = pick(batch.indices, verdict.keep)
         const written = Uint32Array.from(indices) // `indices` moves to the worker
-        return gunzip.inflate({
-          geometry: { dataset: m.dataset, size: m.size, sliceSize: m.sliceSize, first: m.first, count: m.count },
+        const outcome = yield* gunzip.inflate({
+          geometry: entry.geometry,
           body,
           indices,
-          starts: pick(batch.starts),
-          lengths: pick(batch.lengths),
-          data: entry.data,
-          crcs: entry.crcs
-        }).pipe(
-          Effect.flatMap((outcome) => {
-            switch (outcome._tag) {
-              case "Written":
-                return record(entry, written).pipe(
-                  Effect.mapError(storeError(m.dataset, "WriteFailed")),
-                  Effect.zipRight(flushBehind(entry, written.length * m.sliceSize)),
-                  Effect.zipRight(startCommitIfComplete(entry))
-                )
-              case "BadPiece":
-                return Effect.fail(new StoreError({ dataset: m.dataset, code: "BadPiece", reason: outcome.reason }))
-              case "WriteFailed":
-                return Effect.fail(
-                  new StoreError({
-                    dataset: m.dataset,
-                    code: outcome.code === "ENOSPC" ? "NoSpace" : "WriteFailed",
-                    reason: outcome.code === "ENOSPC" ? "the destination disk is full" : `cannot write (${outcome.reason})`
-                  })
-                )
-            }
-          })
-        )
+          starts: pick(batch.starts, verdict.keep),
+          lengths: pick(batch.lengths, verdict.keep),
+          data: entry.state.data,
+          crcs: entry.state.crcs
+        })
+        switch (outcome._tag) {
+          case "BadPiece":
+            return yield* refuse(m.dataset, "BadPiece", outcome.reason)
+          case "WriteFailed":
+            return yield* refuse(
+              m.dataset,
+              outcome.code === "ENOSPC" ? "NoSpace" : outcome.code === "EROFS" ? "ReadOnly" : "WriteFailed",
+              outcome.code === "ENOSPC" ? "the destination disk is full" : outcome.code === "EROFS" ? "the destination is on a read-only filesystem" : `cannot write (${outcome.reason})`
+            )
+          case "Written":
+            yield* record(entry.state, written).pipe(Effect.mapError(ioToStore(m.dataset, "WriteFailed")))
+            entry.remaining = remainingBytes(m, entry.state.bitmap.held)
+            yield* flushBehind(entry, outcome.bytes)
+            if (entry.state.bitmap.complete) yield* settle(entry)
+        }
       })
 
-    const committedSession = (manifest: Manifest): Session => {
-      const held = new PieceBitmap(manifest.count)
-      for (let i = 0; i < manifest.count; i++) held.set(i)
-      return {
-        manifest,
-        held,
-        committed: true,
-        write: () => Effect.void,
-        // the CRC is not kept once committed; the marker and size are what the client checks
-        commit: Effect.succeed({ dataset: manifest.dataset, size: manifest.size, crc32: "" })
-      }
-    }
+    const seal = (entry: Active) => (crc32: number): Effect.Effect<Commit, StoreError> =>
+      Effect.gen(function*() {
+        if (entry.failure !== undefined) return yield* Effect.fail(entry.failure)
+        const reply = yield* Deferred.make<Commit, StoreError>()
+        entry.seals.push({ crc: crc32 >>> 0, reply })
+        yield* settle(entry)
+        return yield* Deferred.await(reply)
+      })
 
     const open = (manifest: Manifest): Effect.Effect<Session, StoreError, Scope.Scope> =>
       Effect.gen(function*() {
-        const name = manifest.dataset
-        const problem = manifestProblem(manifest)
-        if (problem !== undefined) return yield* Effect.fail(new StoreError({ dataset: name, code: "BadManifest", reason: problem }))
-        if (manifest.size > limits.maxDatasetSize) {
-          return yield* Effect.fail(new StoreError({ dataset: name, code: "TooLarge", reason: `${manifest.size} bytes is over this server's limit of ${limits.maxDatasetSize}` }))
+        const problem = limitProblem(manifest, limits)
+        if (problem !== undefined) return yield* Effect.fail(problem)
+        // Counting a session and arranging its release happen together, uninterruptibly.
+        const attached = yield* Effect.acquireRelease(attach(manifest), (a) => (Either.isRight(a) ? release(a.right) : Effect.void))
+        if (Either.isLeft(attached)) {
+          const held = new PieceBitmap(manifest.count)
+          for (let i = 0; i < manifest.count; i++) held.set(i)
+          return { manifest, held, committed: Option.some(attached.left), write: () => Effect.void, seal: () => Effect.succeed(attached.left) } satisfies Session
         }
-        if (manifest.sliceSize > limits.maxSliceSize) {
-          return yield* Effect.fail(new StoreError({ dataset: name, code: "TooLarge", reason: `slices of ${manifest.sliceSize} bytes are over this server's limit of ${limits.maxSliceSize}` }))
-        }
-        if (manifest.count > limits.maxPieces) {
-          return yield* Effect.fail(new StoreError({ dataset: name, code: "TooManyPieces", reason: `${manifest.count} pieces is over this server's limit of ${limits.maxPieces}` }))
-        }
-        // Counting a user and arranging its release happen together, uninterruptibly.
-        const entry = yield* Effect.acquireRelease(
-          registry.withPermits(1)(
-            Effect.gen(function*() {
-              const current = active.get(name)
-              if (current !== undefined) {
-                if (!sameManifest(current.manifest, manifest)) {
-                  return yield* Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `another transfer of ${name} with a different manifest is in progress` }))
-                }
-                current.users++
-                return Option.some(current)
-              }
-              const done = yield* committedSize(name)
-              if (Option.isSome(done)) {
-                if (done.value === manifest.size) return Option.none()
-                return yield* Effect.fail(new StoreError({ dataset: name, code: "Conflict", reason: `${name} is already committed on the server with a different size (${done.value} bytes, not ${manifest.size})` }))
-              }
-              if (active.size >= limits.maxDatasets) {
-                return yield* Effect.fail(new StoreError({ dataset: name, code: "Busy", reason: `the server already has ${active.size} datasets in progress, its limit; try again later` }))
-              }
-              const fresh = yield* activate(manifest)
-              fresh.users = 1
-              active.set(name, fresh)
-              return Option.some(fresh)
-            })
-          ),
-          (opened) => (Option.isSome(opened) ? release(opened.value) : Effect.void)
-        )
-        if (Option.isNone(entry)) return committedSession(manifest)
-        const e = entry.value
-        // A dataset resumed complete (crash after the last write) commits now.
-        yield* startCommitIfComplete(e)
-        const held = new PieceBitmap(manifest.count, Uint8Array.from(e.bitmap.bits))
+        const entry = attached.right
         return {
           manifest,
-          held,
-          committed: false,
-          write: write(e),
-          commit: Deferred.await(e.committed)
+          held: new PieceBitmap(manifest.count, Uint8Array.from(entry.state.bitmap.bits)),
+          committed: Option.none(),
+          write: write(entry),
+          seal: seal(entry)
         } satisfies Session
       })
 
-    return { dest, open }
+    return {
+      dest: dest.root,
+      open,
+      inProgress: Effect.sync(() => active.size)
+    }
   })
 
-export const PieceStoreLayer = (dest: string, limits: StoreLimits = defaultStoreLimits, flushEvery: number = FLUSH_BEHIND) =>
-  Layer.effect(PieceStore, makePieceStore(dest, limits, flushEvery))
+export const PieceStoreLayer = (limits: StoreLimits = defaultStoreLimits, flushEvery: number = FLUSH_BEHIND) =>
+  Layer.effect(PieceStore, makePieceStore(limits, flushEvery))

@@ -15,7 +15,7 @@ import * as Stream from "effect/Stream"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import { Duplex } from "node:stream"
-import { ProtocolError, TransportError } from "../domain/Errors.js"
+import { PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
 import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../domain/Frame.js"
 import { framePool } from "./BufferPool.js"
 
@@ -43,6 +43,8 @@ export interface Link {
    * milliseconds while a process starts). 0 in memory; not measured on accepted links.
    */
   readonly roundTrip?: number
+  /** The first bytes the peer sent (up to 64), to tell what it speaks when it is not ferry. */
+  readonly firstBytes: () => Uint8Array
 }
 
 export interface LinkOptions {
@@ -66,7 +68,8 @@ export interface ListenOptions extends LinkOptions {
 }
 
 export class Transport extends Context.Tag("ferry/Transport")<Transport, {
-  readonly dial: (address: Address, options?: DialOptions) => Effect.Effect<Link, TransportError, Scope.Scope>
+  /** Connects (and, with TLS, completes the TLS handshake); a TLS failure is a PeerMismatch: trying again cannot help. */
+  readonly dial: (address: Address, options?: DialOptions) => Effect.Effect<Link, TransportError | PeerMismatch, Scope.Scope>
   /** Accepts connections until the scope closes; each handler runs in a scope of its own. */
   readonly listen: (
     options: ListenOptions,
@@ -83,6 +86,7 @@ const READ_AHEAD = 4 * 1024 * 1024
  * a slow consumer (a busy disk) slows the sender instead of growing memory.
  */
 export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}): Link => {
+  let first = new Uint8Array(0)
   const decoder = new FrameDecoder(
     options.maxFrame ?? DEFAULT_MAX_FRAME,
     (size, kind) => (kind === FrameKind.Pieces ? framePool.take(size) : Buffer.allocUnsafeSlow(size))
@@ -98,6 +102,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
       wake?.()
     }
     const onData = (chunk: Buffer) => {
+      if (first.length < 64) first = Buffer.concat([first, chunk.subarray(0, 64 - first.length)])
       if (finished !== undefined) return
       const r = decoder.push(chunk)
       if (isFrameProblem(r)) {
@@ -177,7 +182,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
   const end = Effect.sync(() => {
     if (!socket.destroyed) socket.end()
   })
-  return { peer, frames, send, end, limitFrames: (maxFrame) => void (decoder.maxFrame = maxFrame) }
+  return { peer, frames, send, end, limitFrames: (maxFrame) => void (decoder.maxFrame = maxFrame), firstBytes: () => first }
 }
 
 const reasonOf = (e: unknown): string => {
@@ -213,13 +218,14 @@ const tune = (socket: net.Socket) => {
   socket.setKeepAlive(true, 30_000)
 }
 
-const tlsProblem = (e: Error): string => {
+/** A TLS failure that says the peer is not what we expect (no TLS, a certificate we do not trust), or undefined. */
+const tlsMismatch = (e: Error): string | undefined => {
   const code = (e as NodeJS.ErrnoException).code ?? ""
-  if (/WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol/i.test(`${code} ${e.message}`)) {
+  if (/WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol|ECONNRESET/i.test(`${code} ${e.message}`)) {
     return "TLS handshake failed: the server does not speak TLS (drop --tls / --tls-ca?)"
   }
-  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT_ALTNAME/.test(code)) return `TLS certificate not trusted: ${e.message} (give the server's CA with --tls-ca)`
-  return reasonOf(e)
+  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT_ALTNAME|ERR_SSL/.test(code)) return `TLS certificate not trusted: ${e.message} (give the server's CA with --tls-ca)`
+  return undefined
 }
 
 export const TcpTransport = Layer.succeed(Transport, {
@@ -229,7 +235,8 @@ export const TcpTransport = Layer.succeed(Transport, {
       const secure = options?.tls
       let started = performance.now()
       let roundTrip = 0
-      const socket = yield* Effect.async<net.Socket, TransportError>((resume) => {
+      let connected = false
+      const socket = yield* Effect.async<net.Socket, TransportError | PeerMismatch>((resume) => {
         const s = secure === undefined
           ? net.connect({ host: address.host, port: address.port })
           : tls.connect({
@@ -239,13 +246,17 @@ export const TcpTransport = Layer.succeed(Transport, {
             ...(secure.ca === undefined ? {} : { ca: secure.ca }),
             rejectUnauthorized: true
           })
-        const onError = (e: Error) =>
-          resume(Effect.fail(new TransportError({ address: peer, reason: secure === undefined ? reasonOf(e) : tlsProblem(e) })))
+        const onError = (e: Error) => {
+          // a TCP connection that was made, then a TLS handshake that failed: the peer is not what we think
+          const mismatch = secure !== undefined && connected ? tlsMismatch(e) : undefined
+          resume(Effect.fail(mismatch === undefined ? new TransportError({ address: peer, reason: reasonOf(e) }) : new PeerMismatch({ peer, reason: mismatch })))
+        }
         s.once("error", onError)
         s.once("lookup", () => {
           started = performance.now()
         })
         s.once("connect", () => {
+          connected = true
           roundTrip = performance.now() - started
         })
         s.once(secure === undefined ? "connect" : "secureConnect", () => {
@@ -286,8 +297,12 @@ export const TcpTransport = Layer.succeed(Transport, {
       server.on(options.tls === undefined ? "connection" : "secureConnection", accept)
       if (options.tls !== undefined) {
         // a plain client, a wrong certificate, a stalled handshake: that client's problem, logged
+        const peers = new WeakMap<object, string>()
+        // the address is read when the connection arrives: by the time a TLS handshake fails, the socket may be gone
+        server.on("connection", (raw: net.Socket) => peers.set(raw, formatAddress({ host: raw.remoteAddress ?? "?", port: raw.remotePort ?? 0 })))
         server.on("tlsClientError", (e, socket) => {
-          const peer = formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
+          const raw = (socket as unknown as { _parent?: object })._parent
+          const peer = (raw !== undefined ? peers.get(raw) : undefined) ?? formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
           runFork(Effect.logWarning(`${peer}: TLS handshake failed (${e.message.split("\n")[0]})`))
           socket.destroy()
         })

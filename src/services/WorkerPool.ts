@@ -16,7 +16,8 @@ export interface WorkerPool<In, Out> {
 /** What a worker script posts back for task `id`. */
 export type WorkerReply<Out> = { readonly id: number; readonly ok: Out } | { readonly id: number; readonly crash: string }
 
-export const defaultWorkers = (): number => Number(process.env["FERRY_WORKERS"] ?? 0) || Math.max(1, os.availableParallelism())
+/** One worker thread per core. */
+export const defaultWorkers = (): number => Math.max(1, os.availableParallelism())
 
 interface Pending<Out> {
   readonly resume: (result: Effect.Effect<Out>) => void
@@ -25,13 +26,15 @@ interface Pending<Out> {
 export const makeWorkerPool = <In, Out>(
   script: URL,
   size: number,
+  /** Given to every worker at start (as `workerData`). */
+  data: unknown = undefined,
   /** Tasks a worker may queue, so it never waits for the main thread between batches. */
   depth = 2
 ): Effect.Effect<WorkerPool<In, Out>, never, import("effect").Scope.Scope> =>
   Effect.acquireRelease(
     Effect.sync(() => {
       const workers = Array.from({ length: size }, () => {
-        const worker = new Worker(script)
+        const worker = new Worker(script, { workerData: data })
         worker.unref()
         return { worker, busy: 0 }
       })
@@ -74,7 +77,7 @@ export const makeWorkerPool = <In, Out>(
               p.resume(Effect.die(new Error("a worker thread stopped")))
             }
           }
-          slot.worker = new Worker(script)
+          slot.worker = new Worker(script, { workerData: data })
           slot.worker.unref()
           slot.busy = 0
           attach(slot)

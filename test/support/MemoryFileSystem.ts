@@ -30,7 +30,8 @@ const ERRNO = {
   EBADF: ["Unknown", "bad file descriptor"],
   EINVAL: ["Unknown", "invalid argument"],
   EIO: ["Unknown", "i/o error"],
-  ENOSYS: ["Unknown", "function not implemented"]
+  ENOSYS: ["Unknown", "function not implemented"],
+  EROFS: ["Unknown", "read-only file system"]
 } as const satisfies Record<string, readonly [PlatformError.SystemErrorReason, string]>
 
 /** The errno codes this filesystem can fail with (and that `faults.inject` may return). */

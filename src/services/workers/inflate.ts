@@ -1,17 +1,19 @@
-/** Gunzip worker: inflates a batch, then writes slices and CRCs with positional writes. */
+/** Gunzip worker: inflates and verifies a batch, then makes its positional writes (placementsOf) through the dataset's descriptors. */
 import * as fs from "node:fs"
-import { parentPort } from "node:worker_threads"
-import { crcOffset, type InflateTask, inflatePieces, runsOf, sliceOffset } from "../Inflate.js"
+import { parentPort, workerData } from "node:worker_threads"
 import type { InflateOutcome } from "../GunzipPool.js"
+import { type InflateTask, makeInflater, placementsOf } from "../Inflate.js"
 
 export interface InflateMessage extends InflateTask {
   readonly dataFd: number
   readonly crcFd: number
 }
 
-const writeAll = (fd: number, buf: Buffer, from: number, to: number, position: number) => {
-  for (let at = from; at < to;) {
-    const wrote = fs.writeSync(fd, buf, at, to - at, position + (at - from))
+const inflater = makeInflater((workerData as { nativeAddon: string | null }).nativeAddon)
+
+const writeAll = (fd: number, bytes: Uint8Array, position: number) => {
+  for (let at = 0; at < bytes.length;) {
+    const wrote = fs.writeSync(fd, bytes, at, bytes.length - at, position + at)
     if (wrote <= 0) throw Object.assign(new Error("short write"), { code: "EIO" })
     at += wrote
   }
@@ -23,15 +25,12 @@ let scratch = Buffer.allocUnsafeSlow(0)
 const work = (task: InflateMessage): InflateOutcome => {
   const need = task.indices.length === 0 ? 1 : 1 + task.lengths.length * task.geometry.sliceSize
   if (scratch.length < need) scratch = Buffer.allocUnsafeSlow(Math.max(need, scratch.length * 2))
-  const r = inflatePieces(task, scratch)
+  const r = inflater.inflate(task, scratch)
   // a large batch's buffer is not kept for the life of the worker
   if (scratch.length > 16 * 1024 * 1024) scratch = Buffer.allocUnsafeSlow(0)
   if (r._tag === "BadPiece") return r
   try {
-    for (const [a, b] of runsOf(task.indices)) {
-      writeAll(task.dataFd, r.slices, r.bounds[a]!, r.bounds[b]!, sliceOffset(task.geometry, task.indices[a]!))
-      writeAll(task.crcFd, Buffer.from(r.crcs.buffer), a * 4, b * 4, crcOffset(task.geometry, task.indices[a]!))
-    }
+    for (const p of placementsOf(task, r)) writeAll(p.file === "data" ? task.dataFd : task.crcFd, p.bytes, p.position)
   } catch (e) {
     const err = e as NodeJS.ErrnoException
     return { _tag: "WriteFailed", code: err.code ?? "EIO", reason: err.message }

@@ -1,22 +1,14 @@
 /**
- * Finding the datasets in a folder, waiting for their markers, and turning a
- * folder's pieces and marker into a manifest.
+ * The sender's folder: finding the datasets in it, waiting for their
+ * markers, and turning a dataset's pieces and marker into a manifest.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
 import * as Effect from "effect/Effect"
 import * as Stream from "effect/Stream"
 import * as zlib from "node:zlib"
-import {
-  Manifest,
-  manifestProblem,
-  markerFileName,
-  MAX_NAME_LENGTH,
-  parseEntry,
-  parseMarker,
-  pieceFileName
-} from "../domain/Dataset.js"
-import { DatasetError, FolderError } from "../domain/Errors.js"
+import { Manifest, manifestProblem, markerFileName, MAX_NAME_LENGTH, parseEntry, parseMarker, pieceFileName } from "../domain/Dataset.js"
+import { DatasetError, type FolderError } from "../domain/Errors.js"
 import { firstGap, type Holdings, Inventory, isContiguous } from "../domain/Inventory.js"
 import { DatasetScanner } from "../services/DatasetScanner.js"
 
@@ -35,30 +27,30 @@ export const inventory = (dir: string): Effect.Effect<Inventory, FolderError, Da
     )
     for (const name of skipped) yield* Effect.logDebug(`ignoring ${name}: not a piece or a marker`)
     if (inv.ignored > skipped.length) yield* Effect.logDebug(`ignoring ${inv.ignored - skipped.length} more entries`)
-    for (const h of inv.datasets.values()) {
-      if (h.dataset.length > MAX_NAME_LENGTH) {
-        return yield* Effect.fail(new FolderError({ path: dir, reason: `dataset name ${h.dataset.slice(0, 20)}... is longer than ${MAX_NAME_LENGTH} characters` }))
-      }
-    }
     return inv
   })
 
-/** Waits until `NAME.done` exists, watching the folder; says so once. */
-export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner | FileSystem.FileSystem | Path.Path> =>
+/** Why a dataset of this name cannot be sent at all, or undefined. */
+export const nameProblem = (name: string): string | undefined =>
+  name.length > MAX_NAME_LENGTH ? `its name is longer than ${MAX_NAME_LENGTH} characters` : undefined
+
+export const markerPresent = (dir: string, dataset: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
+    return yield* fs.exists(path.join(dir, markerFileName(dataset))).pipe(Effect.orElseSucceed(() => false))
+  })
+
+/** Waits until `NAME.done` exists, watching the folder. */
+export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner | FileSystem.FileSystem | Path.Path> =>
+  Effect.gen(function*() {
     const scanner = yield* DatasetScanner
-    const marker = path.join(dir, markerFileName(dataset))
-    const present = fs.exists(marker).pipe(Effect.orElseSucceed(() => false))
-    if (yield* present) return
-    yield* Effect.logInfo(`waiting for ${markerFileName(dataset)} in ${dir}`)
+    if (yield* markerPresent(dir, dataset)) return
     yield* scanner.changes(dir).pipe(
-      Stream.mapEffect(() => present),
+      Stream.mapEffect(() => markerPresent(dir, dataset)),
       Stream.takeUntil((found) => found),
       Stream.runDrain
     )
-    yield* Effect.logInfo(`found ${markerFileName(dataset)}`)
   })
 
 /** Reads the marker and the first piece, checks the numbering, and answers the manifest. */
@@ -71,6 +63,8 @@ export const readManifest = (
     const path = yield* Path.Path
     const name = holdings.dataset
     const bad = (reason: string) => new DatasetError({ dataset: name, reason })
+    const invalid = nameProblem(name)
+    if (invalid !== undefined) return yield* Effect.fail(bad(invalid))
     const text = yield* fs.readFileString(path.join(dir, markerFileName(name))).pipe(
       Effect.mapError((e) => bad(`${markerFileName(name)} cannot be read (${e.message})`))
     )
@@ -78,7 +72,7 @@ export const readManifest = (
     if ("problem" in marker) return yield* Effect.fail(bad(`${markerFileName(name)} ${marker.problem}`))
     const size = marker.size
     if (holdings.pieces === 0) {
-      if (size === 0) return new Manifest({ dataset: name, size: 0, sliceSize: 0, first: 0, count: 0 })
+      if (size === 0) return new Manifest({ dataset: name, size: 0, sliceSize: 0, first: 0, count: 0, firstSliceCrc: 0 })
       return yield* Effect.fail(bad(`${markerFileName(name)} says ${size} bytes but there are no pieces`))
     }
     if (!isContiguous(holdings)) {
@@ -89,11 +83,11 @@ export const readManifest = (
     const first = yield* fs.readFile(path.join(dir, firstName)).pipe(
       Effect.mapError((e) => bad(`${firstName} cannot be read (${e.message})`))
     )
-    const sliceSize = yield* Effect.try({
-      try: () => zlib.gunzipSync(first, { maxOutputLength: 2 ** 31 - 1 }).length,
+    const slice = yield* Effect.try({
+      try: () => zlib.gunzipSync(first, { maxOutputLength: 2 ** 31 - 1 }),
       catch: (e) => bad(`${firstName} is not valid gzip (${(e as Error).message})`)
     })
-    const manifest = new Manifest({ dataset: name, size, sliceSize, first: holdings.lowest, count: holdings.pieces })
+    const manifest = new Manifest({ dataset: name, size, sliceSize: slice.length, first: holdings.lowest, count: holdings.pieces, firstSliceCrc: zlib.crc32(slice) })
     const problem = manifestProblem(manifest)
     if (problem !== undefined) return yield* Effect.fail(bad(problem))
     return manifest

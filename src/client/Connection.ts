@@ -1,0 +1,280 @@
+/**
+ * The client's end of one connection: the handshake, a window of bytes in
+ * flight, pings while it is quiet, and what the server says about each
+ * dataset, delivered to that dataset's mailbox (a Queue per handle).
+ */
+import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { proofFor } from "../domain/Auth.js"
+import type { Manifest } from "../domain/Dataset.js"
+import { DatasetRejected, PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
+import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
+import { Close, type ControlMessage, decodeControl, encodeControl, Hello, Hi, Open, type Opened, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
+import { VERSION } from "../domain/Version.js"
+import { Throttle } from "../services/Throttle.js"
+import { type Address, type Link, Transport } from "../services/Transport.js"
+
+export type LinkError = TransportError | ProtocolError | PeerMismatch
+
+/** What the server says about one dataset (one handle) on this connection. */
+export type Reply =
+  | { readonly _tag: "Ack"; readonly seq: number }
+  | { readonly _tag: "Committed"; readonly size: number; readonly crc32: string }
+  | { readonly _tag: "Failed"; readonly error: DatasetRejected }
+  | { readonly _tag: "Lost"; readonly error: LinkError }
+
+export interface Connection {
+  readonly peer: string
+  /** Largest frame the server accepts. */
+  readonly maxFrame: number
+  /** Milliseconds of one network round trip, measured when the connection was set up. */
+  readonly roundTrip: number
+  /** Bytes sent and not yet acknowledged. */
+  readonly inflight: () => number
+  /** Pieces acknowledged on this connection so far: progress, for the reconnection policy. */
+  readonly acked: () => number
+  /** The replies for a handle, from now until the scope closes (when the handle is forgotten here). */
+  readonly mailbox: (handle: number) => Effect.Effect<Queue.Dequeue<Reply>, never, Scope.Scope>
+  readonly open: (handle: number, manifest: Manifest) => Effect.Effect<Opened, LinkError | DatasetRejected>
+  /** Sends a pieces frame once the window has room; its ack frees the room; `onFlushed` runs when the socket is done with the bytes. */
+  readonly sendBatch: (handle: number, seq: number, pieces: number, frame: Buffer, onFlushed?: () => void) => Effect.Effect<void, LinkError>
+  readonly seal: (handle: number, crc32: string) => Effect.Effect<void, LinkError>
+  readonly close: (handle: number) => Effect.Effect<void>
+  /** Fails when the connection is lost. */
+  readonly lost: Effect.Effect<never, LinkError>
+}
+
+export interface ConnectionOptions {
+  readonly window: number
+  readonly maxFrame: number
+  /** The shared secret, when the server asks for one. */
+  readonly token: string | undefined
+  /** TLS, verified against `ca` or the system's roots. */
+  readonly tls: { readonly ca: Buffer | undefined; readonly servername: string | undefined } | undefined
+  /** The server must greet and accept us within this. */
+  readonly handshakeTimeout: Duration.DurationInput
+}
+
+/** Reads frames one at a time from a link (the handshake needs them one by one). */
+const frameReader = (link: Link) =>
+  Effect.map(Stream.toPull(link.frames), (pull) => {
+    let buffered: Array<RawFrame> = []
+    const next: Effect.Effect<RawFrame, TransportError | ProtocolError> = Effect.suspend(() => {
+      const head = buffered.shift()
+      if (head !== undefined) return Effect.succeed(head)
+      return pull.pipe(
+        Effect.catchAll((e) =>
+          Option.isNone(e) ? Effect.fail(new TransportError({ address: link.peer, reason: "the server closed the connection" })) : Effect.fail(e.value)
+        ),
+        Effect.flatMap((chunk) => {
+          buffered = Chunk.toArray(chunk)
+          return next
+        })
+      )
+    })
+    return next
+  })
+
+const printable = (bytes: Uint8Array) => Buffer.from(bytes).toString("latin1").replace(/[^\x20-\x7e]+/g, " ").trim().slice(0, 40)
+
+/**
+ * What went wrong while the server should have been greeting us, in a user's words: a peer that
+ * sent bytes no ferry server sends, or that hung up without a word on a plain connection (a TLS
+ * server does that), is not one we can talk to, and trying again would not help.
+ */
+const greetingProblem = (link: Link, secure: boolean, e: TransportError | ProtocolError): LinkError => {
+  const first = link.firstBytes()
+  if (first.length >= 2 && (first[0] === 0x15 || first[0] === 0x16) && first[1] === 0x03) {
+    return new PeerMismatch({ peer: link.peer, reason: "the server speaks TLS: add --tls (or --tls-ca FILE)" })
+  }
+  if (e._tag === "ProtocolError" && first.length > 0) {
+    return new PeerMismatch({ peer: link.peer, reason: `this is not a ferry server (it answered ${JSON.stringify(printable(first))})` })
+  }
+  if (e._tag === "TransportError" && first.length === 0 && !secure) {
+    return new PeerMismatch({ peer: link.peer, reason: "the server hung up without a word when we said hello: it is probably a TLS server (add --tls or --tls-ca FILE), or not a ferry server" })
+  }
+  return e
+}
+
+const expectControl = (peer: string, frame: RawFrame): Effect.Effect<ControlMessage, ProtocolError> => {
+  if (frame.kind !== FrameKind.Control) return Effect.fail(new ProtocolError({ peer, code: "Unexpected", reason: "expected a control frame" }))
+  const decoded = decodeControl(frame.body)
+  return Either.isLeft(decoded)
+    ? Effect.fail(new ProtocolError({ peer, code: "BadMessage", reason: `malformed message from server: ${decoded.left}` }))
+    : Effect.succeed(decoded.right)
+}
+
+/** A Refused message, or anything else where it should not be. */
+const refusal = (peer: string, m: ControlMessage): LinkError => {
+  if (m._tag !== "Refused") return new ProtocolError({ peer, code: "Unexpected", reason: `unexpected ${m._tag} from server` })
+  if (m.code === "VersionMismatch" || m.code === "AuthFailed" || m.code === "AuthRequired") return new PeerMismatch({ peer, reason: `server refused: ${m.message}` })
+  return new ProtocolError({ peer, code: m.code, reason: `server refused: ${m.message}` })
+}
+
+/** Dials, completes the handshake, and routes incoming frames until the scope closes. */
+export const connect = (address: Address, options: ConnectionOptions): Effect.Effect<Connection, LinkError, Transport | Scope.Scope> =>
+  Effect.gen(function*() {
+    const transport = yield* Transport
+    const throttle = yield* Throttle
+    const link = yield* transport.dial(address, { maxFrame: options.maxFrame, tls: options.tls })
+    const peer = link.peer
+    const next = yield* frameReader(link)
+    const inTime = <A>(step: Effect.Effect<A, LinkError>, waitingFor: string) =>
+      Effect.timeoutFail(step, {
+        duration: options.handshakeTimeout,
+        onTimeout: () =>
+          new ProtocolError({
+            peer,
+            code: "HandshakeTimeout",
+            reason: `no ${waitingFor} from the server within ${Duration.format(options.handshakeTimeout)}${options.tls === undefined ? " (is it a TLS server? then add --tls or --tls-ca)" : ""}`
+          })
+      })
+    const receive = (waitingFor: string) =>
+      inTime(next.pipe(Effect.flatMap((f) => expectControl(peer, f)), Effect.mapError((e) => greetingProblem(link, options.tls !== undefined, e))), waitingFor)
+
+    // the client speaks first, so that a TLS server (or anything that is not ferry) answers at once
+    yield* link.send(encodeControl(new Hi({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}` })))
+    const welcome = yield* receive("greeting")
+    if (welcome._tag !== "Welcome") return yield* Effect.fail(refusal(peer, welcome))
+    if (welcome.auth === "hmac-sha256" && options.token === undefined) {
+      return yield* Effect.fail(new PeerMismatch({ peer, reason: "the server requires a token: give --token-file or set FERRY_TOKEN" }))
+    }
+    const proof = welcome.auth === "hmac-sha256" && options.token !== undefined ? proofFor(options.token, welcome.nonce) : null
+    yield* link.send(encodeControl(new Hello({ proof })))
+    const ready = yield* receive("answer to our hello")
+    if (ready._tag !== "Ready") return yield* Effect.fail(refusal(peer, ready))
+    const roundTrip = link.roundTrip ?? 0
+    yield* Effect.logDebug(`${peer}: connected (${welcome.server}), round trip ${roundTrip.toFixed(2)} ms`)
+    // keep a quiet connection (waiting for a marker, or for a commit) from looking idle
+    const every = Duration.seconds(Math.max(1, welcome.idle / 3))
+    yield* link.send(encodeControl(new Ping())).pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.ignore, Effect.forkScoped)
+
+    const window = yield* Effect.makeSemaphore(options.window)
+    let inflight = 0
+    let acked = 0
+    /** Window bytes and pieces of each batch in flight, by handle then seq. */
+    const held = new Map<number, Map<number, { readonly bytes: number; readonly pieces: number }>>()
+    const mailboxes = new Map<number, Queue.Queue<Reply>>()
+    const opening = new Map<number, Deferred.Deferred<Opened, DatasetRejected>>()
+    const lost = yield* Deferred.make<never, LinkError>()
+
+    const release = (handle: number, seq: number) => {
+      const batch = held.get(handle)?.get(seq)
+      if (batch === undefined) return Effect.void
+      held.get(handle)!.delete(seq)
+      inflight -= batch.bytes
+      acked += batch.pieces
+      return window.release(batch.bytes)
+    }
+    /** The server drops a failed handle and will ack none of its batches: free their window. */
+    const forget = (handle: number) =>
+      Effect.suspend(() => {
+        const seqs = [...(held.get(handle)?.keys() ?? [])]
+        return Effect.zipRight(Effect.forEach(seqs, (seq) => release(handle, seq), { discard: true }), Effect.sync(() => held.delete(handle)))
+      })
+    const deliver = (handle: number, reply: Reply) => {
+      const box = mailboxes.get(handle)
+      return box === undefined ? Effect.void : Queue.offer(box, reply)
+    }
+
+    const route = (frame: RawFrame): Effect.Effect<void, LinkError> => {
+      if (frame.kind === FrameKind.Ack) {
+        const ack = decodeAck(frame.body)
+        if (ack === undefined) return Effect.fail(new ProtocolError({ peer, code: "BadFrame", reason: "malformed ack" }))
+        return Effect.zipRight(release(ack.handle, ack.seq), deliver(ack.handle, { _tag: "Ack", seq: ack.seq }))
+      }
+      return Effect.flatMap(expectControl(peer, frame), (m) => {
+        switch (m._tag) {
+          case "Opened": {
+            const d = opening.get(m.handle)
+            opening.delete(m.handle)
+            return d === undefined ? Effect.void : Deferred.succeed(d, m)
+          }
+          case "Committed":
+            return deliver(m.handle, { _tag: "Committed", size: m.size, crc32: m.crc32 })
+          case "Failed": {
+            const error = new DatasetRejected({ dataset: m.dataset, code: m.code, reason: m.message })
+            const d = opening.get(m.handle)
+            opening.delete(m.handle)
+            return Effect.all([d === undefined ? Effect.void : Deferred.fail(d, error), forget(m.handle), deliver(m.handle, { _tag: "Failed", error })], { discard: true })
+          }
+          default:
+            return Effect.fail(refusal(peer, m))
+        }
+      })
+    }
+
+    yield* Effect.forever(Effect.flatMap(next, route)).pipe(
+      Effect.catchAll((e) =>
+        Effect.gen(function*() {
+          yield* Effect.logDebug(`${peer}: ${e.message}`)
+          for (const box of mailboxes.values()) yield* Queue.offer(box, { _tag: "Lost", error: e })
+          yield* Deferred.fail(lost, e)
+        })
+      ),
+      Effect.forkScoped
+    )
+
+    // closing the connection (its scope) is losing it, for whoever still waits on it
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        if (yield* Deferred.isDone(lost)) return
+        const e = new TransportError({ address: peer, reason: "connection closed" })
+        for (const box of mailboxes.values()) yield* Queue.offer(box, { _tag: "Lost", error: e })
+        yield* Deferred.fail(lost, e)
+      })
+    )
+
+    const whileUp = <A, E>(effect: Effect.Effect<A, E>) => Effect.raceFirst(effect, Deferred.await(lost))
+
+    return {
+      peer,
+      maxFrame: welcome.maxFrame,
+      roundTrip,
+      inflight: () => inflight,
+      acked: () => acked,
+      mailbox: (handle) =>
+        Effect.acquireRelease(
+          Effect.tap(Queue.unbounded<Reply>(), (box) => Effect.sync(() => mailboxes.set(handle, box))),
+          () => Effect.sync(() => mailboxes.delete(handle))
+        ),
+      open: (handle, manifest) =>
+        Effect.gen(function*() {
+          const d = yield* Deferred.make<Opened, DatasetRejected>()
+          opening.set(handle, d)
+          held.set(handle, new Map())
+          yield* link.send(encodeControl(new Open({ handle, manifest })))
+          return yield* whileUp(Deferred.await(d))
+        }),
+      sendBatch: (handle, seq, pieces, frame, onFlushed) =>
+        Effect.uninterruptibleMask((restore) =>
+          Effect.gen(function*() {
+            const bytes = Math.min(frame.length, options.window)
+            // taking window bytes and recording who holds them happen together
+            yield* restore(whileUp(window.take(bytes)))
+            const batches = held.get(handle)
+            if (batches === undefined) {
+              // the dataset failed meanwhile: nothing will ack this batch
+              yield* window.release(bytes)
+              onFlushed?.()
+              return
+            }
+            inflight += bytes
+            batches.set(seq, { bytes, pieces })
+            yield* restore(throttle.take(frame.length))
+            yield* restore(link.send(frame, onFlushed))
+          })
+        ),
+      seal: (handle, crc32) => link.send(encodeControl(new Seal({ handle, crc32 }))),
+      close: (handle) => Effect.zipRight(forget(handle), link.send(encodeControl(new Close({ handle }))).pipe(Effect.ignore)),
+      lost: Deferred.await(lost)
+    } satisfies Connection
+  })

@@ -1,0 +1,265 @@
+/**
+ * One client connection on the server: the handshake, then the datasets it
+ * opens, each in a session of its own, and its piece batches fed to the
+ * store and acknowledged once on disk. Each kind of frame is one small
+ * Effect; the whole connection is one Stream with its timeouts.
+ */
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { newNonce, proofMatches } from "../domain/Auth.js"
+import type { RefusalCode } from "../domain/Codes.js"
+import type { Manifest } from "../domain/Dataset.js"
+import { ProtocolError, StoreError } from "../domain/Errors.js"
+import { decodePieces, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
+import {
+  Committed,
+  type ControlMessage,
+  decodeControl,
+  encodeControl,
+  Failed,
+  Opened,
+  PROTOCOL_VERSION,
+  Ready,
+  Refused,
+  Welcome
+} from "../domain/Protocol.js"
+import { VERSION } from "../domain/Version.js"
+import { publish } from "../services/Monitor.js"
+import type { PieceStore, Session } from "../services/PieceStore.js"
+import type { Link } from "../services/Transport.js"
+import type { Gate, ServeOptions } from "./Server.js"
+
+/** Until the handshake is done, only small control frames are accepted. */
+export const HANDSHAKE_FRAME = 64 * 1024
+
+interface Open {
+  readonly session: Session
+  readonly scope: Scope.CloseableScope
+}
+
+export const serveConnection = (
+  store: PieceStore["Type"],
+  link: Link,
+  options: ServeOptions,
+  gate: Gate
+): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const scope = yield* Effect.scope
+    const peer = link.peer
+    const nonce = newNonce()
+    // frames of this connection being verified and written, in bytes
+    const memory = yield* Effect.makeSemaphore(options.connectionMemory)
+    const sessions = new Map<number, Open>()
+    /** Handles whose dataset failed: their batches still in flight are dropped quietly. */
+    const dropped = new Set<number>()
+    const handshake = yield* Deferred.make<void, ProtocolError>()
+    let stage: "hi" | "hello" | "ready" = "hi"
+    const ticket = yield* gate.enter(Deferred.fail(handshake, new ProtocolError({ peer, code: "TooManyPending", reason: "too many connections in the handshake; dropped the oldest" })))
+
+    const send = (bytes: Uint8Array) => link.send(bytes)
+    const refuse = (code: RefusalCode, message: string) =>
+      Effect.logWarning(`${peer}: refused (${code}): ${message}`).pipe(
+        Effect.annotateLogs({ peer, code }),
+        Effect.zipRight(publish({ event: "connection-refused", peer, code, message })),
+        Effect.zipRight(send(encodeControl(new Refused({ code, message })))),
+        Effect.ignore,
+        Effect.zipRight(Effect.fail(new ProtocolError({ peer, code, reason: message })))
+      )
+
+    /** Ends a dataset's session on this connection, closing its share of the dataset. */
+    const close = (handle: number) =>
+      Effect.suspend(() => {
+        const open = sessions.get(handle)
+        sessions.delete(handle)
+        return open === undefined ? Effect.void : Scope.close(open.scope, Exit.void)
+      })
+
+    const fail = (handle: number, e: StoreError) =>
+      Effect.gen(function*() {
+        dropped.add(handle)
+        yield* close(handle)
+        yield* Effect.logWarning(`${peer}: ${e.message}`).pipe(Effect.annotateLogs({ peer, dataset: e.dataset, code: e.code }))
+        yield* publish({ event: "dataset-failed", dataset: e.dataset, peer, code: e.code, message: e.reason })
+        yield* send(encodeControl(new Failed({ handle, dataset: e.dataset, code: e.code, message: e.reason })))
+      })
+
+    const open = (handle: number, manifest: Manifest) =>
+      Effect.gen(function*() {
+        if (sessions.has(handle)) return yield* refuse("HandleInUse", `handle ${handle} is already open`)
+        const sessionScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+        const opened = yield* Effect.either(Scope.extend(store.open(manifest), sessionScope))
+        if (Either.isLeft(opened)) {
+          yield* Scope.close(sessionScope, Exit.void)
+          return yield* fail(handle, opened.left)
+        }
+        const session = opened.right
+        sessions.set(handle, { session, scope: sessionScope })
+        dropped.delete(handle)
+        yield* Effect.logDebug(`${peer}: opened ${manifest.dataset} as handle ${handle} (${session.held.held}/${manifest.count} held)`)
+        yield* publish({ event: "dataset-opened", dataset: manifest.dataset, peer, pieces: manifest.count, held: session.held.held })
+        const committed = Option.getOrUndefined(session.committed)
+        yield* send(encodeControl(
+          new Opened({
+            handle,
+            held: session.held.held,
+            bitmap: session.held.held > 0 && committed === undefined ? session.held.toBase64() : null,
+            committed: committed === undefined ? null : committed.crc32 === "" ? "00000000" : committed.crc32
+          })
+        ))
+        if (committed !== undefined) yield* close(handle)
+      })
+
+    /** The sender vouches for its content: answer Committed once the store has committed exactly that. */
+    const seal = (handle: number, crc32: string) =>
+      Effect.gen(function*() {
+        const open = sessions.get(handle)
+        if (open === undefined) {
+          if (dropped.has(handle)) return
+          return yield* refuse("UnknownHandle", `seal for handle ${handle}, which is not open`)
+        }
+        yield* open.session.seal(parseInt(crc32, 16)).pipe(
+          Effect.matchEffect({
+            onFailure: (e) => fail(handle, e),
+            onSuccess: (c) =>
+              Effect.gen(function*() {
+                yield* close(handle)
+                yield* publish({ event: "dataset-committed", dataset: c.dataset, peer, bytes: c.size, crc32: c.crc32 })
+                yield* send(encodeControl(new Committed({ handle, dataset: c.dataset, size: c.size, crc32: c.crc32 })))
+              })
+          }),
+          Effect.ignore,
+          Effect.forkIn(scope)
+        )
+      })
+
+    const hi = (message: Extract<ControlMessage, { _tag: "Hi" }>) =>
+      Effect.gen(function*() {
+        if (message.protocol !== PROTOCOL_VERSION) {
+          return yield* refuse("VersionMismatch", `client speaks protocol ${message.protocol}, this server speaks ${PROTOCOL_VERSION}; upgrade the older side`)
+        }
+        stage = "hello"
+        yield* Effect.logDebug(`${peer}: hi from ${message.client}`)
+        yield* send(encodeControl(
+          new Welcome({
+            protocol: PROTOCOL_VERSION,
+            server: `ferry/${VERSION}`,
+            nonce,
+            auth: options.token === undefined ? "none" : "hmac-sha256",
+            idle: Duration.toSeconds(options.idleTimeout),
+            maxFrame: options.maxFrame
+          })
+        ))
+      })
+
+    const hello = (proof: string | null) =>
+      Effect.gen(function*() {
+        if (options.token !== undefined && !proofMatches(options.token, nonce, proof)) {
+          return yield* refuse(proof === null ? "AuthRequired" : "AuthFailed", proof === null ? "this server requires a token (--token-file or FERRY_TOKEN)" : "authentication failed: wrong token")
+        }
+        if (!(yield* ticket.pass)) {
+          return yield* refuse("TooManyConnections", `the server has ${ticket.ready()} connections, its limit; try again later`)
+        }
+        stage = "ready"
+        link.limitFrames(options.maxFrame)
+        yield* publish({ event: "connection-accepted", peer })
+        yield* send(encodeControl(new Ready()))
+        yield* Deferred.succeed(handshake, undefined)
+      })
+
+    const onControl = (body: Buffer) =>
+      Effect.gen(function*() {
+        const decoded = decodeControl(body)
+        if (Either.isLeft(decoded)) return yield* refuse("BadMessage", `malformed control message: ${decoded.left}`)
+        const message = decoded.right
+        switch (message._tag) {
+          case "Hi":
+            return stage === "hi" ? yield* hi(message) : yield* refuse("Unexpected", "second Hi")
+          case "Hello":
+            return stage === "hello" ? yield* hello(message.proof) : yield* refuse("Unexpected", stage === "hi" ? "Hello before Hi" : "second Hello")
+          case "Open":
+            return stage === "ready" ? yield* open(message.handle, message.manifest) : yield* refuse("NotReady", "Open before the handshake")
+          case "Seal":
+            return stage === "ready" ? yield* seal(message.handle, message.crc32) : yield* refuse("NotReady", "Seal before the handshake")
+          case "Close":
+            return stage === "ready" ? yield* close(message.handle) : yield* refuse("NotReady", "Close before the handshake")
+          case "Ping":
+            return
+          default:
+            return yield* refuse("Unexpected", `unexpected ${message._tag} from a client`)
+        }
+      })
+
+    const onPieces = (body: Buffer) =>
+      Effect.gen(function*() {
+        if (stage !== "ready") return yield* refuse("NotReady", "pieces before the handshake")
+        const batch = decodePieces(body)
+        if ("problem" in batch) return yield* refuse("BadFrame", batch.problem)
+        const open = sessions.get(batch.handle)
+        if (open === undefined) {
+          if (dropped.has(batch.handle)) return
+          return yield* refuse("UnknownHandle", `pieces for handle ${batch.handle}, which is not open`)
+        }
+        const { session } = open
+        const written = yield* memory.withPermits(Math.min(body.length, options.connectionMemory))(session.write(batch, body)).pipe(
+          // a bug or a dead worker fails this dataset with one line, not the whole connection
+          Effect.catchAllDefect((defect) =>
+            Effect.zipRight(
+              Effect.logError(`${peer}: internal error while writing ${session.manifest.dataset}: ${defect instanceof Error ? defect.message : String(defect)}`),
+              Effect.fail(new StoreError({ dataset: session.manifest.dataset, code: "Internal", reason: "internal error on the server (see its log)" }))
+            )
+          ),
+          Effect.either
+        )
+        if (Either.isLeft(written)) return yield* fail(batch.handle, written.left)
+        yield* send(encodeAck(batch.handle, batch.seq))
+      })
+
+    const onFrame = (frame: RawFrame) => {
+      switch (frame.kind) {
+        case FrameKind.Control:
+          return onControl(frame.body)
+        case FrameKind.Pieces:
+          return onPieces(frame.body)
+        case FrameKind.Ack:
+          return refuse("Unexpected", "ack from a client")
+      }
+    }
+
+    yield* Effect.logDebug(`${peer}: connected`)
+    const handshakeDeadline = Deferred.await(handshake).pipe(
+      Effect.timeoutFail({
+        duration: options.handshakeTimeout,
+        onTimeout: () => new ProtocolError({ peer, code: "HandshakeTimeout", reason: "no handshake in time" })
+      }),
+      Effect.tapError((e) => refuse(e.code, e.reason).pipe(Effect.ignore)),
+      Effect.zipRight(Effect.never)
+    )
+
+    const idle = () => new ProtocolError({ peer, code: "IdleTimeout", reason: `nothing received for ${Duration.format(options.idleTimeout)}` })
+    const outcome = yield* link.frames.pipe(
+      Stream.timeoutFail(idle, options.idleTimeout),
+      // on shutdown no new frame is taken; the batches already taken finish writing
+      Stream.interruptWhen(gate.stopping),
+      Stream.mapEffect(onFrame, { concurrency: options.batchesInFlight, unordered: true }),
+      Stream.runDrain,
+      Effect.raceFirst(handshakeDeadline),
+      Effect.either
+    )
+    if (Either.isLeft(outcome)) {
+      const e = outcome.left
+      if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
+      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending") yield* Effect.logDebug(`${peer}: dropped: ${e.reason}`)
+      else yield* Effect.logDebug(`${peer}: ${e.message}`)
+    } else if (yield* gate.isStopping) {
+      yield* send(encodeControl(new Refused({ code: "ShuttingDown", message: "the server is stopping; try again, or another server" }))).pipe(Effect.ignore)
+    } else yield* Effect.logDebug(`${peer}: disconnected`)
+    for (const handle of [...sessions.keys()]) yield* close(handle)
+    yield* link.end
+  }).pipe(Effect.annotateLogs({ peer: link.peer }))

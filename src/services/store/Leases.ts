@@ -1,0 +1,210 @@
+/**
+ * Leases on datasets of a shared destination (see domain/Lease.ts for the
+ * design): taking one, keeping it alive with heartbeats, noticing it was
+ * taken over, and confirming it before a commit.
+ */
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import { randomBytes } from "node:crypto"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import { StoreError } from "../../domain/Errors.js"
+import {
+  decodeLease,
+  encodeLease,
+  epochFolder,
+  judge,
+  LEASE_BYTES,
+  type LeaseOwner,
+  type LeaseRecord,
+  leaseFile,
+  type Observation,
+  sameMachine,
+  stateEntries
+} from "../../domain/Lease.js"
+import { Destination } from "../Destination.js"
+
+export const STATE_FOLDER = ".ferry"
+
+/** This server's hold on one dataset. */
+export interface Lease {
+  readonly epoch: number
+  /** The folder of this epoch's files, relative to the destination. */
+  readonly folder: string
+  /** Fails with LeaseLost once another server has taken the dataset; renews first when the last beat is old. */
+  readonly assure: Effect.Effect<void, StoreError>
+  /** Beats now and checks that no other server took the dataset: the last step before a commit. */
+  readonly confirm: Effect.Effect<void, StoreError>
+  /** Completes when the lease is lost. */
+  readonly lost: Deferred.Deferred<void>
+}
+
+export class Leases extends Context.Tag("ferry/Leases")<Leases, {
+  readonly owner: LeaseOwner
+  readonly leaseMs: number
+  /** Takes the dataset, or fails with Busy; released (the lease file removed) with the scope. */
+  readonly acquire: (dataset: string) => Effect.Effect<Lease, StoreError, Scope.Scope>
+}>() {}
+
+/** Who this process is, for the leases it takes. */
+export const processOwner = (): LeaseOwner => ({
+  host: os.hostname(),
+  boot: readOr("/proc/sys/kernel/random/boot_id", "").trim(),
+  pid: process.pid,
+  start: startTimeOf(process.pid) ?? "",
+  id: randomBytes(8).toString("hex")
+})
+
+const readOr = (path: string, fallback: string): string => {
+  try {
+    return fs.readFileSync(path, "utf8")
+  } catch {
+    return fallback
+  }
+}
+
+/** Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot. */
+const startTimeOf = (pid: number): string | undefined => {
+  const stat = readOr(`/proc/${pid}/stat`, "")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return fields[19]
+}
+
+/** Whether a process of this machine that held a lease is gone (or its pid now belongs to another). */
+export const processGone = (owner: LeaseOwner): boolean => {
+  try {
+    process.kill(owner.pid, 0)
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ESRCH") return true
+  }
+  const start = startTimeOf(owner.pid)
+  return start !== undefined && owner.start !== "" && start !== owner.start
+}
+
+export interface LeaseOptions {
+  /** A lease whose beat stands still this long is free to take. */
+  readonly leaseMs: number
+  readonly owner?: LeaseOwner
+  readonly gone?: (owner: LeaseOwner) => boolean
+}
+
+export const makeLeases = (options: LeaseOptions) =>
+  Effect.gen(function*() {
+    const dest = yield* Destination
+    const me = options.owner ?? processOwner()
+    const gone = options.gone ?? processGone
+    const leaseMs = options.leaseMs
+    /** What we last saw of leases held by others, by dataset. */
+    const observations = new Map<string, Observation>()
+
+    const busy = (dataset: string, reason: string) => new StoreError({ dataset, code: "Busy", reason })
+    const lostError = (dataset: string) =>
+      new StoreError({ dataset, code: "LeaseLost", reason: "another server on the same destination took this dataset over (this one was stalled for longer than the lease)" })
+    const stateError = (dataset: string) => (e: { readonly message: string; readonly code?: string }) =>
+      new StoreError({ dataset, code: e.code === "EROFS" ? "ReadOnly" : e.code === "ENOSPC" ? "NoSpace" : "StateUnusable", reason: e.message })
+
+    const holderOf = (record: LeaseRecord | undefined) =>
+      record === undefined ? "a server that left its lease unreadable" : `${record.owner.host}, pid ${record.owner.pid}`
+
+    const acquire = (dataset: string): Effect.Effect<Lease, StoreError, Scope.Scope> =>
+      Effect.gen(function*() {
+        const dir = `${STATE_FOLDER}/${dataset}`
+        yield* dest.ensureDir(dir).pipe(Effect.mapError(stateError(dataset)))
+        const entries = stateEntries(yield* dest.list(dir).pipe(Effect.mapError(stateError(dataset))))
+        if (entries.lease !== undefined) {
+          const bytes = yield* dest.readFile(`${dir}/${leaseFile(entries.lease)}`, LEASE_BYTES).pipe(Effect.mapError(stateError(dataset)))
+          const record = Option.isSome(bytes) ? decodeLease(bytes.value) : undefined
+          const holderGone = record !== undefined && record.owner.id !== me.id && sameMachine(record.owner, me) && gone(record.owner)
+          if (Option.isSome(bytes) && !holderGone) {
+            const verdict = judge(observations.get(dataset), { epoch: entries.lease, beat: record?.beat ?? -1 }, Date.now(), leaseMs)
+            observations.set(dataset, verdict.observation)
+            if (!verdict.expired) {
+              return yield* Effect.fail(busy(
+                dataset,
+                record?.owner.id === me.id
+                  ? "this server is still closing it; try again in a moment"
+                  : `another server on this destination is writing it (${holderOf(record)}); if that server has stopped, it is free within ${Math.ceil(verdict.remainingMs / 1000)} s`
+              ))
+            }
+            yield* Effect.logInfo(`${dataset}: taking over from ${holderOf(record)}, silent for ${Math.round(leaseMs / 1000)} s`)
+          } else if (holderGone) {
+            yield* Effect.logInfo(`${dataset}: taking over from ${holderOf(record)}, which is no longer running`)
+          }
+        }
+        observations.delete(dataset)
+        const epoch = entries.current + 1
+        let beat = 0
+        // O_EXCL: of several servers taking this dataset at once, exactly one succeeds
+        yield* dest.writeFile(`${dir}/${leaseFile(epoch)}`, encodeLease({ owner: me, epoch, beat }), { exclusive: true, sync: true }).pipe(
+          Effect.mapError((e) => (e.code === "EEXIST" ? busy(dataset, "another server on this destination took it a moment ago") : stateError(dataset)(e)))
+        )
+        const lost = yield* Deferred.make<void>()
+        // removed when the dataset is closed (after its files: finalizers run in reverse)
+        yield* Effect.addFinalizer(() => Effect.logDebug("DBG lease fin").pipe(Effect.zipRight(dest.remove(`${dir}/${leaseFile(epoch)}`)), Effect.ignore, Effect.zipRight(Effect.logDebug("DBG lease fin done"))))
+        const previous = entries.epochs.at(-1)
+        if (previous !== undefined) {
+          // the fence: a former holder's commit renames from its own epoch's folder, which is gone from now on
+          yield* dest.rename(`${dir}/${epochFolder(previous)}`, `${dir}/${epochFolder(epoch)}`).pipe(
+            Effect.catchIf((e) => e.code === "ENOENT", () => Effect.void),
+            Effect.mapError(stateError(dataset))
+          )
+        }
+        for (const e of entries.leases) yield* dest.remove(`${dir}/${leaseFile(e)}`).pipe(Effect.ignore)
+        for (const e of entries.epochs.slice(0, -1)) yield* dest.remove(`${dir}/${epochFolder(e)}`).pipe(Effect.ignore)
+        const folder = `${dir}/${epochFolder(epoch)}`
+        yield* dest.ensureDir(folder).pipe(Effect.mapError(stateError(dataset)))
+        const file = yield* dest.open(`${dir}/${leaseFile(epoch)}`, "existing").pipe(Effect.mapError(stateError(dataset)))
+
+        let lastBeat = Date.now()
+        let isLost = false
+        const markLost = Effect.suspend(() => {
+          if (isLost) return Effect.void
+          isLost = true
+          return Effect.zipRight(Effect.logWarning(`${dataset}: lost to another server on the same destination`), Deferred.succeed(lost, undefined))
+        })
+        const check = Effect.gen(function*() {
+          const names = yield* dest.list(dir)
+          const now = stateEntries(names)
+          if (now.current > epoch || !names.includes(leaseFile(epoch))) yield* markLost
+        })
+        const beatOnce = Effect.gen(function*() {
+          if (isLost) return
+          const startedAt = Date.now()
+          yield* file.write(encodeLease({ owner: me, epoch, beat: beat + 1 }), 0)
+          // visible to other machines (NFS close-to-open) only once it reached the server
+          yield* file.sync
+          beat++
+          yield* check
+          if (!isLost) lastBeat = startedAt
+        }).pipe(
+          // a beat that cannot be written is a lease that will run out
+          Effect.catchAll((e) =>
+            Date.now() - lastBeat > leaseMs / 2
+              ? Effect.zipRight(Effect.logWarning(`${dataset}: cannot renew the lease (${e.message})`), markLost)
+              : Effect.void
+          )
+        )
+        const beating = yield* Effect.makeSemaphore(1)
+        // taken while opening a dataset, which runs uninterruptibly: the beats must stay interruptible
+        yield* beatOnce.pipe(beating.withPermits(1), Effect.repeat(Schedule.spaced(Math.max(50, Math.floor(leaseMs / 3)))), Effect.interruptible, Effect.forkScoped)
+        const failIfLost = Effect.suspend(() => (isLost ? Effect.fail(lostError(dataset)) : Effect.void))
+        return {
+          epoch,
+          folder,
+          lost,
+          assure: Effect.suspend(() =>
+            isLost ? Effect.fail(lostError(dataset)) : Date.now() - lastBeat > leaseMs / 2 ? Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost) : Effect.void
+          ),
+          confirm: Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost)
+        } satisfies Lease
+      })
+
+    return { owner: me, leaseMs, acquire }
+  })
+
+export const LeasesLive = (options: LeaseOptions) => Layer.effect(Leases, makeLeases(options))
