@@ -1,152 +1,165 @@
 /**
- * The `ferry` command line: send, serve, fake. Each command checks its flags,
- * provides the live layers, runs the pipeline, and turns any failure into one
- * line on stderr and a non-zero exit code.
+ * The `ferry` command line: send, serve, fake. This file declares the commands
+ * and their options (read as CliOptions.ts says: flag, else FERRY_* variable,
+ * else the pipeline's default) and maps them onto the pipelines' options.
+ * Whatever goes wrong ends as one line on stderr, in the chosen log format,
+ * and an exit code.
  */
+import * as CliConfig from "@effect/cli/CliConfig"
 import * as Command from "@effect/cli/Command"
+import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
-import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as Terminal from "@effect/platform/Terminal"
 import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
 import * as Console from "effect/Console"
+import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import { defaultSendOptions, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send } from "./client/Client.js"
+import { eraseBoard } from "./client/Progress.js"
+import { choice, envName, flag, optionalFile, setting, token, usageError } from "./CliOptions.js"
 import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"
 import { UsageError } from "./domain/Errors.js"
-import { formatBytes, parseAddress, parseBytes } from "./domain/Units.js"
+import {
+  AddressText,
+  ByteSize,
+  Count,
+  DurationText,
+  formatBytes,
+  fromText,
+  Port,
+  PositiveByteSize,
+  PositiveCount,
+  WholeNumber
+} from "./domain/Units.js"
 import { VERSION } from "./domain/Version.js"
-import { LoggingLive } from "./Logging.js"
-import { defaultServeOptions, serve, type ServeOptions } from "./server/Server.js"
-import { DiskSpaceLive } from "./services/DiskSpace.js"
-import { parseToken } from "./domain/Auth.js"
+import { type LogFormat, type LogOutput, LoggingLive, logExit, stderrOutput } from "./Logging.js"
+import { defaultServeOptions, serve } from "./server/Server.js"
 import { DatasetScannerLive } from "./services/DatasetScanner.js"
+import { DiskSpaceLive } from "./services/DiskSpace.js"
 import { GunzipPoolLive } from "./services/GunzipPool.js"
 import { PieceReaderLive } from "./services/PieceReader.js"
 import { defaultStoreLimits, PieceStoreLayer } from "./services/PieceStore.js"
 import { SampleMaker, SampleMakerLive } from "./services/SampleMaker.js"
 import { TcpTransport } from "./services/Transport.js"
-import * as Schema from "effect/Schema"
 
-/** Exit codes: 1 when the job failed, 2 when the command line was wrong. */
-export const ExitCode = { Failed: 1, Usage: 2, Interrupted: 130 } as const
+/** Exit codes: 1 when the job failed, 2 when the command line was wrong, 130 when interrupted. */
+export const ExitCode = { Ok: 0, Failed: 1, Usage: 2, Interrupted: 130 } as const
 
-const debug = Options.boolean("debug").pipe(Options.withDescription("Detailed logs on stderr."))
+/** A failure already told to the user: only its exit code is left to give. */
+class Reported extends Data.TaggedError("Reported")<{ readonly exitCode: number }> {}
 
-const positive = (flag: string, value: number) =>
-  Number.isSafeInteger(value) && value > 0
-    ? Effect.succeed(value)
-    : Effect.fail(new UsageError({ reason: `--${flag} must be a whole number above 0, not ${value}` }))
+/* Options every command takes */
 
-const bytesFlag = (flag: string, text: string) => {
-  const n = parseBytes(text)
-  return n === undefined
-    ? Effect.fail(new UsageError({ reason: `--${flag} must be a size in bytes such as 16384 or 16KiB, not ${JSON.stringify(text)}` }))
-    : Effect.succeed(n)
+const Text = Schema.String
+
+const logging = {
+  logFormat: setting("log-format", choice(["text", "json"]), "text|json", "Log lines on stderr as text, or as JSON objects (one per line).")
+    .withDefault("text"),
+  debug: flag("debug", "Detailed logs on stderr.")
 }
 
-const secondsFlag = (flag: string, value: number) =>
-  Number.isFinite(value) && value > 0
-    ? Effect.succeed(Duration.millis(Math.round(value * 1000)))
-    : Effect.fail(new UsageError({ reason: `--${flag} must be a number of seconds above 0, not ${value}` }))
+interface LogFlags {
+  readonly logFormat: LogFormat
+  readonly debug: boolean
+}
 
-/** Reads a PEM or token file given on the command line; a missing one is a usage error. */
-const readFlagFile = (flag: string, file: string) =>
-  Effect.flatMap(FileSystem.FileSystem, (fs) =>
-    fs.readFile(file).pipe(
-      Effect.map((bytes) => Buffer.from(bytes)),
-      Effect.mapError((e) => new UsageError({ reason: `--${flag} ${file}: ${e._tag === "SystemError" && e.reason === "NotFound" ? "no such file" : e.message}` }))
-    ))
+/** Log lines on stderr; on a terminal, a line first erases the live progress board, which is drawn again below it. */
+const logOutput: LogOutput = {
+  ...stderrOutput,
+  beforeWrite: () => {
+    if (process.stderr.isTTY) eraseBoard(stderrOutput.write)
+  }
+}
 
-/** The shared secret: --token-file wins over FERRY_TOKEN; neither means no authentication. */
-const tokenFrom = (file: Option.Option<string>) =>
-  Effect.gen(function*() {
-    const text = Option.isSome(file)
-      ? (yield* readFlagFile("token-file", file.value)).toString("utf8")
-      : process.env["FERRY_TOKEN"]
-    if (text === undefined) return undefined
-    const parsed = parseToken(text)
-    if ("problem" in parsed) {
-      return yield* Effect.fail(new UsageError({ reason: `${Option.isSome(file) ? `--token-file ${file.value}` : "FERRY_TOKEN"}: ${parsed.problem}` }))
-    }
-    return parsed.token
-  })
+const loggingFor = (flags: LogFlags) => LoggingLive({ format: flags.logFormat, debug: flags.debug }, logOutput)
 
-const tokenFile = Options.text("token-file").pipe(
-  Options.optional,
-  Options.withDescription("File holding the shared secret (one line); FERRY_TOKEN in the environment does the same.")
-)
-const handshakeTimeout = Options.float("handshake-timeout").pipe(Options.withDefault(10), Options.withDescription("Seconds the handshake may take."))
+/** Says why a command failed, in one line; the exit code it stops with. */
+const report = (cause: Cause.Cause<{ readonly message: string; readonly _tag: string }>, debug: boolean) => {
+  if (Cause.isInterruptedOnly(cause)) return Effect.succeed(ExitCode.Interrupted)
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    const exitCode = failure.value._tag === "UsageError" ? ExitCode.Usage : ExitCode.Failed
+    return Effect.as(logExit(failure.value.message, exitCode), exitCode)
+  }
+  const defect = Cause.squash(cause)
+  return Effect.as(
+    logExit(`internal error: ${defect instanceof Error ? defect.message : String(defect)}`, ExitCode.Failed, debug ? cause : undefined),
+    ExitCode.Failed
+  )
+}
 
-/** Runs a command's program: one line and an exit code for any failure. */
-const run = <E extends { readonly message: string; readonly _tag: string }>(isDebug: boolean, program: Effect.Effect<void, E>) =>
+/** Runs a command's program with its logging; any failure is reported, and leaves as its exit code. */
+const run = <E extends { readonly message: string; readonly _tag: string }, R>(flags: LogFlags, program: Effect.Effect<void, E, R>) =>
   program.pipe(
-    Effect.catchAllCause((cause) =>
-      Effect.gen(function*() {
-        if (Cause.isInterruptedOnly(cause)) {
-          process.exitCode = ExitCode.Interrupted
-          return
-        }
-        const failure = Cause.failureOption(cause)
-        if (Option.isSome(failure)) {
-          yield* Console.error(`ferry: ${failure.value.message}`)
-          process.exitCode = failure.value._tag === "UsageError" ? ExitCode.Usage : ExitCode.Failed
-        } else {
-          const defect = Cause.squash(cause)
-          yield* Console.error(`ferry: internal error: ${defect instanceof Error ? defect.message : String(defect)}`)
-          if (isDebug) yield* Console.error(Cause.pretty(cause))
-          process.exitCode = ExitCode.Failed
-        }
-      })
-    ),
-    Effect.provide(LoggingLive(isDebug))
+    Effect.catchAllCause((cause) => Effect.flatMap(report(cause, flags.debug), (exitCode) => Effect.fail(new Reported({ exitCode })))),
+    Effect.provide(loggingFor(flags)),
+    directOutput
   )
 
+const handshakeTimeout = (serverSide: boolean) =>
+  setting(
+    "handshake-timeout",
+    DurationText,
+    "SECONDS",
+    serverSide ? "Time a client has to finish the handshake (TLS included), in seconds or as \"500 millis\"." : "Time the server has to greet and accept us, in seconds or as \"500 millis\"."
+  ).withDefault(Duration.decode(serverSide ? defaultServeOptions.handshakeTimeout : defaultSendOptions.handshakeTimeout))
+
+const tokenOption = token("File holding the shared secret (one line).")
+
 /* ferry send */
+
+const Connections = fromText(
+  Schema.Union(Schema.Number, Schema.Literal("auto")),
+  "auto or a whole number above 0",
+  (text): number | "auto" | undefined => (text.trim() === "auto" ? "auto" : Schema.decodeOption(PositiveCount)(text).pipe(Option.getOrUndefined)),
+  String
+)
 
 const sendCommand = Command.make(
   "send",
   {
-    path: Options.text("path").pipe(Options.withDescription("Folder holding NAME-NNNNNNN.gz pieces and NAME.done markers.")),
-    address: Options.text("address").pipe(Options.withDescription("Server to send to, as HOST:PORT.")),
-    connections: Options.integer("connections").pipe(
-      Options.optional,
-      Options.withDescription(`TCP connections to open (default: 1 when the first connection is set up within ${NEAR_ROUND_TRIP_MS} ms, as on loopback, a LAN or nearby; ${FAR_CONNECTIONS} when the server is farther).`)
-    ),
-    quiet: Options.boolean("quiet").pipe(Options.withDescription("No progress display.")),
-    retries: Options.integer("retries").pipe(Options.withDefault(defaultSendOptions.retries), Options.withDescription("Reconnections in a row without progress before giving up.")),
-    tokenFile,
-    tls: Options.boolean("tls").pipe(Options.withDescription("Use TLS, verifying the server against the system's roots.")),
-    tlsCa: Options.text("tls-ca").pipe(Options.optional, Options.withDescription("Use TLS, verifying the server against this CA certificate (PEM).")),
-    tlsServername: Options.text("tls-servername").pipe(Options.optional, Options.withDescription("Name the server's certificate must carry (default: the host of --address).")),
-    handshakeTimeout,
-    debug
+    path: setting("path", Text, "DIR", "Folder holding NAME-NNNNNNN.gz pieces and NAME.done markers.").required,
+    address: setting("address", AddressText, "HOST:PORT", "Server to send to.").required,
+    connections: setting(
+      "connections",
+      Connections,
+      "N|auto",
+      `TCP connections to open. auto: 1 when the first connection is set up within ${NEAR_ROUND_TRIP_MS} ms (loopback, a LAN, nearby), ${FAR_CONNECTIONS} when the server is farther.`
+    ).withDefault(defaultSendOptions.connections),
+    retries: setting("retries", Count, "N", "Reconnections in a row without progress before giving up.").withDefault(defaultSendOptions.retries),
+    token: tokenOption,
+    tls: flag("tls", "Use TLS, verifying the server against the system's roots."),
+    tlsCa: optionalFile("tls-ca", "Use TLS, verifying the server against this CA certificate (PEM)."),
+    tlsServername: setting("tls-servername", Text, "NAME", "Name the server's certificate must carry (default: the host of --address).").optional,
+    handshakeTimeout: handshakeTimeout(false),
+    quiet: flag("quiet", "No progress display."),
+    ...logging
   },
   (flags) =>
     run(
-      flags.debug,
+      flags,
       Effect.gen(function*() {
-        const address = parseAddress(flags.address)
-        if (address === undefined) return yield* Effect.fail(new UsageError({ reason: `--address must be HOST:PORT, not ${JSON.stringify(flags.address)}` }))
-        const connections = Option.isSome(flags.connections) ? yield* positive("connections", flags.connections.value) : "auto"
-        if (!Number.isSafeInteger(flags.retries) || flags.retries < 0) return yield* Effect.fail(new UsageError({ reason: `--retries must be 0 or more, not ${flags.retries}` }))
-        const token = yield* tokenFrom(flags.tokenFile)
-        const ca = Option.isSome(flags.tlsCa) ? yield* readFlagFile("tls-ca", flags.tlsCa.value) : undefined
-        const tls = flags.tls || ca !== undefined ? { ca, servername: Option.getOrUndefined(flags.tlsServername) } : undefined
         const started = Date.now()
+        const ca = Option.getOrUndefined(flags.tlsCa)
         const reports = yield* send({
           ...defaultSendOptions,
           dir: flags.path,
-          address,
-          connections,
+          address: flags.address,
+          connections: flags.connections,
           retries: flags.retries,
-          token,
-          tls,
-          handshakeTimeout: yield* secondsFlag("handshake-timeout", flags.handshakeTimeout),
-          progress: flags.quiet ? "none" : process.stderr.isTTY ? "tty" : "lines"
+          token: flags.token,
+          tls: flags.tls || ca !== undefined ? { ca, servername: Option.getOrUndefined(flags.tlsServername) } : undefined,
+          handshakeTimeout: flags.handshakeTimeout,
+          // periodic progress lines are not log events: they would break a stream of JSON lines
+          progress: flags.quiet || flags.logFormat === "json" ? "none" : process.stderr.isTTY ? "tty" : "lines"
         }).pipe(Effect.scoped)
         let bytes = 0
         for (const r of reports) {
@@ -158,139 +171,268 @@ const sendCommand = Command.make(
         }
         const seconds = (Date.now() - started) / 1000
         yield* Effect.logInfo(`done: ${reports.length} dataset(s), ${formatBytes(bytes)} in ${seconds.toFixed(1)} s (${formatBytes(bytes / Math.max(seconds, 1e-3))}/s)`)
-      }).pipe(
-        Effect.provide(Layer.mergeAll(TcpTransport, PieceReaderLive(), DatasetScannerLive(), NodeContext.layer))
-      )
+      }).pipe(Effect.provide(Layer.mergeAll(TcpTransport, PieceReaderLive(), DatasetScannerLive())))
     )
 ).pipe(Command.withDescription("Send every dataset in a folder to a ferry server, waiting for markers that are not there yet."))
 
 /* ferry serve */
 
+/** --max-frame and --connection-memory: a frame must fit in a connection's memory. */
+const frames = Options.all({
+  maxFrame: setting("max-frame", PositiveByteSize, "BYTES", "Largest frame accepted (64KiB until a client has passed the handshake).")
+    .withDefault(defaultServeOptions.maxFrame),
+  connectionMemory: setting("connection-memory", PositiveByteSize, "BYTES", "Frame bytes of one connection being verified and written at once.")
+    .withDefault(defaultServeOptions.connectionMemory)
+}).pipe(
+  Options.mapEffect((f) =>
+    f.maxFrame > f.connectionMemory
+      ? Effect.fail(usageError(`--max-frame (${f.maxFrame}) cannot be larger than --connection-memory (${f.connectionMemory})`))
+      : Effect.succeed(f)
+  )
+)
+
+/** --tls-cert and --tls-key: both or neither. */
+const serverTls = Options.all({
+  cert: optionalFile("tls-cert", "TLS certificate (PEM); with --tls-key, clients must use TLS."),
+  key: optionalFile("tls-key", "TLS private key (PEM).")
+}).pipe(
+  Options.mapEffect(({ cert, key }) =>
+    Option.isSome(cert) && Option.isSome(key)
+      ? Effect.succeed({ cert: cert.value, key: key.value })
+      : Option.isSome(cert) || Option.isSome(key)
+      ? Effect.fail(usageError("--tls-cert and --tls-key go together"))
+      : Effect.succeed(undefined)
+  )
+)
+
 const serveCommand = Command.make(
   "serve",
   {
-    port: Options.integer("port").pipe(Options.withDescription("TCP port to listen on (0 picks a free one).")),
-    dest: Options.text("dest").pipe(Options.withDescription("Folder where rebuilt files and their .done markers appear.")),
-    host: Options.text("host").pipe(Options.withDefault(defaultServeOptions.host), Options.withDescription("Address to listen on.")),
-    maxFrame: Options.text("max-frame").pipe(Options.withDefault("16MiB"), Options.withDescription("Largest frame accepted, in bytes.")),
-    tokenFile,
-    tlsCert: Options.text("tls-cert").pipe(Options.optional, Options.withDescription("TLS certificate (PEM); with --tls-key, clients must use TLS.")),
-    tlsKey: Options.text("tls-key").pipe(Options.optional, Options.withDescription("TLS private key (PEM).")),
-    maxConnections: Options.integer("max-connections").pipe(Options.withDefault(defaultServeOptions.maxConnections), Options.withDescription("Connections past the handshake, at most.")),
-    maxPending: Options.integer("max-pending").pipe(Options.withDefault(defaultServeOptions.maxPending), Options.withDescription("Connections still in the handshake, at most (the oldest is dropped).")),
-    maxDatasets: Options.integer("max-datasets").pipe(Options.withDefault(defaultStoreLimits.maxDatasets), Options.withDescription("Datasets in progress at once.")),
-    maxDatasetSize: Options.text("max-dataset-size").pipe(Options.withDefault("16TiB"), Options.withDescription("Largest original file accepted.")),
-    maxPieces: Options.integer("max-pieces").pipe(Options.withDefault(defaultStoreLimits.maxPieces), Options.withDescription("Most pieces in one dataset.")),
-    maxSlice: Options.text("max-slice").pipe(Options.withDefault("64MiB"), Options.withDescription("Largest slice (what one piece decompresses to).")),
-    connectionMemory: Options.text("connection-memory").pipe(Options.withDefault("128MiB"), Options.withDescription("Memory one connection's frames may hold.")),
-    handshakeTimeout,
-    idleTimeout: Options.float("idle-timeout").pipe(Options.withDefault(120), Options.withDescription("Seconds of silence before a connection is dropped.")),
-    debug
+    port: setting("port", Port, "PORT", "TCP port to listen on (0 picks a free one).").required,
+    dest: setting("dest", Text, "DIR", "Folder where rebuilt files and their .done markers appear.").required,
+    host: setting("host", Text, "ADDR", "Address to listen on.").withDefault(defaultServeOptions.host),
+    token: tokenOption,
+    tls: serverTls,
+    frames,
+    maxConnections: setting("max-connections", PositiveCount, "N", "Connections past the handshake, at most.").withDefault(defaultServeOptions.maxConnections),
+    maxPending: setting("max-pending", PositiveCount, "N", "Connections still in the handshake, at most (past it, the oldest is dropped).").withDefault(defaultServeOptions.maxPending),
+    maxDatasets: setting("max-datasets", PositiveCount, "N", "Datasets in progress at once.").withDefault(defaultStoreLimits.maxDatasets),
+    maxDatasetSize: setting("max-dataset-size", ByteSize, "BYTES", "Largest original file accepted.").withDefault(defaultStoreLimits.maxDatasetSize),
+    maxPieces: setting("max-pieces", PositiveCount, "N", "Most pieces in one dataset.").withDefault(defaultStoreLimits.maxPieces),
+    maxSlice: setting("max-slice", PositiveByteSize, "BYTES", "Largest slice (what one piece decompresses to).").withDefault(defaultStoreLimits.maxSliceSize),
+    handshakeTimeout: handshakeTimeout(true),
+    idleTimeout: setting("idle-timeout", DurationText, "SECONDS", "Silence after which a connection is dropped, in seconds or as \"2 minutes\".")
+      .withDefault(Duration.decode(defaultServeOptions.idleTimeout)),
+    ...logging
   },
   (flags) =>
     run(
-      flags.debug,
+      flags,
       Effect.gen(function*() {
-        if (!Number.isSafeInteger(flags.port) || flags.port < 0 || flags.port > 65535) {
-          return yield* Effect.fail(new UsageError({ reason: `--port must be 0 to 65535, not ${flags.port}` }))
-        }
-        const maxFrame = yield* bytesFlag("max-frame", flags.maxFrame)
-        const connectionMemory = yield* bytesFlag("connection-memory", flags.connectionMemory)
-        if (maxFrame > connectionMemory) {
-          return yield* Effect.fail(new UsageError({ reason: `--max-frame (${maxFrame}) cannot be larger than --connection-memory (${connectionMemory})` }))
-        }
+        const dest = (yield* Path.Path).resolve(flags.dest)
         const limits = {
-          maxDatasets: yield* positive("max-datasets", flags.maxDatasets),
-          maxPieces: yield* positive("max-pieces", flags.maxPieces),
-          maxDatasetSize: yield* bytesFlag("max-dataset-size", flags.maxDatasetSize),
-          maxSliceSize: yield* bytesFlag("max-slice", flags.maxSlice)
+          maxDatasets: flags.maxDatasets,
+          maxPieces: flags.maxPieces,
+          maxDatasetSize: flags.maxDatasetSize,
+          maxSliceSize: flags.maxSlice
         }
-        const token = yield* tokenFrom(flags.tokenFile)
-        if (Option.isSome(flags.tlsCert) !== Option.isSome(flags.tlsKey)) {
-          return yield* Effect.fail(new UsageError({ reason: "--tls-cert and --tls-key go together" }))
-        }
-        const tls = Option.isSome(flags.tlsCert) && Option.isSome(flags.tlsKey)
-          ? { cert: yield* readFlagFile("tls-cert", flags.tlsCert.value), key: yield* readFlagFile("tls-key", flags.tlsKey.value) }
-          : undefined
-        const options: ServeOptions = {
-          ...defaultServeOptions,
-          host: flags.host,
-          port: flags.port,
-          maxFrame,
-          connectionMemory,
-          token,
-          tls,
-          maxConnections: yield* positive("max-connections", flags.maxConnections),
-          maxPending: yield* positive("max-pending", flags.maxPending),
-          handshakeTimeout: yield* secondsFlag("handshake-timeout", flags.handshakeTimeout),
-          idleTimeout: yield* secondsFlag("idle-timeout", flags.idleTimeout)
-        }
-        const path = yield* Path.Path
-        const dest = path.resolve(flags.dest)
         yield* Effect.gen(function*() {
-          const address = yield* serve(options)
+          const address = yield* serve({
+            ...defaultServeOptions,
+            host: flags.host,
+            port: flags.port,
+            maxFrame: flags.frames.maxFrame,
+            connectionMemory: flags.frames.connectionMemory,
+            token: flags.token,
+            tls: flags.tls,
+            maxConnections: flags.maxConnections,
+            maxPending: flags.maxPending,
+            handshakeTimeout: flags.handshakeTimeout,
+            idleTimeout: flags.idleTimeout
+          })
           yield* Console.log(`listening on ${address.host}:${address.port}`)
           return yield* Effect.never
         }).pipe(
           Effect.scoped,
-          Effect.provide(Layer.mergeAll(TcpTransport, PieceStoreLayer(dest, limits).pipe(Layer.provide(Layer.mergeAll(GunzipPoolLive(), DiskSpaceLive))))),
-          Effect.provide(NodeContext.layer)
+          Effect.provide(Layer.mergeAll(TcpTransport, PieceStoreLayer(dest, limits).pipe(Layer.provide(Layer.mergeAll(GunzipPoolLive(), DiskSpaceLive)))))
         )
-      }).pipe(Effect.provide(NodeContext.layer))
+      })
     )
 ).pipe(Command.withDescription("Receive datasets, gunzip them and rebuild the original files in --dest."))
 
 /* ferry fake */
 
+const NameText = fromText(Schema.String, "lowercase letters a-z, at most 64", (text) => (Schema.is(DatasetName)(text) ? text : undefined), String)
+
 const fakeCommand = Command.make(
   "fake",
   {
-    path: Options.text("path").pipe(Options.withDescription("Folder to write the dataset into (created if needed).")),
-    name: Options.text("name").pipe(Options.withDefault("abc"), Options.withDescription("Dataset name, [a-z]+.")),
-    size: Options.text("size").pipe(Options.withDefault("64MiB"), Options.withDescription("Size of the original file (bytes, or with a unit: 1.6GB, 64MiB).")),
-    slice: Options.text("slice").pipe(Options.withDefault("16KiB"), Options.withDescription("Slice size: the uncompressed size of each piece.")),
-    seed: Options.integer("seed").pipe(Options.withDefault(1), Options.withDescription("Seed of the content: the same seed makes the same file.")),
-    first: Options.integer("first").pipe(Options.withDefault(0), Options.withDescription("Number of the first piece.")),
-    noMarker: Options.boolean("no-marker").pipe(Options.withDescription("Do not write NAME.done (to try the wait for the marker).")),
-    debug
+    path: setting("path", Text, "DIR", "Folder to write the dataset into (created if needed).").required,
+    name: setting("name", NameText, "NAME", "Dataset name, lowercase letters a-z.").withDefault("abc"),
+    size: setting("size", ByteSize, "BYTES", "Size of the original file (bytes, or with a unit: 1.6GB, 64MiB).").withDefault(64 * 1024 ** 2),
+    slice: setting("slice", PositiveByteSize, "BYTES", "Slice size: the uncompressed size of each piece.").withDefault(16 * 1024),
+    seed: setting("seed", WholeNumber, "N", "Seed of the content: the same seed makes the same file.").withDefault(1),
+    first: setting("first", Count, "N", "Number of the first piece.").withDefault(0),
+    noMarker: flag("no-marker", "Do not write NAME.done (to try the wait for the marker)."),
+    ...logging
   },
   (flags) =>
     run(
-      flags.debug,
+      flags,
       Effect.gen(function*() {
-        if (Schema.decodeUnknownOption(DatasetName)(flags.name)._tag === "None") {
-          return yield* Effect.fail(new UsageError({ reason: `--name must be lowercase letters a-z, at most 64, not ${JSON.stringify(flags.name)}` }))
-        }
-        const size = yield* bytesFlag("size", flags.size)
-        const sliceSize = yield* bytesFlag("slice", flags.slice)
-        if (sliceSize < 1) return yield* Effect.fail(new UsageError({ reason: "--slice must be at least 1 byte" }))
-        if (!Number.isSafeInteger(flags.first) || flags.first < 0) return yield* Effect.fail(new UsageError({ reason: "--first must be 0 or more" }))
         const maker = yield* SampleMaker
         const fs = yield* FileSystem.FileSystem
         const path = yield* Path.Path
         const started = Date.now()
-        const made = yield* maker.make({ dir: flags.path, name: flags.name, size, sliceSize, seed: flags.seed, firstNumber: flags.first, level: 1 })
+        const made = yield* maker.make({ dir: flags.path, name: flags.name, size: flags.size, sliceSize: flags.slice, seed: flags.seed, firstNumber: flags.first, level: 1 })
         if (!flags.noMarker) {
           // written last and atomically: a watching client must never read half a marker
           const tmp = path.join(flags.path, `.${markerFileName(flags.name)}.tmp`)
-          yield* fs.writeFileString(tmp, formatMarker(size))
+          yield* fs.writeFileString(tmp, formatMarker(flags.size))
           yield* fs.rename(tmp, path.join(flags.path, markerFileName(flags.name)))
         }
-        const ratio = made.compressed > 0 ? (size / made.compressed).toFixed(2) : "-"
-        yield* Effect.logInfo(`made ${flags.name}: ${made.pieces} pieces of ${sliceSize} bytes, ${size} bytes (${formatBytes(made.compressed)} gzipped, ${ratio}x) in ${flags.path} in ${((Date.now() - started) / 1000).toFixed(1)} s${flags.noMarker ? ", no marker" : ""}`)
+        const ratio = made.compressed > 0 ? (flags.size / made.compressed).toFixed(2) : "-"
+        yield* Effect.logInfo(`made ${flags.name}: ${made.pieces} pieces of ${flags.slice} bytes, ${flags.size} bytes (${formatBytes(made.compressed)} gzipped, ${ratio}x) in ${flags.path} in ${((Date.now() - started) / 1000).toFixed(1)} s${flags.noMarker ? ", no marker" : ""}`)
         yield* Console.log(`sha256 ${made.sha256}  ${flags.name}`)
         yield* Console.log(`crc32 ${made.crc32.toString(16).padStart(8, "0")}  ${flags.name}`)
       }).pipe(
         Effect.mapError((e) => (e._tag === "SystemError" || e._tag === "BadArgument" ? new UsageError({ reason: e.message }) : e)),
-        Effect.provide(SampleMakerLive()),
-        Effect.provide(NodeContext.layer)
+        Effect.provide(SampleMakerLive())
       )
     )
 ).pipe(Command.withDescription("Make a realistic sample dataset: gzip pieces, marker, and the sha256 of the original."))
+
+/* ferry */
 
 export const ferry = Command.make("ferry").pipe(
   Command.withDescription("Move chunked gzip datasets between machines and rebuild them."),
   Command.withSubcommands([sendCommand, serveCommand, fakeCommand])
 )
 
-export const cli = Command.run(ferry, { name: "ferry", version: VERSION })
+const footer = HelpDoc.blocks([
+  HelpDoc.h1("ENVIRONMENT"),
+  HelpDoc.p(
+    `Every option can also be set as FERRY_ and its name in capitals: --max-connections 512 is ${envName("max-connections")}=512, --debug is ${envName("debug")}=1. A flag wins over the environment, which wins over the default. FERRY_TOKEN holds the shared secret itself.`
+  ),
+  HelpDoc.h1("MORE"),
+  HelpDoc.p("ferry COMMAND --help shows a command's options; ferry --version prints the version."),
+  HelpDoc.p("Exit codes: 0 done, 1 the job failed, 2 the command line was wrong, 130 interrupted.")
+])
+
+const app = Command.run(ferry, { name: "ferry", version: VERSION, footer })
+
+/* @effect/cli's own output (help, version, command-line errors), made what ferry promises */
+
+const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g
+
+/** Paragraphs @effect/cli adds to every option; each option's own lines already say it, and precisely. */
+const BOILERPLATE = new Set([
+  "A user-defined piece of text.",
+  "A true or false value.",
+  "This option can be set from environment variables.",
+  "This setting is optional."
+])
+
+/**
+ * Help as ferry shows it: usage lines name the program (`ferry send ...`, not
+ * `$ send ...`), no boilerplate, colour only when wanted.
+ */
+export const tidyHelp = (text: string, color: boolean): string => {
+  const lines = text.split("\n").flatMap((line) => {
+    const plain = line.replace(ANSI, "")
+    if (BOILERPLATE.has(plain.trim())) return []
+    if (plain.startsWith("$ ")) {
+      const usage = plain.slice(2)
+      return [usage === "ferry" || usage.startsWith("ferry ") ? usage : `ferry ${usage}`]
+    }
+    // a command's usage and description, padded into one line as wide as the longest usage: two lines instead
+    const listed = /^(\s*)- (\S.*?\S) {2,}(\S.*)$/.exec(plain)
+    if (listed !== null) return [`${listed[1]}- ferry ${listed[2]}`, `${listed[1]}  ${listed[3]}`]
+    return [color ? line : plain]
+  })
+  return lines.join("\n").replace(/\n{3,}/g, "\n\n").replace(/\n+$/, "")
+}
+
+/** A command-line error as one line: @effect/cli words it as paragraphs, which become clauses. */
+export const errorLine = (doc: HelpDoc.HelpDoc): string =>
+  HelpDoc.toAnsiText(doc)
+    .replace(ANSI, "")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "")
+    .map((l) => l.replace(/^Expected to find option: '--([a-z-]+)'$/, (_, flag: string) => `missing --${flag} (or ${envName(flag)})`))
+    .join("; ")
+
+const Direct = Symbol.for("ferry/Cli/direct")
+
+/** The console @effect/cli prints through, holding the one it replaces. */
+interface CliConsole extends Console.Console {
+  readonly [Direct]: Console.Console
+}
+
+/** Help tidied; errors left to `cli`, which prints each as one line (@effect/cli prints, then fails with it). */
+const cliConsole = (direct: Console.Console, color: boolean): CliConsole => ({
+  ...direct,
+  [Direct]: direct,
+  log: (...args) => direct.log(...args.map((a) => (typeof a === "string" ? tidyHelp(a, color) : a))),
+  error: () => Effect.void
+})
+
+/** A command's own output goes to the console @effect/cli's was put over, untouched. */
+const directOutput = <A, E, R>(program: Effect.Effect<A, E, R>) =>
+  Effect.consoleWith((console) => (Direct in console ? Effect.withConsole(program, (console as CliConsole)[Direct]) : program))
+
+/** The log format for a line printed before any command runs: --log-format read on its own, else FERRY_LOG_FORMAT. */
+const earlyLogFormat = (args: ReadonlyArray<string>) =>
+  Options.processCommandLine(logging.logFormat, args, CliConfig.defaultConfig).pipe(
+    Effect.map(([, , format]) => format),
+    Effect.orElseSucceed((): LogFormat => "text")
+  )
+
+/** The command line is wrong: one line, exit 2. */
+const usageFailure = (args: ReadonlyArray<string>, message: string) =>
+  Effect.flatMap(earlyLogFormat(args), (format) =>
+    logExit(message, ExitCode.Usage).pipe(Effect.provide(loggingFor({ logFormat: format, debug: false })), Effect.as(ExitCode.Usage)))
+
+/** The wizard asks its questions on a terminal: without one it would wait forever. */
+const interactive = Effect.zipWith(
+  Effect.flatMap(Terminal.Terminal, (t) => t.isTTY),
+  Effect.sync(() => process.stdin.isTTY === true),
+  (stdout, stdin) => stdout && stdin
+)
+
+/**
+ * Runs ferry on `argv` (as process.argv: node, script, then the arguments) and
+ * gives its exit code; every failure has been told on stderr by then.
+ */
+export const cli = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const args = argv.slice(2)
+    if (args.includes("--wizard") && !(yield* interactive)) {
+      return yield* usageFailure(args, "--wizard asks its questions on a terminal; give the options on the command line instead (ferry --help)")
+    }
+    // help in colour only on a terminal, and not when NO_COLOR is set (no-color.org)
+    const noColor = yield* Effect.orElseSucceed(Config.string("NO_COLOR"), () => "")
+    const color = (yield* Effect.flatMap(Terminal.Terminal, (t) => t.isTTY)) && noColor === ""
+    const direct = yield* Effect.console
+    return yield* app(argv).pipe(
+      Effect.as(ExitCode.Ok),
+      Effect.catchAll((e) => (e instanceof Reported ? Effect.succeed(e.exitCode) : usageFailure(args, errorLine(e.error)))),
+      Effect.withConsole(cliConsole(direct, color)),
+      Effect.provide(CliConfig.layer({ showBuiltIns: false })),
+      Effect.catchAllDefect((defect) =>
+        logExit(`internal error: ${defect instanceof Error ? defect.message : String(defect)}`, ExitCode.Failed).pipe(
+          Effect.provide(loggingFor({ logFormat: "text", debug: false })),
+          Effect.as(ExitCode.Failed)
+        )
+      )
+    )
+  })
+
+/** The process's exit code once `cli` is done: its own, or 130 when interrupted (Ctrl-C). */
+export const exitCode = (exit: Exit.Exit<unknown, unknown>): number =>
+  Exit.isSuccess(exit)
+    ? typeof exit.value === "number" ? exit.value : ExitCode.Ok
+    : Cause.isInterruptedOnly(exit.cause)
+    ? ExitCode.Interrupted
+    : ExitCode.Failed

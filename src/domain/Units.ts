@@ -1,4 +1,8 @@
-/** Command-line quantities: byte sizes with units, HOST:PORT addresses. */
+/** Command-line quantities: byte sizes with units, durations, HOST:PORT addresses, counts. */
+import * as Duration from "effect/Duration"
+import * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 
 const UNITS: Record<string, number> = {
   "": 1, b: 1,
@@ -38,3 +42,93 @@ export const formatBytes = (bytes: number): string => {
   }
   return `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`
 }
+
+/** Bytes in the largest binary unit that holds them exactly: 16777216 is "16MiB"; the inverse of `parseBytes`. */
+export const formatByteSize = (bytes: number): string => {
+  for (const [unit, size] of [["TiB", 1024 ** 4], ["GiB", 1024 ** 3], ["MiB", 1024 ** 2], ["KiB", 1024]] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`
+  }
+  return String(bytes)
+}
+
+/** "10" (seconds, as ferry always took them), "1.5", or an Effect duration such as "500 millis"; undefined unless above 0. */
+export const parseDuration = (text: string): Duration.Duration | undefined => {
+  const trimmed = text.trim()
+  const duration = /^[0-9]+(?:\.[0-9]+)?$/.test(trimmed)
+    ? Option.some(Duration.millis(Math.round(Number(trimmed) * 1000)))
+    : Duration.decodeUnknown(trimmed)
+  return Option.isSome(duration) && Duration.isFinite(duration.value) && Duration.greaterThan(duration.value, Duration.zero)
+    ? duration.value
+    : undefined
+}
+
+/** A duration as `parseDuration` reads it back: whole seconds as "10 seconds", anything else in millis. */
+export const formatDuration = (duration: Duration.Duration): string => {
+  const millis = Duration.toMillis(duration)
+  return millis % 1000 === 0 ? `${millis / 1000} seconds` : `${millis} millis`
+}
+
+/**
+ * A quantity written as text, for flags and environment variables: decoding
+ * fails with "must be EXPECTED, not TEXT", encoding writes it the way a user would.
+ */
+export const fromText = <A>(
+  target: Schema.Schema<A>,
+  expected: string,
+  read: (text: string) => A | undefined,
+  write: (value: A) => string
+): Schema.Schema<A, string> =>
+  Schema.transformOrFail(Schema.String, Schema.typeSchema(target), {
+    strict: true,
+    decode: (text, _, ast) => {
+      const value = read(text)
+      return value === undefined
+        ? ParseResult.fail(new ParseResult.Type(ast, text, `must be ${expected}, not ${JSON.stringify(text)}`))
+        : ParseResult.succeed(value)
+    },
+    encode: (value) => ParseResult.succeed(write(value))
+  })
+
+const wholeNumber = (text: string): number | undefined =>
+  /^\s*[0-9]+\s*$/.test(text) && Number.isSafeInteger(Number(text)) ? Number(text) : undefined
+
+/** A count of something that must exist at least once: connections, datasets, pieces. */
+export const PositiveCount = fromText(Schema.Number, "a whole number above 0", (text) => {
+  const n = wholeNumber(text)
+  return n !== undefined && n > 0 ? n : undefined
+}, String)
+
+/** A count that may be zero: retries, a first piece number. */
+export const Count = fromText(Schema.Number, "a whole number, 0 or more", wholeNumber, String)
+
+/** Any whole number, negative included: a seed. */
+export const WholeNumber = fromText(Schema.Number, "a whole number", (text) => {
+  const n = /^\s*-?[0-9]+\s*$/.test(text) ? Number(text) : Number.NaN
+  return Number.isSafeInteger(n) ? n : undefined
+}, String)
+
+/** A TCP port to listen on; 0 picks a free one. */
+export const Port = fromText(Schema.Number, "a port number from 0 to 65535", (text) => {
+  const n = wholeNumber(text)
+  return n !== undefined && n <= 65535 ? n : undefined
+}, String)
+
+/** Bytes, with or without a unit: "16384", "16KiB", "1.5GB". */
+export const ByteSize = fromText(Schema.Number, "a size in bytes such as 16384 or 16KiB", parseBytes, formatByteSize)
+
+/** Seconds ("10") or an Effect duration ("500 millis", "2 minutes"), above 0. */
+export const DurationText = fromText(Schema.DurationFromSelf, "a number of seconds or a duration such as \"500 millis\", above 0", parseDuration, formatDuration)
+
+/** HOST:PORT, or [IPv6]:PORT. */
+export const AddressText = fromText(
+  Schema.Struct({ host: Schema.String, port: Schema.Number }),
+  "HOST:PORT",
+  parseAddress,
+  ({ host, port }) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`)
+)
+
+/** Bytes above 0: a limit or a slice size. */
+export const PositiveByteSize = fromText(Schema.Number, "a size in bytes above 0 such as 16384 or 16KiB", (text) => {
+  const n = parseBytes(text)
+  return n !== undefined && n > 0 ? n : undefined
+}, formatByteSize)

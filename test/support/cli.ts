@@ -22,8 +22,8 @@ export const ferry = (args: ReadonlyArray<string>, options: { timeout?: number; 
   })
 
 /** A child `ferry` whose output can be awaited line by line. */
-export const spawnFerry = (args: ReadonlyArray<string>) => {
-  const child = spawn(FERRY, args, { stdio: ["ignore", "pipe", "pipe"] })
+export const spawnFerry = (args: ReadonlyArray<string>, options: { env?: NodeJS.ProcessEnv } = {}) => {
+  const child = spawn(FERRY, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } })
   let stdout = ""
   let stderr = ""
   const waiters: Array<() => void> = []
