@@ -19,16 +19,21 @@ import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-import { defaultSendOptions, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send } from "./client/Client.js"
-import { eraseBoard } from "./client/Progress.js"
+import { parseOnCommit } from "./client/Cleanup.js"
+import { defaultSendOptions, exitCodeOf, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send, type SendOptions, watchPolicy } from "./client/Client.js"
+import { makeBoard, Progress, ProgressLive, runBoard, runProgressReports, summary as rateSummary } from "./client/Progress.js"
+import { encodeEvent, type FerryEvent, stamp } from "./domain/Events.js"
 import { choice, envName, flag, optionalFile, setting, token, usageError } from "./CliOptions.js"
 import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"
 import { UsageError } from "./domain/Errors.js"
 import {
-  AddressText,
+  AddressListText,
   ByteSize,
   Count,
   DurationText,
@@ -37,21 +42,28 @@ import {
   Port,
   PositiveByteSize,
   PositiveCount,
+  RateText,
   WholeNumber
 } from "./domain/Units.js"
 import { VERSION } from "./domain/Version.js"
 import { type LogFormat, type LogOutput, LoggingLive, logExit, stderrOutput } from "./Logging.js"
-import { defaultServeOptions, serve } from "./server/Server.js"
+import { ServerLive } from "./Layers.js"
+import { defaultServeOptions, frameLimit, serve } from "./server/Server.js"
 import { DatasetScannerLive } from "./services/DatasetScanner.js"
-import { DiskSpaceLive } from "./services/DiskSpace.js"
-import { GunzipPoolLive } from "./services/GunzipPool.js"
+import { Monitor, MonitorLive } from "./services/Monitor.js"
 import { PieceReaderLive } from "./services/PieceReader.js"
-import { defaultStoreLimits, PieceStoreLayer } from "./services/PieceStore.js"
+import { defaultStoreLimits } from "./services/PieceStore.js"
 import { SampleMaker, SampleMakerLive } from "./services/SampleMaker.js"
+import { DEFAULT_LEASE_TIME } from "./services/store/Leases.js"
+import { ThrottleLive } from "./services/Throttle.js"
 import { TcpTransport } from "./services/Transport.js"
 
-/** Exit codes: 1 when the job failed, 2 when the command line was wrong, 130 when interrupted. */
-export const ExitCode = { Ok: 0, Failed: 1, Usage: 2, Interrupted: 130 } as const
+/**
+ * Exit codes: 1 when the job failed (for `send`: a dataset failed on its data), 2 when the command
+ * line was wrong, 3 when `send` could not reach or keep a server, 4 when it found nothing to send,
+ * 130 and 143 when stopped by SIGINT and SIGTERM (`serve` stops cleanly on either: 0).
+ */
+export const ExitCode = { Ok: 0, Failed: 1, Usage: 2, Unreachable: 3, NothingToSend: 4, Interrupted: 130, Terminated: 143 } as const
 
 /** A failure already told to the user: only its exit code is left to give. */
 class Reported extends Data.TaggedError("Reported")<{ readonly exitCode: number }> {}
@@ -71,20 +83,13 @@ interface LogFlags {
   readonly debug: boolean
 }
 
-/** Log lines on stderr; on a terminal, a line first erases the live progress board, which is drawn again below it. */
-const logOutput: LogOutput = {
-  ...stderrOutput,
-  beforeWrite: () => {
-    if (process.stderr.isTTY) eraseBoard(stderrOutput.write)
-  }
-}
-
-const loggingFor = (flags: LogFlags) => LoggingLive({ format: flags.logFormat, debug: flags.debug }, logOutput)
+const loggingFor = (flags: LogFlags, output: LogOutput = stderrOutput) => LoggingLive({ format: flags.logFormat, debug: flags.debug }, output)
 
 /** Says why a command failed, in one line; the exit code it stops with. */
 const report = (cause: Cause.Cause<{ readonly message: string; readonly _tag: string }>, debug: boolean) => {
   if (Cause.isInterruptedOnly(cause)) return Effect.succeed(ExitCode.Interrupted)
   const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure) && failure.value instanceof Reported) return Effect.succeed(failure.value.exitCode)
   if (Option.isSome(failure)) {
     const exitCode = failure.value._tag === "UsageError" ? ExitCode.Usage : ExitCode.Failed
     return Effect.as(logExit(failure.value.message, exitCode), exitCode)
@@ -97,10 +102,10 @@ const report = (cause: Cause.Cause<{ readonly message: string; readonly _tag: st
 }
 
 /** Runs a command's program with its logging; any failure is reported, and leaves as its exit code. */
-const run = <E extends { readonly message: string; readonly _tag: string }, R>(flags: LogFlags, program: Effect.Effect<void, E, R>) =>
+const run = <E extends { readonly message: string; readonly _tag: string }, R>(flags: LogFlags, program: Effect.Effect<void, E, R>, output?: LogOutput) =>
   program.pipe(
     Effect.catchAllCause((cause) => Effect.flatMap(report(cause, flags.debug), (exitCode) => Effect.fail(new Reported({ exitCode })))),
-    Effect.provide(loggingFor(flags)),
+    Effect.provide(loggingFor(flags, output)),
     directOutput
   )
 
@@ -123,18 +128,93 @@ const Connections = fromText(
   String
 )
 
+const OnCommitText = fromText(
+  Schema.Union(Schema.TaggedStruct("Keep", {}), Schema.TaggedStruct("Delete", {}), Schema.TaggedStruct("Move", { to: Schema.String })),
+  "keep, delete or move:DIR",
+  parseOnCommit,
+  (a) => (a._tag === "Move" ? `move:${a.to}` : a._tag.toLowerCase())
+)
+
+/** stdout: one line per dataset as it finishes, or every event as a JSON line. */
+const resultLine = (event: FerryEvent): string | undefined => {
+  switch (event.event) {
+    case "committed":
+      return event.alreadyCommitted
+        ? `${event.dataset}: already committed on the server (${event.bytes} bytes, crc32 ${event.crc32}), nothing sent`
+        : `${event.dataset}: committed ${event.bytes} bytes in ${event.pieces} pieces (${event.sent} sent), crc32 ${event.crc32}`
+    case "failed":
+      return `${event.dataset}: failed (${event.code}): ${event.message}`
+    default:
+      return undefined
+  }
+}
+
+/**
+ * Prints events as they happen while `program` runs: a line for each finished dataset, or every
+ * event as JSON. Whatever is still queued when the program ends is printed before returning.
+ */
+const printingEvents = <A, E, R>(json: boolean, line: (event: FerryEvent) => string | undefined, program: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const monitor = yield* Monitor
+    const events = yield* monitor.subscribe
+    const print = (event: FerryEvent) => {
+      const text = json ? encodeEvent(event) : line(event)
+      return text === undefined ? Effect.void : Console.log(text)
+    }
+    return yield* Effect.scoped(
+      Effect.gen(function*() {
+        const printer = yield* events.pipe(Stream.runForEach(print), Effect.fork)
+        return yield* program.pipe(
+          // let the printer catch up with what the program published, then stop it
+          Effect.ensuring(Effect.zipRight(Effect.yieldNow(), Effect.zipRight(Effect.sleep("20 millis"), Fiber.interrupt(printer))))
+        )
+      })
+    )
+  }).pipe(Effect.scoped)
+
+/** The first SIGINT or SIGTERM, as a value. A second one ends the process at once. */
+const nextSignal = Effect.async<NodeJS.Signals>((resume) => {
+  const hard = (signal: NodeJS.Signals) => process.exit(signal === "SIGTERM" ? ExitCode.Terminated : ExitCode.Interrupted)
+  const on = (signal: NodeJS.Signals) => {
+    process.off("SIGINT", on)
+    process.off("SIGTERM", on)
+    process.once("SIGINT", hard)
+    process.once("SIGTERM", hard)
+    resume(Effect.succeed(signal))
+  }
+  process.on("SIGINT", on)
+  process.on("SIGTERM", on)
+  return Effect.sync(() => {
+    process.off("SIGINT", on)
+    process.off("SIGTERM", on)
+  })
+})
+
+const signalExit = (signal: NodeJS.Signals) => (signal === "SIGTERM" ? ExitCode.Terminated : ExitCode.Interrupted)
+
 const sendCommand = Command.make(
   "send",
   {
     path: setting("path", Text, "DIR", "Folder holding NAME-NNNNNNN.gz pieces and NAME.done markers.").required,
-    address: setting("address", AddressText, "HOST:PORT", "Server to send to.").required,
+    address: setting("address", AddressListText, "HOST:PORT[,HOST:PORT...]", "Server to send to; with several, datasets are spread over them and move to another when one goes away.").required,
+    watch: flag("watch", "Keep watching --path and send every dataset whose marker appears, until stopped (SIGTERM or Ctrl-C)."),
+    onCommit: setting("on-commit", OnCommitText, "keep|delete|move:DIR", "What to do with a dataset's files once the server has committed it.").withDefault({ _tag: "Keep" }),
+    json: flag("json", "Events on stdout as JSON lines (see the README), instead of one line per dataset."),
+    allowEmpty: flag("allow-empty", "A folder with no dataset is not an error (exit 0, not 4)."),
     connections: setting(
       "connections",
       Connections,
       "N|auto",
-      `TCP connections to open. auto: 1 when the first connection is set up within ${NEAR_ROUND_TRIP_MS} ms (loopback, a LAN, nearby), ${FAR_CONNECTIONS} when the server is farther.`
+      `TCP connections to each server. auto: 1 when the first connection is set up within ${NEAR_ROUND_TRIP_MS} ms (loopback, a LAN, nearby), ${FAR_CONNECTIONS} when the server is farther.`
     ).withDefault(defaultSendOptions.connections),
-    retries: setting("retries", Count, "N", "Reconnections in a row without progress before giving up.").withDefault(defaultSendOptions.retries),
+    parallel: setting("parallel", PositiveCount, "N", "Datasets sent at the same time.").withDefault(defaultSendOptions.parallelDatasets),
+    retries: setting("retries", Count, "N", "Reconnections in a row without progress before giving up on a server.").withDefault(defaultSendOptions.retries),
+    retryFor: setting("retry-for", DurationText, "DURATION", "Time spent reconnecting without progress before giving up on a server, or waiting on a server that cannot take a dataset.")
+      .withDefault(Duration.decode(defaultSendOptions.retryFor)),
+    markerTimeout: setting("marker-timeout", DurationText, "DURATION", "A dataset whose marker has not appeared after this long fails (default: wait forever).").optional,
+    bwlimit: setting("bwlimit", RateText, "RATE", "Most bytes per second all connections put on the wire, such as 50MiB/s (default: no limit).").optional,
+    progressInterval: setting("progress-interval", DurationText, "DURATION", "Time between two progress lines (or progress events with --json) when stderr is not a terminal.")
+      .withDefault(Duration.seconds(5)),
     token: tokenOption,
     tls: flag("tls", "Use TLS, verifying the server against the system's roots."),
     tlsCa: optionalFile("tls-ca", "Use TLS, verifying the server against this CA certificate (PEM)."),
@@ -143,52 +223,100 @@ const sendCommand = Command.make(
     quiet: flag("quiet", "No progress display."),
     ...logging
   },
-  (flags) =>
-    run(
+  (flags) => {
+    const tty = process.stderr.isTTY === true && !flags.quiet && flags.logFormat === "text"
+    const board = makeBoard(stderrOutput.write, () => process.stderr.columns ?? 80)
+    const output: LogOutput = tty ? { ...stderrOutput, beforeWrite: board.erase } : stderrOutput
+    return run(
       flags,
       Effect.gen(function*() {
         const started = Date.now()
         const ca = Option.getOrUndefined(flags.tlsCa)
-        const reports = yield* send({
+        const options: SendOptions = {
           ...defaultSendOptions,
+          ...(flags.watch ? watchPolicy : {}),
           dir: flags.path,
-          address: flags.address,
+          addresses: flags.address,
           connections: flags.connections,
-          retries: flags.retries,
+          parallelDatasets: flags.parallel,
+          retries: flags.watch ? watchPolicy.retries : flags.retries,
+          retryFor: flags.watch ? watchPolicy.retryFor : flags.retryFor,
           token: flags.token,
           tls: flags.tls || ca !== undefined ? { ca, servername: Option.getOrUndefined(flags.tlsServername) } : undefined,
           handshakeTimeout: flags.handshakeTimeout,
-          // periodic progress lines are not log events: they would break a stream of JSON lines
-          progress: flags.quiet || flags.logFormat === "json" ? "none" : process.stderr.isTTY ? "tty" : "lines"
-        }).pipe(Effect.scoped)
-        let bytes = 0
-        for (const r of reports) {
-          if (r.alreadyCommitted) yield* Console.log(`${r.dataset}: already committed on the server (${r.size} bytes), nothing sent`)
-          else {
-            bytes += r.size
-            yield* Console.log(`${r.dataset}: committed ${r.size} bytes in ${r.pieces} pieces (${r.sent} sent), crc32 ${r.crc32}`)
-          }
+          watch: flags.watch,
+          markerTimeout: Option.getOrUndefined(flags.markerTimeout),
+          onCommit: flags.onCommit
         }
-        const seconds = (Date.now() - started) / 1000
-        yield* Effect.logInfo(`done: ${reports.length} dataset(s), ${formatBytes(bytes)} in ${seconds.toFixed(1)} s (${formatBytes(bytes / Math.max(seconds, 1e-3))}/s)`)
-      }).pipe(Effect.provide(Layer.mergeAll(TcpTransport, PieceReaderLive(), DatasetScannerLive())))
+        if (tty) yield* runBoard(board)
+        else if (!flags.quiet) {
+          yield* runProgressReports({
+            every: flags.progressInterval,
+            events: flags.json,
+            // periodic progress lines are not log events: they would break a stream of JSON log lines
+            ...(flags.json || flags.logFormat === "json" ? {} : { line: (text: string) => Effect.sync(() => stderrOutput.write(`${text}\n`)) })
+          })
+        }
+        const outcome = yield* Effect.raceFirst(
+          Effect.map(send(options), (summary) => ({ _tag: "Done" as const, summary })),
+          Effect.map(nextSignal, (signal) => ({ _tag: "Stopped" as const, signal }))
+        ).pipe((work) => printingEvents(flags.json, resultLine, work))
+        const progress = yield* Progress
+        const snapshot = yield* SubscriptionRef.get(progress.state)
+        const committed = [...snapshot.values()].filter((p) => p.phase === "committed")
+        const bytes = committed.reduce((n, p) => n + p.bytes - p.heldBytes, 0)
+        if (outcome._tag === "Stopped") {
+          const exitCode = signalExit(outcome.signal)
+          yield* Effect.logWarning(`stopped by ${outcome.signal}: ${committed.length} dataset(s) committed; running the same command again sends only what is missing`)
+          if (flags.json) yield* Console.log(encodeEvent(stamp({ event: "finished", committed: committed.length, failed: 0, exitCode })))
+          return yield* Effect.fail(new Reported({ exitCode }))
+        }
+        const summary = outcome.summary
+        const exitCode = exitCodeOf(summary, flags.allowEmpty)
+        if (summary.found === 0 && summary.committed.length === 0) {
+          const message = `${flags.path}: no dataset found (expected files named like abc-0000000.gz and abc.done)`
+          if (exitCode !== ExitCode.Ok) return yield* Effect.zipRight(logExit(message, exitCode), Effect.fail(new Reported({ exitCode })))
+          yield* Effect.logInfo(message)
+        }
+        yield* Effect.logInfo(`done: ${summary.committed.length} dataset(s) committed, ${summary.failed.length} failed, ${rateSummary(bytes, (Date.now() - started) / 1000)} sent`)
+        if (flags.json) yield* Console.log(encodeEvent(stamp({ event: "finished", committed: summary.committed.length, failed: summary.failed.length, exitCode })))
+        if (exitCode !== ExitCode.Ok) {
+          const why = summary.failed.length === 1 ? summary.failed[0]!.error.message : `${summary.failed.length} datasets failed (see above)`
+          yield* logExit(why, exitCode)
+          return yield* Effect.fail(new Reported({ exitCode }))
+        }
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(Layer.mergeAll(
+          TcpTransport,
+          PieceReaderLive(),
+          DatasetScannerLive(),
+          ProgressLive,
+          MonitorLive,
+          Option.isSome(flags.bwlimit) ? ThrottleLive(flags.bwlimit.value) : Layer.empty
+        ))
+      ),
+      output
     )
-).pipe(Command.withDescription("Send every dataset in a folder to a ferry server, waiting for markers that are not there yet."))
+  }
+).pipe(Command.withDescription("Send every dataset in a folder to ferry servers, waiting for markers that are not there yet; with --watch, keep sending as datasets appear."))
 
 /* ferry serve */
 
 /** --max-frame and --connection-memory: a frame must fit in a connection's memory. */
 const frames = Options.all({
-  maxFrame: setting("max-frame", PositiveByteSize, "BYTES", "Largest frame accepted (64KiB until a client has passed the handshake).")
+  maxFrame: setting("max-frame", PositiveByteSize, "BYTES", "Largest frame accepted (64KiB until a client has passed the handshake); raised to fit one piece of --max-slice.")
     .withDefault(defaultServeOptions.maxFrame),
   connectionMemory: setting("connection-memory", PositiveByteSize, "BYTES", "Frame bytes of one connection being verified and written at once.")
-    .withDefault(defaultServeOptions.connectionMemory)
+    .withDefault(defaultServeOptions.connectionMemory),
+  maxSlice: setting("max-slice", PositiveByteSize, "BYTES", "Largest slice (what one piece decompresses to).").withDefault(defaultStoreLimits.maxSliceSize)
 }).pipe(
-  Options.mapEffect((f) =>
-    f.maxFrame > f.connectionMemory
-      ? Effect.fail(usageError(`--max-frame (${f.maxFrame}) cannot be larger than --connection-memory (${f.connectionMemory})`))
-      : Effect.succeed(f)
-  )
+  Options.mapEffect((f) => {
+    const maxFrame = frameLimit(f.maxFrame, f.maxSlice)
+    return maxFrame > f.connectionMemory
+      ? Effect.fail(usageError(`--connection-memory (${f.connectionMemory}) must hold at least one frame of ${maxFrame} bytes (--max-frame, or one piece of --max-slice)`))
+      : Effect.succeed({ ...f, maxFrame })
+  })
 )
 
 /** --tls-cert and --tls-key: both or neither. */
@@ -205,12 +333,16 @@ const serverTls = Options.all({
   )
 )
 
+/** stdout of `serve`: its address, and with --json every event. */
+const serveLine = (event: FerryEvent): string | undefined => (event.event === "listening" ? `listening on ${event.address}` : undefined)
+
 const serveCommand = Command.make(
   "serve",
   {
     port: setting("port", Port, "PORT", "TCP port to listen on (0 picks a free one).").required,
     dest: setting("dest", Text, "DIR", "Folder where rebuilt files and their .done markers appear.").required,
     host: setting("host", Text, "ADDR", "Address to listen on.").withDefault(defaultServeOptions.host),
+    json: flag("json", "Events on stdout as JSON lines (see the README)."),
     token: tokenOption,
     tls: serverTls,
     frames,
@@ -219,25 +351,28 @@ const serveCommand = Command.make(
     maxDatasets: setting("max-datasets", PositiveCount, "N", "Datasets in progress at once.").withDefault(defaultStoreLimits.maxDatasets),
     maxDatasetSize: setting("max-dataset-size", ByteSize, "BYTES", "Largest original file accepted.").withDefault(defaultStoreLimits.maxDatasetSize),
     maxPieces: setting("max-pieces", PositiveCount, "N", "Most pieces in one dataset.").withDefault(defaultStoreLimits.maxPieces),
-    maxSlice: setting("max-slice", PositiveByteSize, "BYTES", "Largest slice (what one piece decompresses to).").withDefault(defaultStoreLimits.maxSliceSize),
     handshakeTimeout: handshakeTimeout(true),
     idleTimeout: setting("idle-timeout", DurationText, "SECONDS", "Silence after which a connection is dropped, in seconds or as \"2 minutes\".")
       .withDefault(Duration.decode(defaultServeOptions.idleTimeout)),
+    leaseTime: setting("lease-time", DurationText, "DURATION", "With several servers on one --dest: a dataset whose server has stopped renewing its lease this long may be taken over.")
+      .withDefault(Duration.decode(DEFAULT_LEASE_TIME)),
+    drainTimeout: setting("drain-timeout", DurationText, "DURATION", "On SIGTERM or Ctrl-C, how long batches already received may take to finish writing.")
+      .withDefault(Duration.decode(defaultServeOptions.drainTimeout)),
     ...logging
   },
-  (flags) =>
-    run(
+  (flags) => {
+    const limits = {
+      maxDatasets: flags.maxDatasets,
+      maxPieces: flags.maxPieces,
+      maxDatasetSize: flags.maxDatasetSize,
+      maxSliceSize: flags.frames.maxSlice
+    }
+    return run(
       flags,
       Effect.gen(function*() {
         const dest = (yield* Path.Path).resolve(flags.dest)
-        const limits = {
-          maxDatasets: flags.maxDatasets,
-          maxPieces: flags.maxPieces,
-          maxDatasetSize: flags.maxDatasetSize,
-          maxSliceSize: flags.maxSlice
-        }
-        yield* Effect.gen(function*() {
-          const address = yield* serve({
+        const serving = Effect.gen(function*() {
+          yield* serve({
             ...defaultServeOptions,
             host: flags.host,
             port: flags.port,
@@ -248,16 +383,18 @@ const serveCommand = Command.make(
             maxConnections: flags.maxConnections,
             maxPending: flags.maxPending,
             handshakeTimeout: flags.handshakeTimeout,
-            idleTimeout: flags.idleTimeout
+            idleTimeout: flags.idleTimeout,
+            drainTimeout: flags.drainTimeout
           })
-          yield* Console.log(`listening on ${address.host}:${address.port}`)
           return yield* Effect.never
-        }).pipe(
-          Effect.scoped,
-          Effect.provide(Layer.mergeAll(TcpTransport, PieceStoreLayer(dest, limits).pipe(Layer.provide(Layer.mergeAll(GunzipPoolLive(), DiskSpaceLive)))))
-        )
-      })
+        }).pipe(Effect.scoped)
+        const signal = yield* Effect.raceFirst(serving, nextSignal).pipe((work) => printingEvents(flags.json, serveLine, work))
+        yield* Effect.logInfo(`stopped by ${signal}; datasets in progress are kept in ${dest}/.ferry for their senders to resume`)
+      }).pipe(
+        Effect.provide(Layer.merge(ServerLive({ dest: flags.dest, limits, leaseMs: Duration.toMillis(flags.leaseTime) }), MonitorLive))
+      )
     )
+  }
 ).pipe(Command.withDescription("Receive datasets, gunzip them and rebuild the original files in --dest."))
 
 /* ferry fake */

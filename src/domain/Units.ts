@@ -132,3 +132,24 @@ export const PositiveByteSize = fromText(Schema.Number, "a size in bytes above 0
   const n = parseBytes(text)
   return n !== undefined && n > 0 ? n : undefined
 }, formatByteSize)
+
+/** One HOST:PORT or several, comma-separated: the servers a sender spreads its datasets over. */
+export const AddressListText = fromText(
+  Schema.Array(Schema.Struct({ host: Schema.String, port: Schema.Number })),
+  "HOST:PORT, or several separated by commas",
+  (text) => {
+    const parts = text.split(",").map((p) => p.trim()).filter((p) => p !== "")
+    const addresses = parts.map(parseAddress)
+    return parts.length > 0 && addresses.every((a) => a !== undefined) ? addresses as Array<{ host: string; port: number }> : undefined
+  },
+  (list) => list.map(({ host, port }) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`)).join(",")
+)
+
+/** "50MiB/s", "10MB/s", "1000000" (bytes per second); undefined unless above 0. */
+export const parseRate = (text: string): number | undefined => {
+  const bytes = parseBytes(text.trim().replace(/\/s$/i, ""))
+  return bytes !== undefined && bytes > 0 ? bytes : undefined
+}
+
+/** Bytes per second, as `--bwlimit` takes them. */
+export const RateText = fromText(Schema.Number, "a rate such as 50MiB/s or 10MB/s", parseRate, (n) => `${formatByteSize(n)}/s`)

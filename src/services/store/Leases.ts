@@ -31,6 +31,9 @@ import { Destination } from "../Destination.js"
 
 export const STATE_FOLDER = ".ferry"
 
+/** How long a lease lasts without a beat before another server may take the dataset over. */
+export const DEFAULT_LEASE_TIME = "30 seconds"
+
 /** This server's hold on one dataset. */
 export interface Lease {
   readonly epoch: number

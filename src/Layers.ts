@@ -1,0 +1,85 @@
+/**
+ * The layers a program needs to serve or send, bundled: live ones (TCP,
+ * worker threads, the real disk) and in-process ones (the same pipelines
+ * with an in-memory transport and without threads, over whichever
+ * FileSystem the program provides: the real one, or an in-memory one).
+ */
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import * as NodePath from "@effect/platform-node/NodePath"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import * as Layer from "effect/Layer"
+import { ProgressLive } from "./client/Progress.js"
+import { DatasetScannerInProcess, DatasetScannerLive } from "./services/DatasetScanner.js"
+import { DestinationLive, DestinationOnFileSystem } from "./services/Destination.js"
+import { GunzipPoolInProcess, GunzipPoolLive } from "./services/GunzipPool.js"
+import { PieceReaderInProcess, PieceReaderLive } from "./services/PieceReader.js"
+import { defaultStoreLimits, FLUSH_BEHIND, PieceStoreLayer, type StoreLimits } from "./services/PieceStore.js"
+import { SampleMakerInProcess, SampleMakerLive } from "./services/SampleMaker.js"
+import { LeasesLive } from "./services/store/Leases.js"
+import { MemoryTransport, TcpTransport } from "./services/Transport.js"
+
+export interface ServerLayerOptions {
+  /** The destination folder (`serve --dest`). */
+  readonly dest: string
+  readonly limits?: Partial<StoreLimits>
+  /** A lease not renewed for this long may be taken over by another server on the same destination. */
+  readonly leaseMs?: number
+  /** Gunzip worker threads (default: one per core). */
+  readonly workers?: number
+  /** The ISA-L addon's loader, or null for zlib (default: the one shipped with ferry). */
+  readonly nativeAddon?: string | null
+  /** Bytes between two background fsyncs of a dataset's data file. */
+  readonly flushEvery?: number
+}
+
+const store = (options: ServerLayerOptions) =>
+  PieceStoreLayer({ ...defaultStoreLimits, ...options.limits }, options.flushEvery ?? FLUSH_BEHIND).pipe(
+    Layer.provide(LeasesLive({ leaseMs: options.leaseMs ?? 30_000 }))
+  )
+
+/** A server over TCP and the real disk: the piece store, its gunzip threads, and the transport. */
+export const ServerLive = (options: ServerLayerOptions) =>
+  Layer.mergeAll(
+    store(options).pipe(
+      Layer.provideMerge(Layer.mergeAll(
+        GunzipPoolLive({ ...(options.workers === undefined ? {} : { workers: options.workers }), ...(options.nativeAddon === undefined ? {} : { nativeAddon: options.nativeAddon }) }),
+        DestinationLive(options.dest)
+      ))
+    ),
+    TcpTransport
+  )
+
+export interface ClientLayerOptions {
+  /** Reader threads (default 2). */
+  readonly readers?: number
+  /** How often a folder without filesystem events is looked at again. */
+  readonly pollEvery?: import("effect/Duration").DurationInput
+}
+
+/** A sender over TCP and the real disk: reader threads, the folder scanner, progress, and the filesystem. */
+export const ClientLive = (options: ClientLayerOptions = {}) =>
+  Layer.mergeAll(
+    TcpTransport,
+    PieceReaderLive(options.readers === undefined ? {} : { workers: options.readers }),
+    DatasetScannerLive(options.pollEvery ?? "1 second"),
+    ProgressLive,
+    SampleMakerLive()
+  ).pipe(Layer.provideMerge(Layer.merge(NodeFileSystem.layer, NodePath.layer)))
+
+/**
+ * The server's pipeline without threads or sockets, over the FileSystem the program provides;
+ * with `ClientInProcess`, a whole transfer runs in one process (the transport is in memory).
+ */
+export const ServerInProcess = (options: ServerLayerOptions & { readonly space?: number }) =>
+  store(options).pipe(
+    Layer.provideMerge(Layer.mergeAll(GunzipPoolInProcess(options.nativeAddon === undefined ? {} : { nativeAddon: options.nativeAddon }), DestinationOnFileSystem(options.dest, options.space ?? Infinity)))
+  )
+
+export const ClientInProcess: Layer.Layer<
+  import("./services/PieceReader.js").PieceReader | import("./services/DatasetScanner.js").DatasetScanner | import("./client/Progress.js").Progress | import("./services/SampleMaker.js").SampleMaker,
+  never,
+  FileSystem.FileSystem | import("@effect/platform/Path").Path
+> = Layer.mergeAll(PieceReaderInProcess, DatasetScannerInProcess, ProgressLive, SampleMakerInProcess)
+
+/** The in-memory transport both in-process layers share: provide it once, to both. */
+export const InMemoryTransport = MemoryTransport
