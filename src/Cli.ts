@@ -281,7 +281,9 @@ const sendCommand = Command.make(
         yield* Effect.logInfo(`done: ${summary.committed.length} dataset(s) committed, ${summary.failed.length} failed, ${rateSummary(bytes, (Date.now() - started) / 1000)} sent`)
         if (flags.json) yield* Console.log(encodeEvent(stamp({ event: "finished", committed: summary.committed.length, failed: summary.failed.length, exitCode })))
         if (exitCode !== ExitCode.Ok) {
-          const why = summary.failed.length === 1 ? summary.failed[0]!.error.message : `${summary.failed.length} datasets failed (see above)`
+          const why = exitCode === ExitCode.Unreachable && summary.unreachable !== undefined
+            ? summary.unreachable.message
+            : summary.failed.length === 1 ? summary.failed[0]!.error.message : `${summary.failed.length} datasets failed (see above)`
           yield* logExit(why, exitCode)
           return yield* Effect.fail(new Reported({ exitCode }))
         }

@@ -150,7 +150,7 @@ describe("ferry --help", () => {
       expect(r.stdout).not.toMatch(/^\$ /m)
     }
     const send = await ferry(["send", "--help"])
-    expect(send.stdout).toMatch(/^USAGE\n\nferry send \[--path DIR\] \[--address HOST:PORT\] /m)
+    expect(send.stdout).toMatch(/^USAGE\n\nferry send \[--path DIR\] \[--address HOST:PORT\[,HOST:PORT\.\.\.\]\] /m)
     const top = await ferry(["--help"])
     expect(top.stdout).toMatch(/^ {2}- ferry serve \[--port PORT\]/m)
     expect(top.stdout).toMatch(/^ {4}Receive datasets, gunzip them/m)
@@ -254,11 +254,12 @@ describe("FERRY_* environment variables", () => {
     }
   })
 
-  it("Ctrl-C stops serve with exit code 130", async () => {
+  it("Ctrl-C stops serve cleanly: one line, exit code 0", async () => {
     const server = spawnFerry(["serve", "--host", "127.0.0.1"], { env: { FERRY_PORT: "0", FERRY_DEST: dirs.make("dest") } })
     await server.waitFor(/listening on/)
     server.child.kill("SIGINT")
-    expect(await server.exited).toBe(130)
+    expect(await server.exited).toBe(0)
+    expect(server.output().stderr).toMatch(/^ferry: stopped by SIGINT; datasets in progress are kept in .*\/\.ferry for their senders to resume$/m)
   })
 
   it("a flag wins over the environment, which wins over the default", async () => {

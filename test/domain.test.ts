@@ -69,7 +69,7 @@ describe("manifest arithmetic", () => {
     .record({ sliceSize: fc.integer({ min: 1, max: 1 << 20 }), count: fc.integer({ min: 1, max: 5000 }), first: fc.integer({ min: 0, max: 1000 }), cut: fc.double({ min: 0, max: 1, noNaN: true }) })
     .map(({ count, cut, first, sliceSize }) => {
       const last = Math.max(1, Math.ceil(cut * sliceSize))
-      return new Manifest({ dataset: "abc", size: (count - 1) * sliceSize + last, sliceSize, first, count })
+      return new Manifest({ dataset: "abc", size: (count - 1) * sliceSize + last, sliceSize, first, count, firstSliceCrc: 0 })
     })
 
   it("slices tile the file: offsets follow lengths and the last slice is the remainder", () => {

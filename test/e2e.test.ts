@@ -35,13 +35,13 @@ describe("ferry send / serve over loopback", () => {
     const r = await ferry(["send", "--path", src, "--address", server.address])
     expect(r.code).toBe(0)
     // the summary, and nothing that went wrong on the way
-    expect(r.stderr).toMatch(/^ferry: done: 1 dataset\(s\), 3\.00 MB in [\d.]+ s \(.+\/s\)$/m)
+    expect(r.stderr).toMatch(/^ferry: done: 1 dataset\(s\) committed, 0 failed, 3\.00 MB in [\d.]+ s \(.+\/s\) sent$/m)
     expect(r.stderr).not.toMatch(/^ferry: (warning|error):/m)
     expect(r.stdout).toMatch(/^alpha: committed 3000000 bytes in 733 pieces \(733 sent\), crc32 [0-9a-f]{8}$/m)
     expect(sha256File(join(dest, "alpha"))).toBe(sha)
     expect(readFileSync(join(dest, "alpha.done"), "utf8")).toBe("3000000\n")
-    // nothing of the work in progress is left beside the result
-    expect(readdirSync(join(dest, ".ferry"))).toEqual([])
+    // nothing of the work in progress is left beside the result, only the record of the commit
+    expect(readdirSync(join(dest, ".ferry"))).toEqual(["committed"])
   })
 
   it("reports the same crc32 as the original", async () => {
@@ -124,8 +124,12 @@ describe("ferry send / serve over loopback", () => {
       return r.stderr
     }
 
-    it("a folder with no pieces", async () => {
-      expect(await sendExpectingFailure(dirs.make("empty"))).toMatch(/no pieces found/)
+    it("a folder with no dataset: nothing to send is exit 4, or 0 with --allow-empty", async () => {
+      const empty = dirs.make("empty")
+      const r = await ferry(["send", "--path", empty, "--address", server.address])
+      expect(r.code).toBe(4)
+      expect(r.stderr).toMatch(/^ferry: .*: no dataset found \(expected files named like abc-0000000\.gz and abc\.done\)$/m)
+      expect((await ferry(["send", "--path", empty, "--address", server.address, "--allow-empty"])).code).toBe(0)
     })
 
     it("a folder that does not exist", async () => {
@@ -237,15 +241,15 @@ describe("command-line errors", () => {
   it("a bad address is a usage error (exit 2)", async () => {
     const r = await ferry(["send", "--path", "/tmp", "--address", "nowhere"])
     expect(r.code).toBe(2)
-    expect(r.stderr).toMatch(/^ferry: --address must be HOST:PORT, not "nowhere"$/m)
+    expect(r.stderr).toMatch(/^ferry: --address must be HOST:PORT, or several separated by commas, not "nowhere"$/m)
   })
 
-  it("nobody listening is a clear failure (exit 1)", async () => {
+  it("nobody listening is a clear failure once the retry budget is spent (exit 3)", async () => {
     const src = dirs.make("src")
     await fake(src, ["--size", "1000", "--slice", "100"])
-    const r = await ferry(["send", "--path", src, "--address", "127.0.0.1:1"])
-    expect(r.code).toBe(1)
-    expect(r.stderr).toMatch(/^ferry: 127\.0\.0\.1:1: connection refused/m)
+    const r = await ferry(["send", "--path", src, "--address", "127.0.0.1:1", "--retry-for", "1"])
+    expect(r.code).toBe(3)
+    expect(r.stderr).toMatch(/^ferry: 127\.0\.0\.1:1: connection refused \(is `ferry serve` running there\?\) \(gave up after 20 retries or 1s\)$/m)
   })
 
   it("a bad size for fake is a usage error", async () => {

@@ -12,19 +12,24 @@ import {
   isFrameProblem,
   type RawFrame
 } from "../src/domain/Frame.js"
-import { Committed, type ControlMessage, decodeControl, encodeControl, Failed, Hello, Open, Opened, Refused, Welcome } from "../src/domain/Protocol.js"
+import { DatasetFailureCode, RefusalCode } from "../src/domain/Codes.js"
+import { Close, Committed, type ControlMessage, decodeControl, encodeControl, Failed, Hello, Hi, Open, Opened, Refused, Seal, Welcome } from "../src/domain/Protocol.js"
 
 fc.configureGlobal({ seed: 424242, numRuns: 150 })
 
+const crc32 = fc.stringMatching(/^[0-9a-f]{8}$/)
 const controlMessages: fc.Arbitrary<ControlMessage> = fc.oneof(
+  fc.record({ protocol: fc.nat(9), client: fc.string({ maxLength: 50 }) }).map((r) => new Hi(r)),
   fc.record({ protocol: fc.nat(9), server: fc.string(), nonce: fc.stringMatching(/^[0-9a-f]{0,16}$/), auth: fc.constantFrom("none" as const, "hmac-sha256" as const), idle: fc.nat(3600), maxFrame: fc.nat() }).map((r) => new Welcome(r)),
-  fc.record({ protocol: fc.nat(9), client: fc.string({ maxLength: 50 }), proof: fc.option(fc.stringMatching(/^[0-9a-f]{0,64}$/), { nil: null }) }).map((r) => new Hello(r)),
-  fc.record({ handle: fc.nat(), dataset: fc.stringMatching(/^[a-z]{1,64}$/), size: fc.nat(), sliceSize: fc.nat(), first: fc.nat(9_999_999), count: fc.nat(10_000_000) })
+  fc.record({ proof: fc.option(fc.stringMatching(/^[0-9a-f]{0,64}$/), { nil: null }) }).map((r) => new Hello(r)),
+  fc.record({ handle: fc.nat(), dataset: fc.stringMatching(/^[a-z]{1,64}$/), size: fc.nat(), sliceSize: fc.nat(), first: fc.nat(9_999_999), count: fc.nat(10_000_000), firstSliceCrc: fc.nat() })
     .map(({ handle, ...m }) => new Open({ handle, manifest: new Manifest(m) })),
-  fc.record({ handle: fc.nat(), held: fc.nat(), bitmap: fc.option(fc.base64String(), { nil: null }), committed: fc.boolean() }).map((r) => new Opened(r)),
-  fc.record({ handle: fc.nat(), dataset: fc.stringMatching(/^[a-z]{1,8}$/), size: fc.nat(), crc32: fc.stringMatching(/^[0-9a-f]{0,16}$/) }).map((r) => new Committed(r)),
-  fc.record({ handle: fc.nat(), dataset: fc.string(), code: fc.string(), message: fc.string() }).map((r) => new Failed(r)),
-  fc.record({ code: fc.string(), message: fc.string() }).map((r) => new Refused(r))
+  fc.record({ handle: fc.nat(), held: fc.nat(), bitmap: fc.option(fc.base64String(), { nil: null }), committed: fc.option(crc32, { nil: null }) }).map((r) => new Opened(r)),
+  fc.record({ handle: fc.nat(), crc32 }).map((r) => new Seal(r)),
+  fc.record({ handle: fc.nat(), dataset: fc.stringMatching(/^[a-z]{1,8}$/), size: fc.nat(), crc32 }).map((r) => new Committed(r)),
+  fc.record({ handle: fc.nat(), dataset: fc.string(), code: fc.constantFrom(...DatasetFailureCode.literals), message: fc.string() }).map((r) => new Failed(r)),
+  fc.record({ handle: fc.nat() }).map((r) => new Close(r)),
+  fc.record({ code: fc.constantFrom(...RefusalCode.literals), message: fc.string() }).map((r) => new Refused(r))
 )
 
 const pieceBatches = fc.record({

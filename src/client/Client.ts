@@ -135,7 +135,8 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const scanner = yield* DatasetScanner
     const dir = options.dir
     const connection: ConnectionOptions = { window: options.window, maxFrame: options.maxFrame, token: options.token, tls: options.tls, handshakeTimeout: options.handshakeTimeout }
-    const uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options))
+    // servers are reached once there is something to send to them
+    let uplinks: ReadonlyArray<Uplink> = []
     const ackedEverywhere = () => uplinks.reduce((n, u) => n + u.acked(), 0)
 
     const committed: Array<DatasetReport> = []
@@ -151,8 +152,11 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const fail = (dataset: string, error: DatasetFailure["error"]) =>
       Effect.gen(function*() {
         failed.push({ dataset, error })
-        const code = error._tag === "DatasetRejected" ? error.code : error._tag === "DatasetError" ? "BadDataset" : error._tag
-        yield* Effect.logError(error.message).pipe(Effect.annotateLogs({ dataset, code }))
+        const onData = error._tag === "DatasetRejected" || error._tag === "DatasetError"
+        const code = error._tag === "DatasetRejected" ? error.code : error._tag === "DatasetError" ? "BadDataset" : error._tag === "PeerMismatch" ? "PeerMismatch" : "Unreachable"
+        // a server given up on has said so already, once for all its datasets
+        if (onData) yield* Effect.logError(error.message).pipe(Effect.annotateLogs({ dataset, code }))
+        else yield* Effect.logDebug(`${dataset}: not sent: ${error.message}`)
         yield* progress.update(dataset, (p) => ({ ...p, phase: "failed", note: error.message }))
         yield* publish({ event: "failed", dataset, code, message: error.message })
       })
@@ -259,6 +263,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const names = [...found.datasets.keys()].sort()
     yield* Effect.logDebug(`found ${names.length} dataset(s): ${names.map((n) => `${n} (${found.datasets.get(n)!.pieces} pieces${found.datasets.get(n)!.marker ? "" : ", no marker yet"})`).join(", ")}`)
     if (names.length === 0 && !options.watch) return { found: 0, committed, failed, unreachable } satisfies SendSummary
+    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options))
     for (const name of names) yield* takeUp(found.datasets.get(name)!, found.datasets.get(name)!.marker)
 
     if (options.watch) {

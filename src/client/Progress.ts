@@ -6,6 +6,7 @@
  * events elsewhere. The transfer only updates the state; who shows it is the
  * program's choice.
  */
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -167,7 +168,7 @@ export const runProgressReports = (options: {
     const progress = yield* Progress
     const previous = new Map<string, { readonly at: number; readonly bytes: number }>()
     const report = Effect.gen(function*() {
-      const now = Date.now()
+      const now = yield* Clock.currentTimeMillis
       const snapshot = yield* SubscriptionRef.get(progress.state)
       for (const p of snapshot.values()) {
         if (p.phase !== "sending" && p.phase !== "committing") {

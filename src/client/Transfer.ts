@@ -5,6 +5,7 @@
  * whole file's CRC32 with a seal (combined from the pieces' gzip trailers,
  * those sent and those the server already held), and wait for the commit.
  */
+import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Stream from "effect/Stream"
@@ -107,7 +108,7 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
   Effect.gen(function*() {
     const reader = yield* PieceReader
     const progress = yield* Progress
-    const started = Date.now()
+    const started = yield* Clock.currentTimeMillis
     const name = manifest.dataset
     const server = connections[0]!.peer
     const boxes = yield* Effect.forEach(connections, (c) => c.mailbox(handle))
@@ -123,7 +124,7 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
         return yield* Effect.fail(new DatasetRejected({ dataset: name, code: "Conflict", reason: `the server already holds a committed ${name} of the same size, but with crc32 ${first.committed}, and this folder's pieces make ${formatCrc(crc.value)}` }))
       }
       yield* progress.update(name, (p) => ({ ...p, phase: "committed", pieces: manifest.count, bytes: manifest.size, ackedPieces: manifest.count, ackedBytes: manifest.size, heldBytes: manifest.size, server }))
-      return { dataset: name, server, size: manifest.size, pieces: manifest.count, sent: 0, alreadyCommitted: true, crc32: first.committed, seconds: (Date.now() - started) / 1000 } satisfies DatasetReport
+      return { dataset: name, server, size: manifest.size, pieces: manifest.count, sent: 0, alreadyCommitted: true, crc32: first.committed, seconds: ((yield* Clock.currentTimeMillis) - started) / 1000 } satisfies DatasetReport
     }
 
     const held = first.bitmap === null ? new PieceBitmap(manifest.count) : PieceBitmap.fromBase64(manifest.count, first.bitmap)
@@ -188,5 +189,5 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
     yield* connections[0]!.seal(handle, formatCrc(crc.value))
     const done = yield* Deferred.await(outcome)
     yield* progress.update(name, (p) => ({ ...p, phase: "committed" }))
-    return { dataset: name, server, size: done.size, pieces: manifest.count, sent: missing, alreadyCommitted: false, crc32: done.crc32, seconds: (Date.now() - started) / 1000 } satisfies DatasetReport
+    return { dataset: name, server, size: done.size, pieces: manifest.count, sent: missing, alreadyCommitted: false, crc32: done.crc32, seconds: ((yield* Clock.currentTimeMillis) - started) / 1000 } satisfies DatasetReport
   }).pipe(Effect.scoped)

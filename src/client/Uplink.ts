@@ -105,7 +105,7 @@ export const makeUplink = (
       if (refused.length > 0) {
         yield* Effect.logDebug(`${name}: ${wanted - refused.length} of ${wanted} connections accepted (${refused[0]!.left.message}); carrying on with those`)
       }
-      yield* Effect.logDebug(`${name}: ${wanted - refused.length} connection(s)${count === "auto" ? ` (auto: round trip ${first.roundTrip.toFixed(2)} ms)` : ""}`)
+      yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${first.roundTrip.toFixed(2)} ms)` : ""}`)
       return [first, ...others.filter(Either.isRight).map((r) => r.right)]
     })
 
@@ -115,10 +115,10 @@ export const makeUplink = (
         const connections = yield* connectAll
         current = connections
         const previous = yield* SubscriptionRef.get(state)
-        if (previous._tag !== "Up") {
-          yield* Effect.logInfo(`connected to ${name}`)
-          yield* publish({ event: "link", server: name, state: "up", message: "connected" })
-        }
+        // one line per change of state: the first connection is not news, a reconnection is
+        if (previous._tag === "Down") yield* Effect.logInfo(`connected to ${name} again`)
+        else yield* Effect.logDebug(`connected to ${name}`)
+        yield* publish({ event: "link", server: name, state: "up", message: "connected" })
         yield* SubscriptionRef.set(state, { _tag: "Up", connections })
         return yield* Effect.raceAll(connections.map((c) => c.lost))
       })
@@ -133,7 +133,11 @@ export const makeUplink = (
         Effect.gen(function*() {
           const previous = yield* SubscriptionRef.get(state)
           if (previous._tag !== "Down" && isTransient(end.error)) {
-            yield* Effect.logWarning(`${name}: ${end.error.message}; reconnecting`)
+            yield* Effect.logWarning(
+              previous._tag === "Up"
+                ? `${end.error.message}; reconnecting`
+                : `${end.error.message}; trying again for up to ${Duration.format(policy.retryFor)} (--retry-for)`
+            )
             yield* publish({ event: "link", server: name, state: "down", message: end.error.message })
           }
           yield* SubscriptionRef.set(state, { _tag: "Down", error: end.error })
@@ -150,8 +154,8 @@ export const makeUplink = (
         Effect.gen(function*() {
           const error = end.error._tag === "PeerMismatch" || !isTransient(end.error)
             ? end.error
-            : new TransportError({ address: name, reason: `${end.error.message} (gave up after ${policy.retries} retries or ${Duration.format(policy.retryFor)})` })
-          yield* Effect.logError(error.message)
+            : new TransportError({ address: name, reason: `${end.error.reason} (gave up after ${policy.retries} retries or ${Duration.format(policy.retryFor)})` })
+          yield* Effect.logWarning(`giving up: ${error.message}`)
           yield* publish({ event: "link", server: name, state: "down", message: error.message })
           yield* SubscriptionRef.set(state, { _tag: "Gone", error })
         })

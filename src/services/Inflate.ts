@@ -70,8 +70,6 @@ const ISAL_PROBLEMS: Record<number, string> = {
   6: "incorrect length check"
 }
 
-/** The native addon's loader to use, from Assets' answer and the FERRY_NATIVE switch (0: zlib only). */
-export const nativeAddonFor = (path: string, env: string | undefined): string | null => (env === "0" ? null : path)
 
 type Engine = (input: Uint8Array, out: Buffer, at: number, room: number) => InflateOne
 

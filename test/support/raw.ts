@@ -6,7 +6,7 @@ import * as net from "node:net"
 import { proofFor } from "../../src/domain/Auth.js"
 import { Manifest } from "../../src/domain/Dataset.js"
 import { FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../../src/domain/Frame.js"
-import { type ControlMessage, decodeControl, encodeControl, Hello, Open } from "../../src/domain/Protocol.js"
+import { type ControlMessage, decodeControl, encodeControl, Hello, Hi, Open, PROTOCOL_VERSION } from "../../src/domain/Protocol.js"
 
 export interface RawConnection {
   readonly socket: net.Socket
@@ -68,16 +68,17 @@ export const rawConnect = (address: string): Promise<RawConnection> =>
 /** Connects and completes the handshake (with the token, when given). */
 export const rawHandshake = async (address: string, token?: string): Promise<RawConnection> => {
   const c = await rawConnect(address)
+  c.write(encodeControl(new Hi({ protocol: PROTOCOL_VERSION, client: "raw-test" })))
   const welcome = await c.next()
   if (welcome._tag !== "Welcome") throw new Error(`expected Welcome, got ${welcome._tag}`)
-  c.write(encodeControl(new Hello({ protocol: 1, client: "raw-test", proof: token === undefined ? null : proofFor(token, welcome.nonce) })))
+  c.write(encodeControl(new Hello({ proof: token === undefined ? null : proofFor(token, welcome.nonce) })))
   const ready = await c.next()
   if (ready._tag !== "Ready") throw new Error(`expected Ready, got ${JSON.stringify(ready)}`)
   return c
 }
 
-export const openMessage = (handle: number, m: { dataset: string; size: number; sliceSize: number; first: number; count: number }) =>
-  encodeControl(new Open({ handle, manifest: new Manifest(m) }))
+export const openMessage = (handle: number, m: { dataset: string; size: number; sliceSize: number; first: number; count: number; firstSliceCrc?: number }) =>
+  encodeControl(new Open({ handle, manifest: new Manifest({ firstSliceCrc: 0, ...m }) }))
 
 /** An Open with fields no Schema would let through, written as raw JSON. */
 export const rawOpen = (handle: number, manifest: Record<string, unknown>) => {
