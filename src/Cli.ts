@@ -37,6 +37,7 @@ import {
   ByteSize,
   Count,
   DurationText,
+  formatByteSize,
   formatBytes,
   fromText,
   Port,
@@ -48,7 +49,7 @@ import {
 import { VERSION } from "./domain/Version.js"
 import { type LogFormat, type LogOutput, LoggingLive, logExit, stderrOutput } from "./Logging.js"
 import { ServerLive } from "./Layers.js"
-import { defaultServeOptions, frameLimit, serve } from "./server/Server.js"
+import { defaultServeOptions, frameLimit, largestSliceIn, serve } from "./server/Server.js"
 import { DatasetScannerLive } from "./services/DatasetScanner.js"
 import { Monitor, MonitorLive } from "./services/Monitor.js"
 import { PieceReaderLive } from "./services/PieceReader.js"
@@ -305,19 +306,24 @@ const sendCommand = Command.make(
 
 /* ferry serve */
 
-/** --max-frame and --connection-memory: a frame must fit in a connection's memory. */
+/**
+ * --max-frame, --max-slice and --connection-memory agree: by default a frame fits one piece of
+ * the largest slice accepted; a --max-frame given smaller lowers the largest slice to what fits;
+ * and a connection's memory holds at least one frame.
+ */
 const frames = Options.all({
-  maxFrame: setting("max-frame", PositiveByteSize, "BYTES", "Largest frame accepted (64KiB until a client has passed the handshake); raised to fit one piece of --max-slice.")
-    .withDefault(defaultServeOptions.maxFrame),
+  maxFrame: setting("max-frame", PositiveByteSize, "BYTES", `Largest frame accepted (64KiB until a client has passed the handshake). Default: ${formatByteSize(frameLimit(defaultServeOptions.maxFrame))}, enough for one piece of --max-slice; a smaller one lowers --max-slice to what fits.`)
+    .optional,
   connectionMemory: setting("connection-memory", PositiveByteSize, "BYTES", "Frame bytes of one connection being verified and written at once.")
     .withDefault(defaultServeOptions.connectionMemory),
   maxSlice: setting("max-slice", PositiveByteSize, "BYTES", "Largest slice (what one piece decompresses to).").withDefault(defaultStoreLimits.maxSliceSize)
 }).pipe(
   Options.mapEffect((f) => {
-    const maxFrame = frameLimit(f.maxFrame, f.maxSlice)
+    const maxFrame = Option.isSome(f.maxFrame) ? f.maxFrame.value : frameLimit(defaultServeOptions.maxFrame, f.maxSlice)
+    const maxSlice = Option.isSome(f.maxFrame) ? Math.min(f.maxSlice, largestSliceIn(maxFrame)) : f.maxSlice
     return maxFrame > f.connectionMemory
-      ? Effect.fail(usageError(`--connection-memory (${f.connectionMemory}) must hold at least one frame of ${maxFrame} bytes (--max-frame, or one piece of --max-slice)`))
-      : Effect.succeed({ ...f, maxFrame })
+      ? Effect.fail(usageError(`--max-frame (${maxFrame}) cannot be larger than --connection-memory (${f.connectionMemory})`))
+      : Effect.succeed({ connectionMemory: f.connectionMemory, maxFrame, maxSlice })
   })
 )
 

@@ -94,6 +94,9 @@ export const makeUplink = (
     let handles = 0
     let ackedBefore = 0
     let current: ReadonlyArray<Connection> = []
+    /** The last state change told in the log, so that each is told once. */
+    let lastLogged: "up" | "down" | undefined
+    let wasUp = false
     const ackedNow = () => current.reduce((n, c) => n + c.acked(), 0)
 
     /** Dials the first connection, then the others it calls for; carries on with those the server accepts. */
@@ -114,13 +117,18 @@ export const makeUplink = (
       Effect.gen(function*() {
         const connections = yield* connectAll
         current = connections
-        const previous = yield* SubscriptionRef.get(state)
         // one line per change of state: the first connection is not news, a reconnection is
-        if (previous._tag === "Down") yield* Effect.logInfo(`connected to ${name} again`)
+        if (lastLogged === "down") yield* Effect.logInfo(`connected to ${name} again`)
         else yield* Effect.logDebug(`connected to ${name}`)
+        lastLogged = "up"
+        wasUp = true
         yield* publish({ event: "link", server: name, state: "up", message: "connected" })
         yield* SubscriptionRef.set(state, { _tag: "Up", connections })
-        return yield* Effect.raceAll(connections.map((c) => c.lost))
+        // up until the first connection breaks (raceAll takes the first success: hence the flips);
+        // from that moment no new transfer may take these connections, even while they close
+        const broken = yield* Effect.raceAll(connections.map((c) => Effect.flip(c.lost)))
+        yield* SubscriptionRef.set(state, { _tag: "Down", error: broken })
+        return yield* Effect.fail(broken)
       })
     ).pipe(
       Effect.mapError((error): SessionEnd => {
@@ -129,18 +137,18 @@ export const makeUplink = (
         current = []
         return { error, progressed }
       }),
+      Effect.tap(() => Effect.void),
+      Effect.tapError((end) => SubscriptionRef.set(state, { _tag: "Down", error: end.error })),
       Effect.tapError((end) =>
         Effect.gen(function*() {
-          const previous = yield* SubscriptionRef.get(state)
-          if (previous._tag !== "Down" && isTransient(end.error)) {
-            yield* Effect.logWarning(
-              previous._tag === "Up"
-                ? `${end.error.message}; reconnecting`
-                : `${end.error.message}; trying again for up to ${Duration.format(policy.retryFor)} (--retry-for)`
-            )
-            yield* publish({ event: "link", server: name, state: "down", message: end.error.message })
-          }
-          yield* SubscriptionRef.set(state, { _tag: "Down", error: end.error })
+          if (!isTransient(end.error) || lastLogged === "down") return
+          lastLogged = "down"
+          yield* Effect.logWarning(
+            end.progressed || wasUp
+              ? `${end.error.message}; reconnecting`
+              : `${end.error.message}; trying again for up to ${Duration.format(policy.retryFor)} (--retry-for)`
+          )
+          yield* publish({ event: "link", server: name, state: "down", message: end.error.message })
         })
       )
     )

@@ -255,7 +255,8 @@ export const serveConnection = (
     if (Either.isLeft(outcome)) {
       const e = outcome.left
       if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
-      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending") yield* Effect.logDebug(`${peer}: dropped: ${e.reason}`)
+      // a client that broke the protocol is worth a line; one that was dropped to make room is not
+      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending") yield* Effect.logWarning(`${peer}: dropped: ${e.reason}`).pipe(Effect.annotateLogs({ code: e.code }))
       else yield* Effect.logDebug(`${peer}: ${e.message}`)
     } else if (yield* gate.isStopping) {
       yield* send(encodeControl(new Refused({ code: "ShuttingDown", message: "the server is stopping; try again, or another server" }))).pipe(Effect.ignore)

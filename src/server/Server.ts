@@ -65,6 +65,9 @@ export const defaultServeOptions: ServeOptions = {
 export const frameLimit = (maxFrame: number, maxSliceSize: number = defaultStoreLimits.maxSliceSize): number =>
   Math.max(maxFrame, piecesFrameBytes(1, Math.ceil(maxSliceSize * 1.001) + 4096))
 
+/** The largest slice one piece of which always fits in a frame of `maxFrame` bytes (the inverse of `frameLimit`). */
+export const largestSliceIn = (maxFrame: number): number => Math.max(1, Math.floor((maxFrame - piecesFrameBytes(1, 4096)) / 1.001))
+
 /** A connection's place at the gate. */
 export interface Ticket {
   /** Passes the handshake: false when the server is at its limit of connections. */

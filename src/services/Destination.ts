@@ -42,7 +42,8 @@ export const describeCode = (code: string, detail = code): string => {
     case "NOTREGULAR":
       return "is not a regular file"
     case "NOTDIR":
-      return "is not a folder (a symbolic link or a file is in the way)"
+    case "ENOTDIR":
+      return "a file is in the way where a folder should be"
     case "EACCES":
     case "EPERM":
       return "permission denied"

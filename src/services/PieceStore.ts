@@ -27,7 +27,7 @@ import { formatMarker, type Manifest, manifestDifference, manifestProblem, marke
 import { DestinationError, StoreError } from "../domain/Errors.js"
 import type { PieceBatch } from "../domain/Frame.js"
 import type { Geometry } from "../domain/Layout.js"
-import { Destination } from "./Destination.js"
+import { describeCode, Destination } from "./Destination.js"
 import { GunzipPool } from "./GunzipPool.js"
 import { type Lease, Leases, STATE_FOLDER } from "./store/Leases.js"
 import { fileCrc, fileNames, ioToStore, openState, record, type StateFiles } from "./store/StateFiles.js"
@@ -136,10 +136,10 @@ const limitProblem = (m: Manifest, limits: StoreLimits): StoreError | undefined 
 export const checkDestination: Effect.Effect<void, DestinationError, Destination> = Effect.gen(function*() {
   const dest = yield* Destination
   const unusable = (reason: string) => new DestinationError({ dest: dest.root, reason })
-  const kind = yield* dest.kind(STATE_FOLDER).pipe(Effect.mapError((e) => unusable(e.message)))
+  const describe = (e: { readonly code: string; readonly detail: string }) =>
+    unusable(e.code === "EROFS" ? "is on a read-only filesystem; ferry needs to write there" : `cannot create state folder ${STATE_FOLDER} (${describeCode(e.code, e.detail)})`)
+  const kind = yield* dest.kind(STATE_FOLDER).pipe(Effect.mapError(describe))
   if (kind === "link") return yield* Effect.fail(unusable(`${STATE_FOLDER} is a symbolic link; ferry keeps its work inside --dest and will not follow it`))
-  const describe = (e: { readonly code: string; readonly message: string }) =>
-    unusable(e.code === "EROFS" ? "is on a read-only filesystem; ferry needs to write there" : `cannot be used (${e.message})`)
   yield* dest.ensureDir(STATE_FOLDER).pipe(Effect.mapError(describe))
   // a probe write: a read-only mount may still let folders be listed, and mkdir there can answer ENOENT
   const probe = `${STATE_FOLDER}/.probe-${process.pid}`
@@ -189,7 +189,11 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
           let reserved = 0
           for (const other of active.values()) reserved += other.remaining
           const verdict = admit(remaining, yield* dest.available, reserved)
-          if (verdict._tag === "Refused") return yield* refuse(manifest.dataset, "NoSpace", `${verdict.reason} in ${dest.root}`)
+          if (verdict._tag === "Refused") {
+            // a dataset that never started leaves nothing behind
+            if (!state.resumed) yield* dest.remove(`${STATE_FOLDER}/${manifest.dataset}`).pipe(Effect.ignore)
+            return yield* refuse(manifest.dataset, "NoSpace", `${verdict.reason} in ${dest.root}`)
+          }
           return { lease, state, remaining }
         }).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
         const entry: Active = {

@@ -65,11 +65,16 @@ export const rawConnect = (address: string): Promise<RawConnection> =>
     socket.once("error", reject)
   })
 
+/** Says Hi, as every client speaks first; answers the server's reply (a Welcome). */
+export const rawHi = (c: RawConnection): Promise<ControlMessage> => {
+  c.write(encodeControl(new Hi({ protocol: PROTOCOL_VERSION, client: "raw-test" })))
+  return c.next()
+}
+
 /** Connects and completes the handshake (with the token, when given). */
 export const rawHandshake = async (address: string, token?: string): Promise<RawConnection> => {
   const c = await rawConnect(address)
-  c.write(encodeControl(new Hi({ protocol: PROTOCOL_VERSION, client: "raw-test" })))
-  const welcome = await c.next()
+  const welcome = await rawHi(c)
   if (welcome._tag !== "Welcome") throw new Error(`expected Welcome, got ${welcome._tag}`)
   c.write(encodeControl(new Hello({ proof: token === undefined ? null : proofFor(token, welcome.nonce) })))
   const ready = await c.next()

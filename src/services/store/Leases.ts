@@ -117,6 +117,12 @@ export const makeLeases = (options: LeaseOptions) =>
     const acquire = (dataset: string): Effect.Effect<Lease, StoreError, Scope.Scope> =>
       Effect.gen(function*() {
         const dir = `${STATE_FOLDER}/${dataset}`
+        // a link (or a file) planted where the state folder goes is removed, never followed
+        const kind = yield* dest.kind(dir).pipe(Effect.mapError(stateError(dataset)))
+        if (kind !== "directory" && kind !== "none") {
+          yield* Effect.logWarning(`${dataset}: ${dir} in the destination is a ${kind}, not a folder; replacing it`)
+          yield* dest.remove(dir).pipe(Effect.mapError(stateError(dataset)))
+        }
         yield* dest.ensureDir(dir).pipe(Effect.mapError(stateError(dataset)))
         const entries = stateEntries(yield* dest.list(dir).pipe(Effect.mapError(stateError(dataset))))
         if (entries.lease !== undefined) {
