@@ -160,7 +160,9 @@ describe("ferry --help", () => {
     const r = await ferry(["serve", "--help"])
     const entry = (flag: string) => new RegExp(`^${flag}\\b.*\\n\\n.*\\n\\n  (.*)$`, "m").exec(r.stdout)?.[1]
     expect(entry("--max-connections N")).toBe("Default: 256; or FERRY_MAX_CONNECTIONS in the environment.")
-    expect(entry("--max-frame BYTES")).toBe("Default: 16MiB; or FERRY_MAX_FRAME in the environment.")
+    expect(entry("--max-slice BYTES")).toBe("Default: 64MiB; or FERRY_MAX_SLICE in the environment.")
+    // the frame limit follows the slice limit unless it is given
+    expect(r.stdout).toMatch(/enough for one piece of --max-slice/)
     expect(entry("--max-dataset-size BYTES")).toBe("Default: 16TiB; or FERRY_MAX_DATASET_SIZE in the environment.")
     expect(entry("--idle-timeout SECONDS")).toBe("Default: 120 seconds; or FERRY_IDLE_TIMEOUT in the environment.")
     expect(entry("--port PORT")).toBe("Required; or FERRY_PORT in the environment.")
