@@ -9,7 +9,6 @@ import * as CliConfig from "@effect/cli/CliConfig"
 import * as Command from "@effect/cli/Command"
 import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
-import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
 import * as Terminal from "@effect/platform/Terminal"
 import * as Cause from "effect/Cause"
@@ -27,11 +26,10 @@ import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import { parseOnCommit } from "./client/Cleanup.js"
 import { defaultSendOptions, exitCodeOf, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send, type SendOptions, watchPolicy } from "./client/Client.js"
-import { makeBoard, Progress, ProgressLive, runBoard, runProgressReports, summary as rateSummary } from "./client/Progress.js"
+import { makeBoard, Progress, runBoard, runProgressReports, summary as rateSummary } from "./client/Progress.js"
 import { encodeEvent, type FerryEvent, stamp } from "./domain/Events.js"
 import { choice, envName, flag, optionalFile, setting, token, usageError } from "./CliOptions.js"
-import { DatasetName, formatMarker, markerFileName } from "./domain/Dataset.js"
-import { UsageError } from "./domain/Errors.js"
+import { DatasetName } from "./domain/Dataset.js"
 import {
   AddressListText,
   ByteSize,
@@ -48,16 +46,13 @@ import {
 } from "./domain/Units.js"
 import { VERSION } from "./domain/Version.js"
 import { type LogFormat, type LogOutput, LoggingLive, logExit, stderrOutput } from "./Logging.js"
-import { ServerLive } from "./Layers.js"
+import { ClientLive, ServerLive } from "./Layers.js"
 import { defaultServeOptions, frameLimit, largestSliceIn, serve } from "./server/Server.js"
-import { DatasetScannerLive } from "./services/DatasetScanner.js"
 import { Monitor, MonitorLive } from "./services/Monitor.js"
-import { PieceReaderLive } from "./services/PieceReader.js"
 import { defaultStoreLimits } from "./services/PieceStore.js"
-import { SampleMaker, SampleMakerLive } from "./services/SampleMaker.js"
+import { makeDataset, SampleMakerLive } from "./services/SampleMaker.js"
 import { DEFAULT_LEASE_TIME } from "./services/store/Leases.js"
 import { ThrottleLive } from "./services/Throttle.js"
-import { TcpTransport } from "./services/Transport.js"
 
 /**
  * Exit codes: 1 when the job failed (for `send`: a dataset failed on its data), 2 when the command
@@ -222,6 +217,7 @@ const sendCommand = Command.make(
     tlsServername: setting("tls-servername", Text, "NAME", "Name the server's certificate must carry (default: the host of --address).").optional,
     handshakeTimeout: handshakeTimeout(false),
     quiet: flag("quiet", "No progress display."),
+    readers: setting("readers", PositiveCount, "N", "Threads reading piece files (default 2).").optional,
     ...logging
   },
   (flags) => {
@@ -291,10 +287,7 @@ const sendCommand = Command.make(
       }).pipe(
         Effect.scoped,
         Effect.provide(Layer.mergeAll(
-          TcpTransport,
-          PieceReaderLive(),
-          DatasetScannerLive(),
-          ProgressLive,
+          ClientLive(Option.isSome(flags.readers) ? { readers: flags.readers.value } : {}),
           MonitorLive,
           Option.isSome(flags.bwlimit) ? ThrottleLive(flags.bwlimit.value) : Layer.empty
         ))
@@ -364,6 +357,8 @@ const serveCommand = Command.make(
       .withDefault(Duration.decode(defaultServeOptions.idleTimeout)),
     leaseTime: setting("lease-time", DurationText, "DURATION", "With several servers on one --dest: a dataset whose server has stopped renewing its lease this long may be taken over.")
       .withDefault(Duration.decode(DEFAULT_LEASE_TIME)),
+    workers: setting("workers", PositiveCount, "N", "Gunzip threads (default: one per core).").optional,
+    inflater: setting("inflater", choice(["isal", "zlib"]), "isal|zlib", "Gunzip with the ISA-L addon when it is built (about 1.6x faster), or always with zlib.").withDefault("isal"),
     drainTimeout: setting("drain-timeout", DurationText, "DURATION", "On SIGTERM or Ctrl-C, how long batches already received may take to finish writing.")
       .withDefault(Duration.decode(defaultServeOptions.drainTimeout)),
     ...logging
@@ -399,7 +394,16 @@ const serveCommand = Command.make(
         const signal = yield* Effect.raceFirst(serving, nextSignal).pipe((work) => printingEvents(flags.json, serveLine, work))
         yield* Effect.logInfo(`stopped by ${signal}; datasets in progress are kept in ${dest}/.ferry for their senders to resume`)
       }).pipe(
-        Effect.provide(Layer.merge(ServerLive({ dest: flags.dest, limits, leaseMs: Duration.toMillis(flags.leaseTime) }), MonitorLive))
+        Effect.provide(Layer.merge(
+          ServerLive({
+            dest: flags.dest,
+            limits,
+            leaseMs: Duration.toMillis(flags.leaseTime),
+            ...(Option.isSome(flags.workers) ? { workers: flags.workers.value } : {}),
+            ...(flags.inflater === "zlib" ? { nativeAddon: null } : {})
+          }),
+          MonitorLive
+        ))
       )
     )
   }
@@ -425,23 +429,13 @@ const fakeCommand = Command.make(
     run(
       flags,
       Effect.gen(function*() {
-        const maker = yield* SampleMaker
-        const fs = yield* FileSystem.FileSystem
-        const path = yield* Path.Path
         const started = Date.now()
-        const made = yield* maker.make({ dir: flags.path, name: flags.name, size: flags.size, sliceSize: flags.slice, seed: flags.seed, firstNumber: flags.first, level: 1 })
-        if (!flags.noMarker) {
-          // written last and atomically: a watching client must never read half a marker
-          const tmp = path.join(flags.path, `.${markerFileName(flags.name)}.tmp`)
-          yield* fs.writeFileString(tmp, formatMarker(flags.size))
-          yield* fs.rename(tmp, path.join(flags.path, markerFileName(flags.name)))
-        }
+        const made = yield* makeDataset({ dir: flags.path, name: flags.name, size: flags.size, sliceSize: flags.slice, seed: flags.seed, firstNumber: flags.first, withoutMarker: flags.noMarker })
         const ratio = made.compressed > 0 ? (flags.size / made.compressed).toFixed(2) : "-"
         yield* Effect.logInfo(`made ${flags.name}: ${made.pieces} pieces of ${flags.slice} bytes, ${flags.size} bytes (${formatBytes(made.compressed)} gzipped, ${ratio}x) in ${flags.path} in ${((Date.now() - started) / 1000).toFixed(1)} s${flags.noMarker ? ", no marker" : ""}`)
         yield* Console.log(`sha256 ${made.sha256}  ${flags.name}`)
         yield* Console.log(`crc32 ${made.crc32.toString(16).padStart(8, "0")}  ${flags.name}`)
       }).pipe(
-        Effect.mapError((e) => (e._tag === "SystemError" || e._tag === "BadArgument" ? new UsageError({ reason: e.message }) : e)),
         Effect.provide(SampleMakerLive())
       )
     )

@@ -9,6 +9,7 @@ import * as NodePath from "@effect/platform-node/NodePath"
 import type * as FileSystem from "@effect/platform/FileSystem"
 import * as Layer from "effect/Layer"
 import { ProgressLive } from "./client/Progress.js"
+import { FramePoolLive } from "./services/BufferPool.js"
 import { DatasetScannerInProcess, DatasetScannerLive } from "./services/DatasetScanner.js"
 import { DestinationLive, DestinationOnFileSystem } from "./services/Destination.js"
 import { GunzipPoolInProcess, GunzipPoolLive } from "./services/GunzipPool.js"
@@ -37,7 +38,7 @@ const store = (options: ServerLayerOptions) =>
     Layer.provide(LeasesLive({ leaseMs: options.leaseMs ?? 30_000 }))
   )
 
-/** A server over TCP and the real disk: the piece store, its gunzip threads, and the transport. */
+/** A server over TCP and the real disk: the piece store, its gunzip threads, and the transport (sharing one frame pool). */
 export const ServerLive = (options: ServerLayerOptions) =>
   Layer.mergeAll(
     store(options).pipe(
@@ -47,7 +48,7 @@ export const ServerLive = (options: ServerLayerOptions) =>
       ))
     ),
     TcpTransport
-  )
+  ).pipe(Layer.provide(FramePoolLive))
 
 export interface ClientLayerOptions {
   /** Reader threads (default 2). */
@@ -62,9 +63,11 @@ export const ClientLive = (options: ClientLayerOptions = {}) =>
     TcpTransport,
     PieceReaderLive(options.readers === undefined ? {} : { workers: options.readers }),
     DatasetScannerLive(options.pollEvery ?? "1 second"),
-    ProgressLive,
-    SampleMakerLive()
-  ).pipe(Layer.provideMerge(Layer.merge(NodeFileSystem.layer, NodePath.layer)))
+    ProgressLive
+  ).pipe(Layer.provide(FramePoolLive), Layer.provideMerge(Layer.merge(NodeFileSystem.layer, NodePath.layer)))
+
+/** The sample maker (`ferry fake`) on worker threads, and the filesystem. */
+export const SampleLive = SampleMakerLive().pipe(Layer.provideMerge(Layer.merge(NodeFileSystem.layer, NodePath.layer)))
 
 /**
  * The server's pipeline without threads or sockets, over the FileSystem the program provides;
@@ -82,4 +85,4 @@ export const ClientInProcess: Layer.Layer<
 > = Layer.mergeAll(PieceReaderInProcess, DatasetScannerInProcess, ProgressLive, SampleMakerInProcess)
 
 /** The in-memory transport both in-process layers share: provide it once, to both. */
-export const InMemoryTransport = MemoryTransport
+export const InMemoryTransport = MemoryTransport.pipe(Layer.provide(FramePoolLive))

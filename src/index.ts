@@ -1,17 +1,32 @@
 /**
- * ferry as a library: the client and server pipelines as Effects, with the
- * layers they need, live and in-memory.
+ * ferry as a library: the send and serve pipelines as Effects, their
+ * options, what they report (a summary, progress as a SubscriptionRef, and
+ * events), and the layers they run on: live ones (TCP, worker threads, the
+ * real disk) and in-process ones (the same pipelines, in one process).
  */
-export * from "./client/Client.js"
+export {
+  defaultSendOptions,
+  exitCodeOf,
+  send,
+  SendExit,
+  watchPolicy,
+  type DatasetFailure,
+  type DatasetReport,
+  type SendEnvironment,
+  type SendOptions,
+  type SendSummary
+} from "./client/Client.js"
+export { parseOnCommit, type OnCommit } from "./client/Cleanup.js"
+export { Progress, ProgressLive, describe as describeProgress, type DatasetProgress, type Phase, type Snapshot } from "./client/Progress.js"
+export { defaultServeOptions, serve, type ServeOptions } from "./server/Server.js"
+export { ClientInProcess, ClientLive, InMemoryTransport, SampleLive, ServerInProcess, ServerLive, type ClientLayerOptions, type ServerLayerOptions } from "./Layers.js"
+export { makeDataset, SampleMaker, type DatasetSpec, type SampleMade } from "./services/SampleMaker.js"
+export { Monitor, MonitorLive, type MonitorService } from "./services/Monitor.js"
+export { ThrottleLive } from "./services/Throttle.js"
+export { PieceStore, defaultStoreLimits, type Commit, type StoreLimits } from "./services/PieceStore.js"
+export { formatAddress, type Address } from "./services/Transport.js"
 export * from "./domain/Dataset.js"
 export * from "./domain/Errors.js"
-export * as Frame from "./domain/Frame.js"
-export * as Protocol from "./domain/Protocol.js"
-export { ExitCode, cli } from "./Cli.js"
-export * from "./server/Server.js"
-export * from "./services/DatasetScanner.js"
-export * from "./services/GunzipPool.js"
-export * from "./services/PieceReader.js"
-export * from "./services/PieceStore.js"
-export * from "./services/SampleMaker.js"
-export * from "./services/Transport.js"
+export * from "./domain/Codes.js"
+export * as Events from "./domain/Events.js"
+export { cli, exitCode } from "./Cli.js"

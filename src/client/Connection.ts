@@ -20,7 +20,7 @@ import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
 import { Close, type ControlMessage, decodeControl, encodeControl, Hello, Hi, Open, type Opened, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
 import { VERSION } from "../domain/Version.js"
 import { Throttle } from "../services/Throttle.js"
-import { type Address, type Link, Transport } from "../services/Transport.js"
+import { type Address, type Link, type TlsClient, Transport } from "../services/Transport.js"
 
 export type LinkError = TransportError | ProtocolError | PeerMismatch
 
@@ -57,8 +57,7 @@ export interface ConnectionOptions {
   readonly maxFrame: number
   /** The shared secret, when the server asks for one. */
   readonly token: string | undefined
-  /** TLS, verified against `ca` or the system's roots. */
-  readonly tls: { readonly ca: Buffer | undefined; readonly servername: string | undefined } | undefined
+  readonly tls: TlsClient | undefined
   /** The server must greet and accept us within this. */
   readonly handshakeTimeout: Duration.DurationInput
 }

@@ -14,7 +14,7 @@ import { piecesFrameBytes } from "../domain/Frame.js"
 import type { TransportError } from "../domain/Errors.js"
 import { publish } from "../services/Monitor.js"
 import { defaultStoreLimits, PieceStore } from "../services/PieceStore.js"
-import { type Address, formatAddress, Transport } from "../services/Transport.js"
+import { type Address, formatAddress, type TlsServer, Transport } from "../services/Transport.js"
 import { HANDSHAKE_FRAME, serveConnection } from "./Connection.js"
 
 export interface ServeOptions {
@@ -30,8 +30,8 @@ export interface ServeOptions {
   readonly batchesInFlight: number
   /** Shared secret clients must prove they know; undefined: no authentication. */
   readonly token: string | undefined
-  /** TLS certificate and key (PEM); undefined: plain TCP. */
-  readonly tls: { readonly cert: Buffer; readonly key: Buffer } | undefined
+  /** undefined: plain TCP. */
+  readonly tls: TlsServer | undefined
   /** Connections past the handshake, at most. */
   readonly maxConnections: number
   /** Connections still in the handshake, at most: past it, the oldest is dropped. */

@@ -1,9 +1,13 @@
+import * as Context from "effect/Context"
+import * as Layer from "effect/Layer"
+
 /**
  * Reused memory for piece frames. A batch frame is about a megabyte; making a
  * fresh one per batch costs an mmap, page faults and, once garbage, a GC and
  * an munmap, all on the event loop. Frames instead cycle through this pool:
  * decoder or reader fills one, a worker or the socket uses it, and it comes
- * back. The pool is per process and bounded, so memory stays flat.
+ * back. The pool is bounded, so memory stays flat; one is shared by the
+ * transport, the readers and the gunzip threads of a program (FramePool).
  */
 
 const GRAIN = 256 * 1024
@@ -44,5 +48,7 @@ export class BufferPool {
   }
 }
 
-/** The process's pool for piece frames. */
-export const framePool = new BufferPool()
+/** The pool of piece frames a program's transport, readers and gunzip threads share. */
+export class FramePool extends Context.Tag("ferry/FramePool")<FramePool, BufferPool>() {}
+
+export const FramePoolLive = Layer.sync(FramePool, () => new BufferPool())

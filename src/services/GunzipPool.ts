@@ -9,7 +9,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { nativeAddon, workerScript } from "./Assets.js"
-import { framePool } from "./BufferPool.js"
+import { FramePool } from "./BufferPool.js"
 import type { DestFile } from "./Destination.js"
 import { type InflateTask, makeInflater, placementsOf } from "./Inflate.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
@@ -44,6 +44,7 @@ export const GunzipPoolLive = (options: GunzipOptions = {}) =>
   Layer.scoped(
     GunzipPool,
     Effect.gen(function*() {
+      const frames = yield* FramePool
       const workers = options.workers ?? defaultWorkers()
       const addon = options.nativeAddon === undefined ? nativeAddon : options.nativeAddon
       const pool = yield* makeWorkerPool<InflateMessage, InflateOutcome>(workerScript("inflate"), workers, { nativeAddon: addon })
@@ -67,7 +68,7 @@ export const GunzipPoolLive = (options: GunzipOptions = {}) =>
           // numbers reused) before it is done.
           return Effect.uninterruptible(pool.run(message, [job.body.buffer, job.indices.buffer, job.starts.buffer, job.lengths.buffer] as Array<ArrayBuffer>)).pipe(
             Effect.map((outcome) => {
-              framePool.give((outcome as { body?: ArrayBuffer }).body ?? new ArrayBuffer(0))
+              frames.give((outcome as { body?: ArrayBuffer }).body ?? new ArrayBuffer(0))
               return outcome
             })
           )

@@ -13,7 +13,7 @@ import * as Layer from "effect/Layer"
 import { DatasetError } from "../domain/Errors.js"
 import { type Geometry, pieceFileName } from "../domain/Layout.js"
 import { workerScript } from "./Assets.js"
-import { framePool } from "./BufferPool.js"
+import { FramePool } from "./BufferPool.js"
 import { frameCapacity, type PieceFiles, readFrame, readTrailers } from "./PieceFrames.js"
 import { makeWorkerPool } from "./WorkerPool.js"
 import type { ReadReply, ReadTask } from "./workers/read.js"
@@ -74,15 +74,16 @@ export const PieceReaderLive = (options: ReaderOptions = {}) =>
   Layer.scoped(
     PieceReader,
     Effect.gen(function*() {
+      const frames = yield* FramePool
       const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2)
       return {
         read: (req) =>
           Effect.suspend(() => {
-            const buffer = framePool.take(frameCapacity(req.indices.length, req.expectBytes)).buffer as ArrayBuffer
+            const buffer = frames.take(frameCapacity(req.indices.length, req.expectBytes)).buffer as ArrayBuffer
             const { dir, expectBytes: _, ...request } = req
             return Effect.flatMap(pool.run({ _tag: "Frame", dir, request, buffer }, [buffer]), (r) =>
               r._tag === "Frame"
-                ? Effect.succeed<PieceFrame>({ seq: req.seq, frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes, crcs: r.crcs, release: () => framePool.give(r.frame) })
+                ? Effect.succeed<PieceFrame>({ seq: req.seq, frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes, crcs: r.crcs, release: () => frames.give(r.frame) })
                 : failed(req.geometry.dataset, r._tag === "Unreadable" ? r : { reason: "unexpected reply from a reader thread" }))
           }),
         trailers: (dir, geometry, indices) =>

@@ -13,7 +13,7 @@ import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
 import { createHash } from "node:crypto"
 import * as zlib from "node:zlib"
-import { pieceFileName } from "../domain/Dataset.js"
+import { expectedCount, formatMarker, markerFileName, MAX_PIECES, pieceFileName } from "../domain/Dataset.js"
 import { FolderError } from "../domain/Errors.js"
 import { fillSlice, textPool } from "../domain/Sample.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
@@ -55,11 +55,9 @@ export class SampleMaker extends Context.Tag("ferry/SampleMaker")<SampleMaker, {
   readonly make: (spec: SampleSpec) => Effect.Effect<SampleMade, FolderError>
 }>() {}
 
-export const sliceCount = (size: number, sliceSize: number) => (size === 0 ? 0 : Math.ceil(size / sliceSize))
-
-/** Splits the slices into runs of about 1 MiB of original data. */
-const runsOf = (spec: SampleSpec): Array<SliceRun> => {
-  const total = sliceCount(spec.size, spec.sliceSize)
+/** Splits the slices into runs of about 1 MiB of original data, one worker task each. */
+const workOf = (spec: SampleSpec): Array<SliceRun> => {
+  const total = expectedCount(spec.size, spec.sliceSize)
   const per = Math.max(1, Math.floor((1024 * 1024) / Math.max(1, spec.sliceSize)))
   const runs: Array<SliceRun> = []
   for (let from = 0; from < total; from += per) {
@@ -86,7 +84,7 @@ const prepare = (spec: SampleSpec) =>
   Effect.try({
     try: () => {
       if (!(spec.sliceSize > 0)) throw new Error("slice size must be at least 1 byte")
-      if (spec.firstNumber + sliceCount(spec.size, spec.sliceSize) > 10_000_000) throw new Error("that needs more than 10,000,000 pieces; use a larger --slice")
+      if (spec.firstNumber + expectedCount(spec.size, spec.sliceSize) > MAX_PIECES) throw new Error(`that needs more than ${MAX_PIECES.toLocaleString("en-US")} pieces; use a larger --slice`)
     },
     catch: (e) => new FolderError({ path: spec.dir, reason: (e as Error).message })
   })
@@ -106,7 +104,7 @@ export const SampleMakerLive = (workers = defaultWorkers()) =>
             )
             const d = digests()
             let compressed = 0
-            const runs = runsOf(spec)
+            const runs = workOf(spec)
             yield* Stream.fromIterable(runs).pipe(
               // ordered: the digests need the slices in file order
               Stream.mapEffect((run) => pool.run(run), { concurrency: workers * 2 }),
@@ -117,7 +115,7 @@ export const SampleMakerLive = (workers = defaultWorkers()) =>
                 })
               )
             )
-            return d.done(sliceCount(spec.size, spec.sliceSize), compressed)
+            return d.done(expectedCount(spec.size, spec.sliceSize), compressed)
           })
       }
     })
@@ -137,7 +135,7 @@ export const SampleMakerInProcess = Layer.effect(
           const text = textPool(spec.seed)
           const d = digests()
           let compressed = 0
-          const total = sliceCount(spec.size, spec.sliceSize)
+          const total = expectedCount(spec.size, spec.sliceSize)
           for (let index = 0; index < total; index++) {
             const slice = Buffer.allocUnsafe(Math.min(spec.sliceSize, spec.size - index * spec.sliceSize))
             fillSlice(slice, text, spec.seed, index)
@@ -151,3 +149,31 @@ export const SampleMakerInProcess = Layer.effect(
     }
   })
 )
+
+export interface DatasetSpec extends Omit<SampleSpec, "seed" | "firstNumber" | "level"> {
+  readonly seed?: number
+  readonly firstNumber?: number
+  readonly level?: number
+  /** Leave the marker out, as a producer that has not finished yet would. */
+  readonly withoutMarker?: boolean
+}
+
+/**
+ * A whole sample dataset, as a producer makes one: the pieces, then the marker,
+ * written last and atomically (a watching sender must never read half of one).
+ */
+export const makeDataset = (spec: DatasetSpec): Effect.Effect<SampleMade, FolderError, SampleMaker | FileSystem.FileSystem | Path.Path> =>
+  Effect.gen(function*() {
+    const maker = yield* SampleMaker
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const made = yield* maker.make({ seed: 1, firstNumber: 0, level: 1, ...spec })
+    if (spec.withoutMarker !== true) {
+      const tmp = path.join(spec.dir, `.${markerFileName(spec.name)}.tmp`)
+      yield* fs.writeFileString(tmp, formatMarker(spec.size)).pipe(
+        Effect.zipRight(fs.rename(tmp, path.join(spec.dir, markerFileName(spec.name)))),
+        Effect.mapError((e) => new FolderError({ path: spec.dir, reason: e.message }))
+      )
+    }
+    return made
+  })

@@ -17,7 +17,7 @@ import * as tls from "node:tls"
 import { Duplex } from "node:stream"
 import { PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
 import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../domain/Frame.js"
-import { framePool } from "./BufferPool.js"
+import { type BufferPool, FramePool } from "./BufferPool.js"
 
 export interface Address {
   readonly host: string
@@ -53,16 +53,26 @@ export interface LinkOptions {
   readonly readAhead?: number
 }
 
+/** TLS for a client: the server is verified against `ca` (PEM) or the system's roots, and must carry `servername`. */
+export interface TlsClient {
+  readonly ca: Buffer | undefined
+  readonly servername: string | undefined
+}
+
+/** TLS for a server: its certificate and key (PEM). */
+export interface TlsServer {
+  readonly cert: Buffer
+  readonly key: Buffer
+}
+
 export interface DialOptions extends LinkOptions {
-  /** TLS, verified against `ca` (PEM) or the system's roots. */
-  readonly tls?: { readonly ca: Buffer | undefined; readonly servername: string | undefined } | undefined
+  readonly tls?: TlsClient | undefined
 }
 
 export interface ListenOptions extends LinkOptions {
   readonly host: string
   readonly port: number
-  /** TLS certificate and key (PEM). */
-  readonly tls?: { readonly cert: Buffer; readonly key: Buffer } | undefined
+  readonly tls?: TlsServer | undefined
   /** TLS handshakes must finish within this. */
   readonly handshakeTimeout?: Duration.DurationInput
 }
@@ -85,11 +95,11 @@ const READ_AHEAD = 4 * 1024 * 1024
  * READ_AHEAD bytes of frames wait for the consumer, the socket is paused, so
  * a slow consumer (a busy disk) slows the sender instead of growing memory.
  */
-export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}): Link => {
+export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}, pool?: BufferPool): Link => {
   let first = new Uint8Array(0)
   const decoder = new FrameDecoder(
     options.maxFrame ?? DEFAULT_MAX_FRAME,
-    (size, kind) => (kind === FrameKind.Pieces ? framePool.take(size) : Buffer.allocUnsafeSlow(size))
+    (size, kind) => (kind === FrameKind.Pieces && pool !== undefined ? pool.take(size) : Buffer.allocUnsafeSlow(size))
   )
   const readAhead = options.readAhead ?? READ_AHEAD
   const frames = Stream.suspend(() => {
@@ -228,7 +238,7 @@ const tlsMismatch = (e: Error): string | undefined => {
   return undefined
 }
 
-export const TcpTransport = Layer.succeed(Transport, {
+const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
   dial: (address, options) =>
     Effect.gen(function*() {
       const peer = formatAddress(address)
@@ -268,7 +278,7 @@ export const TcpTransport = Layer.succeed(Transport, {
       tune(socket)
       socket.on("error", () => {}) // surfaced through reads and writes
       yield* scopedSocket(socket)
-      return { ...linkFromDuplex(socket, peer, options), roundTrip }
+      return { ...linkFromDuplex(socket, peer, options, pool), roundTrip }
     }),
   listen: (options, onLink) =>
     Effect.gen(function*() {
@@ -290,7 +300,7 @@ export const TcpTransport = Layer.succeed(Transport, {
         socket.once("close", () => sockets.delete(socket))
         const peer = formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
         const handler = Effect.scoped(
-          Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options)))
+          Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options, pool)))
         )
         runFork(handler)
       }
@@ -326,6 +336,9 @@ export const TcpTransport = Layer.succeed(Transport, {
       return bound
     })
 })
+
+/** TCP (and TLS) connections, reading piece frames into the program's frame pool. */
+export const TcpTransport = Layer.effect(Transport, Effect.map(FramePool, makeTcpTransport))
 
 /** Two duplexes joined back to back: what one writes, the other reads, with backpressure. */
 export const duplexPair = (): readonly [Duplex, Duplex] => {
@@ -363,7 +376,7 @@ export const duplexPair = (): readonly [Duplex, Duplex] => {
 }
 
 /** Links inside one process, for tests: listen on any port number, dial it. */
-export const MemoryTransport = Layer.sync(Transport, () => {
+export const MemoryTransport = Layer.effect(Transport, Effect.map(FramePool, (pool): Transport["Type"] => {
   const listeners = new Map<number, (socket: Duplex, peer: string) => void>()
   let nextPort = 40_000
   let nextClient = 1
@@ -378,17 +391,17 @@ export const MemoryTransport = Layer.sync(Transport, () => {
         const [client, server] = duplexPair()
         yield* scopedSocket(client)
         accept(server, `memory-client-${nextClient++}`)
-        return { ...linkFromDuplex(client, peer, options), roundTrip: 0 }
+        return { ...linkFromDuplex(client, peer, options, pool), roundTrip: 0 }
       }),
     listen: (options, onLink) =>
       Effect.gen(function*() {
         const port = options.port === 0 ? nextPort++ : options.port
         const runFork = yield* FiberSet.makeRuntime<never>()
         listeners.set(port, (socket, peer) => {
-          runFork(Effect.scoped(Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options)))))
+          runFork(Effect.scoped(Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options, pool)))))
         })
         yield* Effect.addFinalizer(() => Effect.sync(() => listeners.delete(port)))
         return { host: options.host, port }
       })
   }
-})
+}))

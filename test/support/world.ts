@@ -19,6 +19,7 @@ import { PieceReaderInProcess } from "../../src/services/PieceReader.js"
 import { defaultStoreLimits, FLUSH_BEHIND, PieceStore, PieceStoreLayer, type Session, type StoreLimits } from "../../src/services/PieceStore.js"
 import { SampleMaker, SampleMakerInProcess } from "../../src/services/SampleMaker.js"
 import { LeasesLive } from "../../src/services/store/Leases.js"
+import { FramePoolLive } from "../../src/services/BufferPool.js"
 import { type Address, MemoryTransport } from "../../src/services/Transport.js"
 import { makeMemoryFileSystem, type MemoryFileSystemHandle } from "./MemoryFileSystem.js"
 
@@ -45,7 +46,7 @@ export const storeLayer = (memory: MemoryFileSystemHandle, spec: ServerSpec = {}
 export const world = (spec: ServerSpec = {}) => {
   const memory = makeMemoryFileSystem()
   const layer = Layer.mergeAll(
-    MemoryTransport,
+    MemoryTransport.pipe(Layer.provide(FramePoolLive)),
     PieceReaderInProcess,
     DatasetScannerInProcess,
     SampleMakerInProcess,
