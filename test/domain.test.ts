@@ -2,6 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
 import * as zlib from "node:zlib"
 import { PieceBitmap } from "../src/domain/Bitmap.js"
+import { checkBatch } from "../src/domain/Batch.js"
 import { combine, ContentCrc, FileCrc, shiftBy } from "../src/domain/Crc32.js"
 import {
   expectedCount,
@@ -234,3 +235,53 @@ describe("command-line quantities", () => {
   })
 })
 
+
+describe("what the server accepts of a batch", () => {
+  /** The rule, written the plain way: each index in the dataset, once; held pieces skipped. */
+  const model = (first: number, count: number, held: Set<number>, indices: Array<number>) => {
+    const seen = new Set<number>()
+    const keep: Array<number> = []
+    for (let k = 0; k < indices.length; k++) {
+      const i = indices[k]!
+      if (i < first || i >= first + count) return "BadIndex"
+      if (seen.has(i)) return "DuplicatePiece"
+      seen.add(i)
+      if (!held.has(i - first)) keep.push(k)
+    }
+    return keep
+  }
+
+  it("checkBatch agrees with the plain rule, for sorted and unsorted batches alike", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 20 }),
+        fc.integer({ min: 1, max: 60 }),
+        fc.array(fc.nat(80), { maxLength: 30 }),
+        fc.array(fc.nat(90), { maxLength: 40 }),
+        fc.boolean(),
+        (first, count, heldRelative, raw, sorted) => {
+          const bitmap = new PieceBitmap(count)
+          const held = new Set<number>()
+          for (const h of heldRelative) if (h < count) {
+            bitmap.set(h)
+            held.add(h)
+          }
+          const indices = sorted ? [...new Set(raw)].sort((a, b) => a - b) : raw
+          const verdict = checkBatch({ dataset: "abc", size: count * 10, sliceSize: 10, first, count }, bitmap, Uint32Array.from(indices), 1e9)
+          const expected = model(first, count, held, indices)
+          if (typeof expected === "string") expect(verdict._tag === "Rejected" && verdict.code).toBe(expected)
+          else {
+            expect(verdict._tag).toBe("Accepted")
+            const keep = verdict._tag === "Accepted" ? verdict.keep : []
+            expect(keep === "all" ? indices.map((_, k) => k) : [...keep]).toEqual(expected)
+          }
+        }
+      )
+    )
+  })
+
+  it("a batch that would decompress to more than a worker may hold is refused whatever its pieces", () => {
+    const verdict = checkBatch({ dataset: "abc", size: 1e9, sliceSize: 1e6, first: 0, count: 1000 }, new PieceBitmap(1000), Uint32Array.of(1, 2, 3), 2e6)
+    expect(verdict).toMatchObject({ _tag: "Rejected", code: "BadFrame" })
+  })
+})
