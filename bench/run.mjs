@@ -310,9 +310,13 @@ async function waitListening(port, child, ctx, ms = 15_000) {
 
 let CLK_TCK = 100
 function procCpuS(pid) {
+  const { userS, sysS } = procCpuSplit(pid)
+  return userS + sysS
+}
+function procCpuSplit(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ") // f[0] is field 3 (state)
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK // utime + stime (fields 14, 15)
+  return { userS: Number(f[11]) / CLK_TCK, sysS: Number(f[12]) / CLK_TCK } // utime, stime (fields 14, 15)
 }
 function procHwmKiB(pid) {
   const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmHWM:\s+(\d+)\s+kB/m)
@@ -329,10 +333,11 @@ function resetHwm(pid) {
   }
 }
 
-// The CPU of a process and of each of its threads, now: { cpuS, threads: Map(tid -> { tid, comm, cpuS, wchan }) }.
+// The CPU of a process and of each of its threads, now:
+// { cpuS, userS, sysS, threads: Map(tid -> { tid, comm, cpuS, wchan }) }.
 // wchan (what a sleeping thread waits in) tells threads apart when they carry no name of their own.
 function threadSnapshot(pid) {
-  const cpuS = procCpuS(pid)
+  const { userS, sysS } = procCpuSplit(pid)
   const threads = new Map()
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     const base = `/proc/${pid}/task/${tid}`
@@ -345,7 +350,7 @@ function threadSnapshot(pid) {
       threads.set(Number(tid), { tid: Number(tid), comm, cpuS: (Number(fields[11]) + Number(fields[12])) / CLK_TCK, wchan })
     } catch {} // the thread ended meanwhile
   }
-  return { cpuS, threads }
+  return { cpuS: userS + sysS, userS, sysS, threads }
 }
 
 // Groups a thread of a Node process: by its name when it has one of its own (newer Node names its
@@ -391,7 +396,7 @@ async function readTimeFile(path) {
   const line = text.trim().split("\n").filter((l) => /^[\d.]+ [\d.]+ [\d.]+ \d+$/.test(l.trim())).pop()
   if (!line) throw new Error(`unreadable time output ${basename(path)}: ${lastLine(text)}`)
   const [e, u, s, m] = line.trim().split(" ").map(Number)
-  return { elapsedS: e, cpuS: u + s, maxRssKiB: m }
+  return { elapsedS: e, cpuS: u + s, userS: u, sysS: s, maxRssKiB: m }
 }
 
 async function makeTemp(prefix) {
@@ -600,6 +605,8 @@ async function runFerry(w, c, ctx, slot, tls) {
       cpuS: cpuReceiverS + cpuSenderS,
       cpuReceiverS,
       cpuSenderS,
+      cpuReceiverSysS: after.sysS - before.sysS,
+      cpuSenderSysS: times.reduce((s, t) => s + t.sysS, 0),
       cpuSenderEachS: times.map((t) => t.cpuS),
       receiverThreads: threadCpu(server.pid, before, after),
       rssServerMiB: hwm / 1024,
@@ -673,6 +680,8 @@ async function runOneLiner(tool, w, ctx) {
       cpuS: sum(times),
       cpuReceiverS: sum(side("r")),
       cpuSenderS: sum(side("s")),
+      cpuReceiverSysS: side("r").reduce((s, t) => s + t.sysS, 0),
+      cpuSenderSysS: side("s").reduce((s, t) => s + t.sysS, 0),
       receiverStagesCpuS: byStage(side("r")),
       senderStagesCpuS: byStage(side("s")),
       rssServerMiB: maxRss(side("r")),
@@ -921,7 +930,7 @@ async function main() {
           await haltIfStopping() // interrupted: not a result
           results.get(`${w.id}/${c}`).push({ run, ...r })
           if (r.ok) {
-            log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(13)}: ${f(r.wallS)} s wall, ${f(w.bytes / 1e6 / r.wallS, 1)} MB/s, CPU ${f(r.cpuReceiverS)} s receiver + ${f(r.cpuSenderS)} s sender, RSS ${f(r.rssServerMiB, 0)}/${f(r.rssClientMiB, 0)} MiB`)
+            log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(13)}: ${f(r.wallS)} s wall, ${f(w.bytes / 1e6 / r.wallS, 1)} MB/s, CPU ${f(r.cpuReceiverS)} s receiver (sys ${f(r.cpuReceiverSysS)}) + ${f(r.cpuSenderS)} s sender (sys ${f(r.cpuSenderSysS)}), RSS ${f(r.rssServerMiB, 0)}/${f(r.rssClientMiB, 0)} MiB`)
           } else {
             failures++
             log(`${w.id} run ${run}/${opts.runs} ${c.padEnd(13)}: FAILED: ${r.error}`)
@@ -963,6 +972,8 @@ async function main() {
       cpuMedianS: med("cpuS"),
       cpuReceiverMedianS: med("cpuReceiverS"),
       cpuSenderMedianS: med("cpuSenderS"),
+      cpuReceiverSysMedianS: med("cpuReceiverSysS"),
+      cpuSenderSysMedianS: med("cpuSenderSysS"),
       rssServerMaxMiB: max("rssServerMiB"),
       rssClientMaxMiB: max("rssClientMiB"),
     }
@@ -1150,7 +1161,7 @@ async function main() {
     ratiosAgainst: REF_LINE,
     units: {
       wall: "s",
-      cpu: "s user+sys; cpuReceiverS: the ferry server over the run (/proc/PID/stat delta) or the receiving half of the one-liner (nc -l, gzip/igzip -d, sync on W4); cpuSenderS: the ferry send processes or the sending half (find, sort, xargs+cat, nc); cpuS: both",
+      cpu: "s user+sys; cpuReceiverS: the ferry server over the run (/proc/PID/stat delta) or the receiving half of the one-liner (nc -l, gzip/igzip -d, sync on W4); cpuSenderS: the ferry send processes or the sending half (find, sort, xargs+cat, nc); cpuS: both; *SysS: the system (kernel) part",
       rss: "MiB peak",
       throughput: "MB/s (1e6 bytes) of original data rebuilt",
       ratios: "median of the contender / median of the line (vsLines.LINE.wall, .receiverCpu, .senderCpu)",
