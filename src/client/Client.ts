@@ -233,14 +233,15 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
           yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: "" }))
           return yield* Queue.offer(ready, holdings)
         }
-        yield* Effect.logInfo(`waiting for ${markerFileName(name)} in ${dir}`)
+        // a sender that runs for months sees every dataset's pieces before its marker: not news
+        yield* (options.watch ? Effect.logDebug : Effect.logInfo)(`waiting for ${markerFileName(name)} in ${dir}`)
         yield* progress.update(name, (p) => ({ ...p, phase: "waiting" }))
         yield* publish({ event: "waiting", dataset: name })
         const wait = options.markerTimeout === undefined
           ? awaitMarker(dir, name)
           : awaitMarker(dir, name).pipe(Effect.timeoutFail({ duration: options.markerTimeout, onTimeout: () => new DatasetError({ dataset: name, reason: `${markerFileName(name)} did not appear within ${Duration.format(options.markerTimeout!)}` }) }))
         yield* wait.pipe(
-          Effect.zipRight(Effect.logInfo(`found ${markerFileName(name)}`)),
+          Effect.zipRight((options.watch ? Effect.logDebug : Effect.logInfo)(`found ${markerFileName(name)}`)),
           // pieces may have landed while we waited: count again
           Effect.zipRight(Effect.map(Effect.orElseSucceed(inventory(dir), () => undefined), (inv) => inv?.datasets.get(name) ?? holdings)),
           Effect.matchEffect({

@@ -5,6 +5,7 @@
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
 import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as zlib from "node:zlib"
 import { Manifest, manifestProblem, markerFileName, MAX_NAME_LENGTH, parseEntry, parseMarker, pieceFileName } from "../domain/Dataset.js"
@@ -65,8 +66,12 @@ export const readManifest = (
     const bad = (reason: string) => new DatasetError({ dataset: name, reason })
     const invalid = nameProblem(name)
     if (invalid !== undefined) return yield* Effect.fail(bad(invalid))
+    // a marker written in place (not renamed into place) can be caught empty: give its writer a moment
     const text = yield* fs.readFileString(path.join(dir, markerFileName(name))).pipe(
-      Effect.mapError((e) => bad(`${markerFileName(name)} cannot be read (${e.message})`))
+      Effect.mapError((e) => bad(`${markerFileName(name)} cannot be read (${e.message})`)),
+      Effect.filterOrFail((t) => t.trim() !== "", () => bad(`${markerFileName(name)} is empty`)),
+      Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 10, while: (e) => e.reason.endsWith("is empty") }),
+      Effect.catchIf((e) => e.reason.endsWith("is empty"), () => Effect.succeed(""))
     )
     const marker = parseMarker(text)
     if ("problem" in marker) return yield* Effect.fail(bad(`${markerFileName(name)} ${marker.problem}`))
