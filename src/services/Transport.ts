@@ -95,7 +95,61 @@ const READ_AHEAD = 4 * 1024 * 1024
  * READ_AHEAD bytes of frames wait for the consumer, the socket is paused, so
  * a slow consumer (a busy disk) slows the sender instead of growing memory.
  */
-export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}, pool?: BufferPool): Link => {
+/** Where a link's incoming bytes come from: the socket's 'data' events, or a read buffer of its own. */
+export interface Input {
+  readonly attach: (sink: (chunk: Buffer) => void) => void
+  readonly detach: () => void
+}
+
+const dataEvents = (socket: Duplex): Input => {
+  let attached: ((chunk: Buffer) => void) | undefined
+  return {
+    attach: (sink) => {
+      attached = sink
+      socket.on("data", sink)
+    },
+    detach: () => {
+      if (attached !== undefined) socket.off("data", attached)
+    }
+  }
+}
+
+/** Bytes a plain TCP socket reads at once into its own buffer. */
+const READ_BUFFER = 256 * 1024
+
+/**
+ * A plain TCP socket that reads into one buffer of its own for its whole life
+ * (net's `onread`), instead of a fresh 64 KiB Buffer per read that becomes
+ * garbage: on a large dataset that is a gigabyte of garbage less for the
+ * receiver's main thread to collect. What arrives before the link listens is
+ * copied aside.
+ */
+const ownReadBuffer = () => {
+  const buffer = Buffer.allocUnsafeSlow(READ_BUFFER)
+  let sink: ((chunk: Buffer) => void) | undefined
+  const early: Array<Buffer> = []
+  const input: Input = {
+    attach: (s) => {
+      sink = s
+      for (const chunk of early.splice(0)) s(chunk)
+    },
+    detach: () => {
+      sink = undefined
+    }
+  }
+  const onread = {
+    buffer,
+    callback: (n: number, buf: Uint8Array) => {
+      const chunk = Buffer.from(buf.buffer, buf.byteOffset, n)
+      if (sink !== undefined) sink(chunk)
+      else early.push(Buffer.from(chunk))
+      return true
+    }
+  }
+  return { onread, input }
+}
+
+export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}, pool?: BufferPool, input: Input = dataEvents(socket)): Link => {
   let first = new Uint8Array(0)
   const decoder = new FrameDecoder(
     options.maxFrame ?? DEFAULT_MAX_FRAME,
@@ -132,7 +186,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
     }
     const onError = (e: unknown) => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: reasonOf(e) }))))
     const onClose = () => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: "connection closed" }))))
-    socket.on("data", onData)
+    input.attach(onData)
     socket.once("end", onEnd)
     socket.on("error", onError)
     socket.once("close", onClose)
@@ -162,7 +216,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
     })
     return Stream.repeatEffectChunkOption(pull).pipe(
       Stream.ensuring(Effect.sync(() => {
-        socket.off("data", onData)
+        input.detach()
         socket.off("end", onEnd)
         socket.off("error", onError)
         socket.off("close", onClose)
@@ -223,6 +277,20 @@ const scopedSocket = (socket: Duplex) =>
     })
   )
 
+/**
+ * A socket for an accepted connection (accepted paused) that reads into a buffer of its own: net's
+ * server has no `onread` option, so the connection's handle moves to a new socket that has one.
+ */
+const adopt = (accepted: net.Socket, onread: { readonly buffer: Buffer; readonly callback: (n: number, buf: Uint8Array) => boolean }): net.Socket => {
+  const holder = accepted as unknown as { _handle: unknown }
+  const handle = holder._handle
+  if (handle === null || handle === undefined) return accepted
+  holder._handle = null
+  // the server counts the accepted socket: closing the empty shell keeps its count right
+  accepted.destroy()
+  return new net.Socket({ handle, onread, readable: true, writable: true } as net.SocketConstructorOpts)
+}
+
 const tune = (socket: net.Socket) => {
   socket.setNoDelay(true)
   socket.setKeepAlive(true, 30_000)
@@ -246,9 +314,10 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
       let started = performance.now()
       let roundTrip = 0
       let connected = false
+      const own = secure === undefined ? ownReadBuffer() : undefined
       const socket = yield* Effect.async<net.Socket, TransportError | PeerMismatch>((resume) => {
         const s = secure === undefined
-          ? net.connect({ host: address.host, port: address.port })
+          ? net.connect({ host: address.host, port: address.port, ...(own === undefined ? {} : { onread: own.onread }) })
           : tls.connect({
             host: address.host,
             port: address.port,
@@ -278,13 +347,13 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
       tune(socket)
       socket.on("error", () => {}) // surfaced through reads and writes
       yield* scopedSocket(socket)
-      return { ...linkFromDuplex(socket, peer, options, pool), roundTrip }
+      return { ...linkFromDuplex(socket, peer, options, pool, own?.input), roundTrip }
     }),
   listen: (options, onLink) =>
     Effect.gen(function*() {
       const runFork = yield* FiberSet.makeRuntime<never>()
       const server: net.Server = options.tls === undefined
-        ? net.createServer({ noDelay: true, keepAlive: true })
+        ? net.createServer({ noDelay: true, keepAlive: true, pauseOnConnect: true })
         : tls.createServer({
           cert: options.tls.cert,
           key: options.tls.key,
@@ -293,14 +362,17 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
           handshakeTimeout: Duration.toMillis(options.handshakeTimeout ?? "10 seconds")
         })
       const sockets = new Set<net.Socket>()
-      const accept = (socket: net.Socket) => {
+      const accept = (accepted: net.Socket) => {
+        // plain TCP: the connection is taken over by a socket that reads into its own buffer
+        const own = options.tls === undefined ? ownReadBuffer() : undefined
+        const socket = own === undefined ? accepted : adopt(accepted, own.onread)
         tune(socket)
         socket.on("error", () => {})
         sockets.add(socket)
         socket.once("close", () => sockets.delete(socket))
         const peer = formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
         const handler = Effect.scoped(
-          Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options, pool)))
+          Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options, pool, own?.input)))
         )
         runFork(handler)
       }
