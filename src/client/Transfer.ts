@@ -55,8 +55,7 @@ const MAX_BATCH_PIECES = 4096
  * piece is the server's bitmap (one bit), never an object. Each batch is a
  * run of consecutive pieces.
  */
-export function* planBatches(manifest: Manifest, held: PieceBitmap, pieceBytes: number, batchBytes: number): Generator<Batch> {
-  const per = Math.max(1, Math.min(MAX_BATCH_PIECES, Math.floor(batchBytes / Math.max(1, pieceBytes))))
+export function* planBatches(manifest: Manifest, held: PieceBitmap, per: number): Generator<Batch> {
   let seq = 0
   for (const [a, b] of held.missing()) {
     for (let start = a; start < b; start += per) {
@@ -70,6 +69,18 @@ export function* planBatches(manifest: Manifest, held: PieceBitmap, pieceBytes: 
       yield { seq: seq++, indices, bytes }
     }
   }
+}
+
+/**
+ * Pieces per batch: about `batchBytes` of pieces of the size the first one has, but never more
+ * than half the largest frame the server accepts could hold if every piece were as large as a
+ * piece can be (an incompressible slice stored by gzip), so no frame can outgrow it.
+ */
+export const piecesPerBatch = (sliceSize: number, pieceBytes: number, batchBytes: number, serverMaxFrame: number): number => {
+  const pieceBound = Math.ceil(sliceSize * 1.001) + 320
+  const byBound = Math.floor(serverMaxFrame / 2 / pieceBound)
+  const bySize = Math.floor(batchBytes / Math.max(1, pieceBytes))
+  return Math.max(1, Math.min(MAX_BATCH_PIECES, byBound, bySize))
 }
 
 /** Adds consecutive pieces' slice CRCs to the file's CRC. */
@@ -161,11 +172,8 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
     yield* Stream.mergeAll(boxes.map((box) => Stream.fromQueue(box)), { concurrency: "unbounded" }).pipe(Stream.runForEach(onReply), Effect.forkScoped)
 
     const pieceBytes = yield* pieceFileBytes(options.dir, name, manifest.first)
-    // batches stay well under the largest frame the server accepts (half of it), planned on the
-    // largest a piece can be (an incompressible slice stored by gzip), so no frame can outgrow it
     const serverMax = Math.min(...connections.map((c) => c.maxFrame))
-    const pieceBound = Math.ceil(manifest.sliceSize * 1.001) + 320
-    const batches = planBatches(manifest, held, pieceBound, Math.max(1, Math.min(options.batchBytes, Math.floor(serverMax / 2))))
+    const batches = planBatches(manifest, held, piecesPerBatch(manifest.sliceSize, pieceBytes, options.batchBytes, serverMax))
     const roomiest = () => connections.reduce((best, c) => (c.inflight() < best.inflight() ? c : best))
     const pump = Stream.fromIterable({ [Symbol.iterator]: () => batches }).pipe(
       Stream.tap((batch) => Effect.sync(() => inFlight.set(batch.seq, { pieces: batch.indices.length, bytes: batch.bytes }))),
