@@ -827,7 +827,7 @@ async function main() {
   const started = new Date()
   CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout?.trim()) || 100
   if (!existsSync(TIME)) die(`${TIME} is missing (Debian package "time")`)
-  if (!existsSync(join(ROOT, "dist", "ferry.mjs"))) die("ferry is not built: run `npm run build` (or `npm run bench`, which builds)")
+  if (!existsSync(join(ROOT, "dist", "ferry.cjs"))) die("ferry is not built: run `npm run build` (or `npm run bench`, which builds)")
 
   const machine = machineInfo()
   if (opts.quick) log(`QUICK RUN: every workload shrunk ${QUICK_FACTOR}x; numbers are for trying the harness only`)

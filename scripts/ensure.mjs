@@ -27,7 +27,7 @@ if (mtime(join(root, "node_modules/.package-lock.json")) < mtime(join(root, "pac
   // exactly the locked versions; the lock file lists every platform's optional packages
   run("npm ci --no-audit --no-fund --loglevel=error")
 }
-const built = mtime(join(root, "dist/ferry.mjs"))
+const built = mtime(join(root, "dist/ferry.cjs.cache"))
 if (built < newest(join(root, "src")) || built < mtime(join(root, "tsconfig.json")) || built < mtime(join(root, "scripts/bundle.mjs"))) {
   console.error("ferry: building (tsc)...")
   run("npm run --silent build")
