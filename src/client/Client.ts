@@ -11,11 +11,13 @@
  */
 import type * as FileSystem from "@effect/platform/FileSystem"
 import type * as Path from "@effect/platform/Path"
+import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
@@ -127,7 +129,18 @@ const pickUplink = (uplinks: ReadonlyArray<Uplink>, dataset: string, avoid: Read
   )
 
 /** How long a dataset a server could not take waits before it goes again: 1 s doubling to 30 s, jittered. */
-const deferralDelay = (attempt: number) => Duration.millis(Math.min(30_000, 1000 * 2 ** attempt) * (0.75 + Math.random() / 2))
+const deferralSchedule = Schedule.exponential("1 second").pipe(Schedule.union(Schedule.spaced("30 seconds")), Schedule.jittered)
+
+type Outcome = DatasetError | DatasetRejected | LinkError
+
+/** Every server has been given up on. */
+class NoServerLeft extends Data.TaggedError("NoServerLeft")<{ readonly error: LinkError }> {}
+
+/** "Not now" from a server: Busy, no space, taken by another server, shutting down. */
+const isDeferred = (e: Outcome): e is DatasetRejected => e._tag === "DatasetRejected" && isDeferral(e.code)
+
+/** The server went away while the dataset was being sent. */
+const isLinkLost = (e: Outcome): boolean => e._tag !== "DatasetRejected" && e._tag !== "DatasetError" && isTransient(e)
 
 export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderError, SendEnvironment | Scope.Scope> =>
   Effect.gen(function*() {
@@ -161,41 +174,48 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         yield* publish({ event: "failed", dataset, code, message: error.message })
       })
 
-    /** Sends one ready dataset until it is committed or fails for good. */
+    /**
+     * Sends one ready dataset until it is committed or fails for good. A server that went away
+     * means going again at once (the next pick waits for a server to be up); a server that cannot
+     * take the dataset now means going again after a capped, jittered backoff, elsewhere first,
+     * until nothing has progressed anywhere for --retry-for (never, for a watching sender).
+     */
     const sendOne = (holdings: Holdings) =>
       Effect.gen(function*() {
         const name = holdings.dataset
         const manifest = yield* readManifest(dir, holdings)
         const avoid = new Set<string>()
-        let deferrals = 0
         let stalledSince: { readonly at: number; readonly acked: number } | undefined
-        for (;;) {
-          const uplink = yield* pickUplink(uplinks, name, avoid)
-          uplink.load++
-          const outcome = yield* Effect.either(Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest))).pipe(
-            Effect.ensuring(Effect.sync(() => void uplink.load--))
-          )
-          if (Either.isRight(outcome)) return outcome.right
-          const e = outcome.left
-          if (e._tag === "DatasetRejected" && isDeferral(e.code)) {
-            // not now: wait, then try again, elsewhere when another server is up
-            const now = Date.now()
-            if (stalledSince === undefined || ackedEverywhere() !== stalledSince.acked) stalledSince = { at: now, acked: ackedEverywhere() }
-            if (!options.watch && now - stalledSince.at > Duration.toMillis(options.retryFor)) return yield* Effect.fail(e)
-            if (deferrals === 0 || avoid.size === 0) yield* Effect.logInfo(`${name}: ${uplink.address} cannot take it now (${e.code}: ${e.reason}); waiting to try again`)
-            yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: `${e.code} at ${uplink.address}` }))
-            yield* publish({ event: "queued", dataset: name, reason: `${e.code}: ${e.reason}` })
-            avoid.add(uplink.address)
-            yield* Effect.sleep(deferralDelay(deferrals++))
-            continue
-          }
-          if (e._tag !== "DatasetRejected" && e._tag !== "DatasetError" && isTransient(e)) {
-            // that server went away: the dataset goes again, wherever a server is up
-            yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: `reconnecting to ${uplink.address}` }))
-            continue
-          }
-          return yield* Effect.fail(e)
+        const stalledTooLong = () => {
+          const now = Date.now()
+          if (stalledSince === undefined || ackedEverywhere() !== stalledSince.acked) stalledSince = { at: now, acked: ackedEverywhere() }
+          return !options.watch && now - stalledSince.at > Duration.toMillis(options.retryFor)
         }
+        const once = Effect.gen(function*() {
+          // every server given up on: nothing left to try, whatever the error says
+          const uplink = yield* pickUplink(uplinks, name, avoid).pipe(Effect.mapError((error) => new NoServerLeft({ error })))
+          uplink.load++
+          return yield* Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest)).pipe(
+            Effect.ensuring(Effect.sync(() => void uplink.load--)),
+            Effect.tapError((e) =>
+              isDeferred(e)
+                ? Effect.gen(function*() {
+                  if (avoid.size === 0) yield* Effect.logInfo(`${name}: ${uplink.address} cannot take it now (${e.code}: ${e.reason}); waiting to try again`)
+                  avoid.add(uplink.address)
+                  yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: `${e.code} at ${uplink.address}` }))
+                  yield* publish({ event: "queued", dataset: name, reason: `${e.code}: ${e.reason}` })
+                })
+                : isLinkLost(e)
+                ? progress.update(name, (p) => ({ ...p, phase: "queued", note: `reconnecting to ${uplink.address}` }))
+                : Effect.void
+            )
+          )
+        })
+        return yield* once.pipe(
+          Effect.retry({ while: (e) => e._tag !== "NoServerLeft" && isLinkLost(e) }),
+          Effect.retry({ schedule: deferralSchedule, while: (e) => e._tag !== "NoServerLeft" && isDeferred(e) && !stalledTooLong() }),
+          Effect.mapError((e) => (e._tag === "NoServerLeft" ? e.error : e))
+        )
       }).pipe(
         Effect.matchEffect({
           onFailure: (e) =>
