@@ -101,6 +101,13 @@ const segmentsOf = (rel: string): ReadonlyArray<string> | undefined => {
 
 const errnoOf = (e: unknown): string => (e as NodeJS.ErrnoException)?.code ?? "EIO"
 
+/** A whole small file through `open`: created or emptied (or, `exclusive`, new), written, fsynced when asked. */
+const writeFileWith = (open: Destination["Type"]["open"]): Destination["Type"]["writeFile"] => (rel, bytes, options) =>
+  Effect.scoped(
+    Effect.flatMap(open(rel, options?.exclusive === true ? "exclusive" : "truncate"), (f) =>
+      Effect.zipRight(f.write(bytes, 0), options?.sync === true ? f.sync : Effect.void))
+  )
+
 /* Live */
 
 const { O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW, O_DIRECTORY } = fs.constants
@@ -245,11 +252,7 @@ export const makeDestinationLive = (root: string): Destination["Type"] => {
           Effect.catchIf((e) => e.code === "ENOENT", () => Effect.succeed(Option.none()))
         )
       ),
-    writeFile: (rel, bytes, options) =>
-      Effect.scoped(
-        Effect.flatMap(open(rel, options?.exclusive === true ? "exclusive" : "truncate"), (f) =>
-          Effect.zipRight(f.write(bytes, 0), options?.sync === true ? f.sync : Effect.void))
-      ),
+    writeFile: writeFileWith(open),
     rename: (from, to) =>
       Effect.flatMap(Effect.all([resolve("rename", from), resolve("rename", to)]), ([a, b]) =>
         Effect.async<void, IoError>((resume) => {
@@ -347,11 +350,7 @@ export const makeDestinationOn = (root: string, files: FileSystem.FileSystem, sp
           Effect.mapError(wrap("read", path)),
           Effect.catchIf((e) => e.code === "ENOENT", () => Effect.succeed(Option.none()))
         )),
-    writeFile: (rel, bytes, options) =>
-      Effect.scoped(
-        Effect.flatMap(open(rel, options?.exclusive === true ? "exclusive" : "truncate"), (f) =>
-          Effect.zipRight(f.write(bytes, 0), options?.sync === true ? f.sync : Effect.void))
-      ),
+    writeFile: writeFileWith(open),
     rename: (from, to) =>
       Effect.flatMap(Effect.all([resolve("rename", from), resolve("rename", to)]), ([a, b]) =>
         files.rename(a, b).pipe(Effect.mapError(wrap("rename", a)))),
