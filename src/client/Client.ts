@@ -158,7 +158,9 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     /** Datasets this run has taken up (queued, sending or finished): a watching sender takes each once. */
     const taken = new Set<string>()
     const ready = yield* Queue.unbounded<Holdings>()
-    let pending = 0
+    // the first scan counts as pending until every dataset it found is taken up: a dataset that fails
+    // at once must not end the run (shut the queue) before the others are in it
+    let pending = 1
 
     const finish = Effect.suspend(() => (--pending === 0 && !options.watch ? Queue.shutdown(ready) : Effect.void))
 
@@ -284,8 +286,9 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const names = [...found.datasets.keys()].sort()
     yield* Effect.logDebug(`found ${names.length} dataset(s): ${names.map((n) => `${n} (${found.datasets.get(n)!.pieces} pieces${found.datasets.get(n)!.marker ? "" : ", no marker yet"})`).join(", ")}`)
     if (names.length === 0 && !options.watch) return { found: 0, committed, failed, unreachable } satisfies SendSummary
-    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options))
+    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options, options.addresses.length === 1 && !options.watch))
     for (const name of names) yield* takeUp(found.datasets.get(name)!, found.datasets.get(name)!.marker)
+    yield* finish
 
     if (options.watch) {
       // a new marker (or pieces of a new dataset) seen by the watch: count the folder again and take up what is new

@@ -86,7 +86,9 @@ export const makeUplink = (
   address: Address,
   count: number | "auto",
   options: ConnectionOptions,
-  policy: ReconnectPolicy
+  policy: ReconnectPolicy,
+  /** The only server of a run that ends when it is given up on: the run's last line says why, once. */
+  alone = false
 ): Effect.Effect<Uplink, never, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const name = formatAddress(address)
@@ -163,7 +165,7 @@ export const makeUplink = (
           const error = end.error._tag === "PeerMismatch" || !isTransient(end.error)
             ? end.error
             : new TransportError({ address: name, reason: `${end.error.reason} (gave up after ${policy.retries} retries or ${Duration.format(policy.retryFor)})` })
-          yield* Effect.logWarning(`giving up: ${error.message}`)
+          yield* (alone ? Effect.logDebug : Effect.logWarning)(`giving up: ${error.message}`)
           yield* publish({ event: "link", server: name, state: "down", message: error.message })
           yield* SubscriptionRef.set(state, { _tag: "Gone", error })
         })

@@ -170,7 +170,8 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
     // runs before the listener's own finalizer, which cuts every socket
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
-        yield* Effect.logInfo("stopping: finishing the batches in flight, then closing every connection")
+        // the line that says it stopped is the CLI's, once it has
+        yield* Effect.logDebug("stopping: finishing the batches in flight, then closing every connection")
         yield* publish({ event: "stopping", reason: "interrupted" })
         yield* stop(options.drainTimeout)
         yield* publish({ event: "stopped" })

@@ -117,6 +117,22 @@ const flagsOf = (mode: OpenMode): number =>
   (mode === "read" ? O_RDONLY : O_RDWR) |
   (mode === "truncate" ? O_CREAT | O_TRUNC : mode === "exclusive" ? O_CREAT | O_EXCL : 0)
 
+/** mkdir, where a folder made meanwhile is fine. */
+const makeFolder = (dir: string) => {
+  try {
+    fs.mkdirSync(dir, { mode: 0o755 })
+  } catch (e) {
+    if (errnoOf(e) !== "EEXIST") throw e
+  }
+}
+
+/** mkdir -p one folder at a time: Node's recursive mkdir answers ENOENT where the filesystem said EROFS. */
+const makeParents = (dir: string) => {
+  const missing: Array<string> = []
+  for (let at = dir; !fs.existsSync(at) && nodePath.dirname(at) !== at; at = nodePath.dirname(at)) missing.unshift(at)
+  for (const at of missing) makeFolder(at)
+}
+
 export const makeDestinationLive = (root: string): Destination["Type"] => {
   const fail = (op: string, path: string, code: string, detail = code) => new IoError({ op, path, code, detail })
   const wrap = (op: string, path: string) => (e: unknown) => fail(op, path, errnoOf(e), (e as Error)?.message ?? String(e))
@@ -227,13 +243,9 @@ export const makeDestinationLive = (root: string): Destination["Type"] => {
                 if (errnoOf(e) !== "ENOENT") throw e
               }
               if (st === undefined) {
-                try {
-                  // the destination itself may be new, parents and all; below it, one folder at a time
-                  fs.mkdirSync(at, { mode: 0o755, recursive: part === "" })
-                } catch (e) {
-                  // a read-only filesystem may answer ENOENT or EROFS for a folder it cannot create
-                  if (errnoOf(e) !== "EEXIST") throw e
-                }
+                // the destination itself may be new, parents and all; below it, one folder at a time
+                if (part === "") makeParents(at)
+                else makeFolder(at)
                 st = fs.lstatSync(at)
               }
               if (st.isSymbolicLink()) throw Object.assign(new Error(at), { code: "ELOOP" })

@@ -380,11 +380,16 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
       if (options.tls !== undefined) {
         // a plain client, a wrong certificate, a stalled handshake: that client's problem, logged
         const peers = new WeakMap<object, string>()
-        // the address is read when the connection arrives: by the time a TLS handshake fails, the socket may be gone
-        server.on("connection", (raw: net.Socket) => peers.set(raw, formatAddress({ host: raw.remoteAddress ?? "?", port: raw.remotePort ?? 0 })))
+        // the address is read as the connection is accepted, before the TLS layer takes the socket: by the
+        // time a handshake fails the peer may be gone, and a socket whose peer has gone has no address to read
+        const addressOf = (s: net.Socket) => (s.remoteAddress === undefined ? undefined : formatAddress({ host: s.remoteAddress, port: s.remotePort ?? 0 }))
+        server.prependListener("connection", (raw: net.Socket) => {
+          const peer = addressOf(raw)
+          if (peer !== undefined) peers.set(raw, peer)
+        })
         server.on("tlsClientError", (e, socket) => {
           const raw = (socket as unknown as { _parent?: object })._parent
-          const peer = (raw !== undefined ? peers.get(raw) : undefined) ?? formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
+          const peer = (raw !== undefined ? peers.get(raw) : undefined) ?? addressOf(socket) ?? "a client that hung up before its address could be read"
           runFork(Effect.logWarning(`${peer}: TLS handshake failed (${e.message.split("\n")[0]})`))
           socket.destroy()
         })

@@ -154,14 +154,22 @@ export const makeLeases = (options: LeaseOptions) =>
         )
         const lost = yield* Deferred.make<void>()
         // removed when the dataset is closed (after its files: finalizers run in reverse)
-        yield* Effect.addFinalizer(() => Effect.logDebug("DBG lease fin").pipe(Effect.zipRight(dest.remove(`${dir}/${leaseFile(epoch)}`)), Effect.ignore, Effect.zipRight(Effect.logDebug("DBG lease fin done"))))
+        yield* Effect.addFinalizer(() => dest.remove(`${dir}/${leaseFile(epoch)}`).pipe(Effect.ignore))
         const previous = entries.epochs.at(-1)
         if (previous !== undefined) {
-          // the fence: a former holder's commit renames from its own epoch's folder, which is gone from now on
-          yield* dest.rename(`${dir}/${epochFolder(previous)}`, `${dir}/${epochFolder(epoch)}`).pipe(
-            Effect.catchIf((e) => e.code === "ENOENT", () => Effect.void),
-            Effect.mapError(stateError(dataset))
-          )
+          const before = `${dir}/${epochFolder(previous)}`
+          const kind = yield* dest.kind(before).pipe(Effect.mapError(stateError(dataset)))
+          if (kind === "directory") {
+            // the fence: a former holder's commit renames from its own epoch's folder, which is gone from now on
+            yield* dest.rename(before, `${dir}/${epochFolder(epoch)}`).pipe(
+              Effect.catchIf((e) => e.code === "ENOENT", () => Effect.void),
+              Effect.mapError(stateError(dataset))
+            )
+          } else if (kind !== "none") {
+            // a link (or a file) planted as the epoch folder is removed, never followed: the dataset starts afresh
+            yield* Effect.logWarning(`${dataset}: ${before} in the destination is a ${kind}, not a folder; removing it`)
+            yield* dest.remove(before).pipe(Effect.mapError(stateError(dataset)))
+          }
         }
         for (const e of entries.leases) yield* dest.remove(`${dir}/${leaseFile(e)}`).pipe(Effect.ignore)
         for (const e of entries.epochs.slice(0, -1)) yield* dest.remove(`${dir}/${epochFolder(e)}`).pipe(Effect.ignore)
