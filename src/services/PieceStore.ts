@@ -30,7 +30,7 @@ import type { Geometry } from "../domain/Layout.js"
 import { describeCode, Destination } from "./Destination.js"
 import { GunzipPool } from "./GunzipPool.js"
 import { type Lease, Leases, STATE_FOLDER } from "./store/Leases.js"
-import { fileCrc, fileNames, ioToStore, openState, record, type StateFiles } from "./store/StateFiles.js"
+import { fileCrc, fileNames, ioToStore, openState, record, type StateFiles, syncState } from "./store/StateFiles.js"
 
 export { STATE_FOLDER }
 
@@ -184,7 +184,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
           effect.pipe(Scope.extend(scope), Effect.provideService(Destination, dest))
         const opened = yield* Effect.gen(function*() {
           const lease = yield* inScope(leases.acquire(manifest.dataset))
-          const state = yield* inScope(openState(lease.folder, manifest))
+          const state = yield* inScope(openState(lease.folder, manifest, lease.resumable))
           const remaining = remainingBytes(manifest, state.bitmap.held)
           let reserved = 0
           for (const other of active.values()) reserved += other.remaining
@@ -265,9 +265,15 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
           entry.users--
           if (entry.users > 0) return
           active.delete(entry.manifest.dataset)
+          // a dataset let go of may be resumed by a server on another machine: its state must be on the storage
+          if (entry.failure === undefined && !entry.discard) yield* syncState(entry.state).pipe(Effect.ignore)
           if (entry.discard) {
-            yield* Effect.logInfo(`${entry.manifest.dataset}: discarding its state, which no sender vouched for; a new transfer starts afresh`)
-            yield* dest.remove(entry.lease.folder).pipe(Effect.ignore)
+            // only while the lease is ours: after a takeover, this folder's name may be another holder's
+            yield* entry.lease.confirm.pipe(
+              Effect.zipRight(Effect.logInfo(`${entry.manifest.dataset}: discarding its state, which no sender vouched for; a new transfer starts afresh`)),
+              Effect.zipRight(dest.remove(entry.lease.folder)),
+              Effect.ignore
+            )
           }
           yield* Scope.close(entry.scope, Exit.void)
         })

@@ -5,8 +5,8 @@
 import * as net from "node:net"
 import { proofFor } from "../../src/domain/Auth.js"
 import { Manifest } from "../../src/domain/Dataset.js"
-import { FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../../src/domain/Frame.js"
-import { type ControlMessage, decodeControl, encodeControl, Hello, Hi, Open, PROTOCOL_VERSION } from "../../src/domain/Protocol.js"
+import { encodePieces, FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../../src/domain/Frame.js"
+import { type ControlMessage, decodeControl, encodeControl, Hello, Hi, Open, PROTOCOL_VERSION, Seal } from "../../src/domain/Protocol.js"
 
 export interface RawConnection {
   readonly socket: net.Socket
@@ -94,3 +94,10 @@ export const rawOpen = (handle: number, manifest: Record<string, unknown>) => {
   body.copy(frame, 5)
   return frame
 }
+
+/** A pieces frame of (piece number, gzip bytes) pairs. */
+export const piecesMessage = (handle: number, seq: number, pieces: ReadonlyArray<{ readonly index: number; readonly bytes: Uint8Array }>) =>
+  encodePieces(handle, seq, pieces)
+
+/** The sender vouches for the whole file's CRC32 (8 hex digits). */
+export const sealMessage = (handle: number, crc32: string) => encodeControl(new Seal({ handle, crc32 }))

@@ -45,6 +45,13 @@ export interface Lease {
   readonly confirm: Effect.Effect<void, StoreError>
   /** Completes when the lease is lost. */
   readonly lost: Deferred.Deferred<void>
+  /**
+   * Whether the state in the folder may be resumed: nobody held the dataset (a server that lets go
+   * syncs its files first), or the last holder wrote through this machine's own kernel. A holder on
+   * another machine that went silent may have crashed with dirty pages, its bitmap on the storage
+   * and the data it claims not: its state is started afresh.
+   */
+  readonly resumable: boolean
 }
 
 export class Leases extends Context.Tag("ferry/Leases")<Leases, {
@@ -125,9 +132,11 @@ export const makeLeases = (options: LeaseOptions) =>
         }
         yield* dest.ensureDir(dir).pipe(Effect.mapError(stateError(dataset)))
         const entries = stateEntries(yield* dest.list(dir).pipe(Effect.mapError(stateError(dataset))))
+        let resumable = true
         if (entries.lease !== undefined) {
           const bytes = yield* dest.readFile(`${dir}/${leaseFile(entries.lease)}`, LEASE_BYTES).pipe(Effect.mapError(stateError(dataset)))
           const record = Option.isSome(bytes) ? decodeLease(bytes.value) : undefined
+          resumable = record !== undefined && sameMachine(record.owner, me)
           const holderGone = record !== undefined && record.owner.id !== me.id && sameMachine(record.owner, me) && gone(record.owner)
           if (Option.isSome(bytes) && !holderGone) {
             const verdict = judge(observations.get(dataset), { epoch: entries.lease, beat: record?.beat ?? -1 }, Date.now(), leaseMs)
@@ -140,7 +149,11 @@ export const makeLeases = (options: LeaseOptions) =>
                   : `another server on this destination is writing it (${holderOf(record)}); if that server has stopped, it is free within ${Math.ceil(verdict.remainingMs / 1000)} s`
               ))
             }
-            yield* Effect.logInfo(`${dataset}: taking over from ${holderOf(record)}, silent for ${Math.round(leaseMs / 1000)} s`)
+            yield* Effect.logInfo(
+              `${dataset}: taking over from ${holderOf(record)}, silent for ${Math.round(leaseMs / 1000)} s${
+                resumable ? "" : "; starting afresh, since its last writes may never have reached the storage"
+              }`
+            )
           } else if (holderGone) {
             yield* Effect.logInfo(`${dataset}: taking over from ${holderOf(record)}, which is no longer running`)
           }
@@ -153,8 +166,32 @@ export const makeLeases = (options: LeaseOptions) =>
           Effect.mapError((e) => (e.code === "EEXIST" ? busy(dataset, "another server on this destination took it a moment ago") : stateError(dataset)(e)))
         )
         const lost = yield* Deferred.make<void>()
-        // removed when the dataset is closed (after its files: finalizers run in reverse)
-        yield* Effect.addFinalizer(() => dest.remove(`${dir}/${leaseFile(epoch)}`).pipe(Effect.ignore))
+        let lastBeat = Date.now()
+        let isLost = false
+        const markLost = Effect.suspend(() => {
+          if (isLost) return Effect.void
+          isLost = true
+          return Effect.zipRight(Effect.logWarning(`${dataset}: lost to another server on the same destination`), Deferred.succeed(lost, undefined))
+        })
+        /**
+         * Whether the current lease is still ours. Its name is not enough: a commit removes the state
+         * folder, so a later transfer of the same name starts again at epoch 1, and a holder stalled
+         * since before that commit would take the new holder's `lease.1` and `epoch.1/` for its own.
+         */
+        const stillMine = Effect.gen(function*() {
+          const names = yield* dest.list(dir)
+          if (stateEntries(names).current > epoch || !names.includes(leaseFile(epoch))) return false
+          const bytes = yield* dest.readFile(`${dir}/${leaseFile(epoch)}`, LEASE_BYTES)
+          return Option.isSome(bytes) && decodeLease(bytes.value)?.owner.id === me.id
+        })
+        // removed when the dataset is closed (after its files: finalizers run in reverse), if it is still ours
+        yield* Effect.addFinalizer(() =>
+          stillMine.pipe(
+            Effect.orElseSucceed(() => true),
+            Effect.flatMap((mine) => (mine && !isLost ? dest.remove(`${dir}/${leaseFile(epoch)}`) : Effect.void)),
+            Effect.ignore
+          )
+        )
         const previous = entries.epochs.at(-1)
         if (previous !== undefined) {
           const before = `${dir}/${epochFolder(previous)}`
@@ -177,18 +214,7 @@ export const makeLeases = (options: LeaseOptions) =>
         yield* dest.ensureDir(folder).pipe(Effect.mapError(stateError(dataset)))
         const file = yield* dest.open(`${dir}/${leaseFile(epoch)}`, "existing").pipe(Effect.mapError(stateError(dataset)))
 
-        let lastBeat = Date.now()
-        let isLost = false
-        const markLost = Effect.suspend(() => {
-          if (isLost) return Effect.void
-          isLost = true
-          return Effect.zipRight(Effect.logWarning(`${dataset}: lost to another server on the same destination`), Deferred.succeed(lost, undefined))
-        })
-        const check = Effect.gen(function*() {
-          const names = yield* dest.list(dir)
-          const now = stateEntries(names)
-          if (now.current > epoch || !names.includes(leaseFile(epoch))) yield* markLost
-        })
+        const check = Effect.flatMap(stillMine, (mine) => (mine ? Effect.void : markLost))
         const beatOnce = Effect.gen(function*() {
           if (isLost) return
           const startedAt = Date.now()
@@ -214,6 +240,7 @@ export const makeLeases = (options: LeaseOptions) =>
           epoch,
           folder,
           lost,
+          resumable,
           assure: Effect.suspend(() =>
             isLost ? Effect.fail(lostError(dataset)) : Date.now() - lastBeat > leaseMs / 2 ? Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost) : Effect.void
           ),

@@ -79,9 +79,15 @@ const create = (folder: string, manifest: Manifest) =>
     return { manifest, folder, bitmap: new PieceBitmap(manifest.count), data, crcs, bitmapFile, resumed: false } satisfies StateFiles
   }).pipe(Effect.mapError(ioToStore(manifest.dataset, "StateUnusable")))
 
-/** The dataset's files, resumed when an earlier run left them whole, else made afresh; closed with the scope. */
-export const openState = (folder: string, manifest: Manifest): Effect.Effect<StateFiles, StoreError, Destination | Scope.Scope> =>
-  Effect.flatMap(resume(folder, manifest), (resumed) => (Option.isSome(resumed) ? Effect.succeed(resumed.value) : create(folder, manifest)))
+/** The dataset's files, resumed when an earlier run left them whole (and `resumable`), else made afresh; closed with the scope. */
+export const openState = (folder: string, manifest: Manifest, resumable = true): Effect.Effect<StateFiles, StoreError, Destination | Scope.Scope> =>
+  resumable
+    ? Effect.flatMap(resume(folder, manifest), (resumed) => (Option.isSome(resumed) ? Effect.succeed(resumed.value) : create(folder, manifest)))
+    : create(folder, manifest)
+
+/** Makes the state durable, data and CRCs before the bitmap that claims them: what another machine may resume from. */
+export const syncState = (state: StateFiles): Effect.Effect<void, IoError> =>
+  Effect.all([state.data.sync, state.crcs.sync], { concurrency: 2, discard: true }).pipe(Effect.zipRight(state.bitmapFile.sync))
 
 /** Marks pieces as held and writes the changed bytes of the bitmap file. */
 export const record = (state: StateFiles, indices: Uint32Array): Effect.Effect<void, IoError> =>
