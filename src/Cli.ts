@@ -24,8 +24,10 @@ import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import { parseOnCommit } from "./client/Cleanup.js"
+import { senderEndpoint } from "./client/Metrics.js"
 import { defaultSendOptions, exitCodeOf, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send, type SendOptions, watchPolicy } from "./client/Client.js"
 import { makeBoard, Progress, ProgressLive, runBoard, runProgressReports, summary as rateSummary } from "./client/Progress.js"
 import { encodeEvent, type FerryEvent, stamp } from "./domain/Events.js"
@@ -40,6 +42,7 @@ import {
   formatByteSize,
   formatBytes,
   fromText,
+  ListenAddressText,
   Port,
   PositiveByteSize,
   PositiveCount,
@@ -49,6 +52,7 @@ import {
 import { VERSION } from "./domain/Version.js"
 import { type LogFormat, type LogOutput, LoggingLive, logExit, stderrOutput } from "./Logging.js"
 import { ServerLive } from "./Layers.js"
+import { serverEndpoint, type ServerPhase } from "./server/Metrics.js"
 import { defaultServeOptions, frameLimit, largestSliceIn, serve } from "./server/Server.js"
 import { DatasetScannerLive } from "./services/DatasetScanner.js"
 import { Monitor, MonitorLive } from "./services/Monitor.js"
@@ -119,6 +123,21 @@ const handshakeTimeout = (serverSide: boolean) =>
   ).withDefault(Duration.decode(serverSide ? defaultServeOptions.handshakeTimeout : defaultSendOptions.handshakeTimeout))
 
 const tokenOption = token("File holding the shared secret (one line).")
+
+/**
+ * The metrics endpoint, loaded only when asked for: the HTTP server it is built on (with the
+ * WebSocket and multipart code that come with it) would add about 8 MB to every run's memory.
+ * The bundle keeps it in a chunk of its own (scripts/bundle.mjs).
+ */
+const serveMetrics = (options: import("./services/MetricsEndpoint.js").MetricsEndpointOptions) =>
+  Effect.flatMap(Effect.promise(() => import("./services/MetricsEndpoint.js")), (endpoint) => endpoint.serveMetrics(options))
+
+const metricsOption = setting(
+  "metrics",
+  ListenAddressText,
+  "HOST:PORT",
+  "Serve Prometheus metrics at http://HOST:PORT/metrics and a health check at /healthz (port 0 picks a free port; default: off)."
+).optional
 
 /* ferry send */
 
@@ -222,6 +241,7 @@ const sendCommand = Command.make(
     tlsServername: setting("tls-servername", Text, "NAME", "Name the server's certificate must carry (default: the host of --address).").optional,
     handshakeTimeout: handshakeTimeout(false),
     quiet: flag("quiet", "No progress display."),
+    metrics: metricsOption,
     ...logging
   },
   (flags) => {
@@ -249,6 +269,7 @@ const sendCommand = Command.make(
           markerTimeout: Option.getOrUndefined(flags.markerTimeout),
           onCommit: flags.onCommit
         }
+        if (Option.isSome(flags.metrics)) yield* serveMetrics({ ...flags.metrics.value, ...(yield* senderEndpoint) })
         if (tty) yield* runBoard(board)
         else if (!flags.quiet) {
           yield* runProgressReports({
@@ -366,6 +387,7 @@ const serveCommand = Command.make(
       .withDefault(Duration.decode(DEFAULT_LEASE_TIME)),
     drainTimeout: setting("drain-timeout", DurationText, "DURATION", "On SIGTERM or Ctrl-C, how long batches already received may take to finish writing.")
       .withDefault(Duration.decode(defaultServeOptions.drainTimeout)),
+    metrics: metricsOption,
     ...logging
   },
   (flags) => {
@@ -380,6 +402,9 @@ const serveCommand = Command.make(
       Effect.gen(function*() {
         const dest = (yield* Path.Path).resolve(flags.dest)
         const serving = Effect.gen(function*() {
+          const phase = yield* Ref.make<ServerPhase>("starting")
+          // the endpoint starts first and so stops last: it answers (503, stopping) while the server drains
+          if (Option.isSome(flags.metrics)) yield* serveMetrics({ ...flags.metrics.value, ...(yield* serverEndpoint(phase)) })
           yield* serve({
             ...defaultServeOptions,
             host: flags.host,
@@ -394,6 +419,9 @@ const serveCommand = Command.make(
             idleTimeout: flags.idleTimeout,
             drainTimeout: flags.drainTimeout
           })
+          yield* Ref.set(phase, "listening")
+          // finalizers run last first: this one runs before the server's drain
+          yield* Effect.addFinalizer(() => Ref.set(phase, "stopping"))
           return yield* Effect.never
         }).pipe(Effect.scoped)
         const signal = yield* Effect.raceFirst(serving, nextSignal).pipe((work) => printingEvents(flags.json, serveLine, work))

@@ -9,6 +9,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -76,6 +77,12 @@ export class Transport extends Context.Tag("ferry/Transport")<Transport, {
     onLink: (link: Link) => Effect.Effect<void, never, Scope.Scope>
   ) => Effect.Effect<Address, TransportError, Scope.Scope>
 }>() {}
+
+/** Connections to a server that ended before the handshake was done: TLS's here, ferry's in server/Connection.ts. */
+export const handshakesFailed = Metric.counter("ferry_serve_handshakes_failed_total", {
+  description: "Connections that ended before finishing the handshake (TLS or ferry's), whatever the reason.",
+  incremental: true
+})
 
 const READ_AHEAD = 4 * 1024 * 1024
 
@@ -303,7 +310,7 @@ export const TcpTransport = Layer.succeed(Transport, {
         server.on("tlsClientError", (e, socket) => {
           const raw = (socket as unknown as { _parent?: object })._parent
           const peer = (raw !== undefined ? peers.get(raw) : undefined) ?? formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
-          runFork(Effect.logWarning(`${peer}: TLS handshake failed (${e.message.split("\n")[0]})`))
+          runFork(Effect.zipRight(Effect.logWarning(`${peer}: TLS handshake failed (${e.message.split("\n")[0]})`), Metric.increment(handshakesFailed)))
           socket.destroy()
         })
       }

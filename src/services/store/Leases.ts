@@ -154,7 +154,7 @@ export const makeLeases = (options: LeaseOptions) =>
         )
         const lost = yield* Deferred.make<void>()
         // removed when the dataset is closed (after its files: finalizers run in reverse)
-        yield* Effect.addFinalizer(() => Effect.logDebug("DBG lease fin").pipe(Effect.zipRight(dest.remove(`${dir}/${leaseFile(epoch)}`)), Effect.ignore, Effect.zipRight(Effect.logDebug("DBG lease fin done"))))
+        yield* Effect.addFinalizer(() => dest.remove(`${dir}/${leaseFile(epoch)}`).pipe(Effect.ignore))
         const previous = entries.epochs.at(-1)
         if (previous !== undefined) {
           // the fence: a former holder's commit renames from its own epoch's folder, which is gone from now on
