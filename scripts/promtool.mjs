@@ -5,7 +5,7 @@
 // `apt-get download` (after `apt-get update` if that fails) and only promtool extracted from it
 // with dpkg-deb, so nothing is installed, no service is started and no dependency is pulled
 // (the package is about 19 MB; a few seconds). Prints promtool's path on stdout and exits 0;
-// else says why on stderr and exits 1. Set FERRY_PROMTOOL=0 to skip it.
+// else says why on stderr and exits 1.
 import { execFileSync } from "node:child_process"
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -29,7 +29,6 @@ const works = (path) => {
 }
 const onPath = (cmd) => (process.env.PATH ?? "").split(delimiter).filter((dir) => dir !== "").map((dir) => join(dir, cmd)).find((p) => existsSync(p))
 
-if (process.env.FERRY_PROMTOOL === "0") fail("skipped (FERRY_PROMTOOL=0)")
 const found = onPath("promtool")
 if (found !== undefined && works(found)) {
   console.log(found)

@@ -52,7 +52,9 @@ export const makeWorkerPool = <In, Out>(
       const workers = Array.from({ length: size }, (_, i) => {
         const worker = new Worker(script, { workerData: data })
         worker.unref()
-        return { worker, busy: 0, since: 0, busySeconds: Metric.tagged(Metric.tagged(workerBusySeconds, "pool", pool), "thread", String(i)) }
+        const busySeconds = Metric.tagged(Metric.tagged(workerBusySeconds, "pool", pool), "thread", String(i))
+        busySeconds.unsafeUpdate(0, []) // shown at 0 from the start
+        return { worker, busy: 0, since: 0, busySeconds }
       })
       let closing = false
       const pending = new Map<number, Pending<Out> & { readonly slot: (typeof workers)[number] }>()
