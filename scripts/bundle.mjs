@@ -14,17 +14,21 @@ import { fileURLToPath } from "node:url"
 import { build } from "esbuild"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
+const dist = join(root, "dist")
 
 await build({
   absWorkingDir: root,
   entryPoints: ["dist/bin.js"],
   outfile: "dist/ferry.cjs",
   bundle: true,
+  splitting: true,
   platform: "node",
   format: "cjs",
   target: "node20",
   sourcemap: "linked",
   legalComments: "none",
+  // CommonJS dependencies (ws, under the HTTP server) require Node's own modules: give them `require`
+  banner: { js: "import { createRequire as __ferryCreateRequire } from \"node:module\"; const require = __ferryCreateRequire(import.meta.url);" },
   logLevel: "warning",
   define: { "import.meta.url": "__ferryAssetsUrl" },
   banner: { js: "const __ferryAssetsUrl = require(\"node:url\").pathToFileURL(require(\"node:path\").join(__dirname, \"services\", \"Assets.js\")).href;" }

@@ -23,8 +23,10 @@ import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import { parseOnCommit } from "./client/Cleanup.js"
+import { senderEndpoint } from "./client/Metrics.js"
 import { defaultSendOptions, exitCodeOf, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send, type SendOptions, watchPolicy } from "./client/Client.js"
 import { makeBoard, Progress, runBoard, runProgressReports, summary as rateSummary } from "./client/Progress.js"
 import { encodeEvent, type FerryEvent, stamp } from "./domain/Events.js"
@@ -38,6 +40,7 @@ import {
   formatByteSize,
   formatBytes,
   fromText,
+  ListenAddressText,
   Port,
   PositiveByteSize,
   PositiveCount,
@@ -47,6 +50,7 @@ import {
 import { VERSION } from "./domain/Version.js"
 import { type LogFormat, type LogOutput, LoggingLive, logExit, stderrOutput } from "./Logging.js"
 import { ClientLive, ServerLive } from "./Layers.js"
+import { serverEndpoint, type ServerPhase } from "./server/Metrics.js"
 import { defaultServeOptions, frameLimit, largestSliceIn, serve } from "./server/Server.js"
 import { Monitor, MonitorLive } from "./services/Monitor.js"
 import { defaultStoreLimits } from "./services/PieceStore.js"
@@ -114,6 +118,21 @@ const handshakeTimeout = (serverSide: boolean) =>
   ).withDefault(Duration.decode(serverSide ? defaultServeOptions.handshakeTimeout : defaultSendOptions.handshakeTimeout))
 
 const tokenOption = token("File holding the shared secret (one line).")
+
+/**
+ * The metrics endpoint, loaded only when asked for: the HTTP server it is built on (with the
+ * WebSocket and multipart code that come with it) would add about 8 MB to every run's memory.
+ * The bundle keeps it in a chunk of its own (scripts/bundle.mjs).
+ */
+const serveMetrics = (options: import("./services/MetricsEndpoint.js").MetricsEndpointOptions) =>
+  Effect.flatMap(Effect.promise(() => import("./services/MetricsEndpoint.js")), (endpoint) => endpoint.serveMetrics(options))
+
+const metricsOption = setting(
+  "metrics",
+  ListenAddressText,
+  "HOST:PORT",
+  "Serve Prometheus metrics at http://HOST:PORT/metrics and a health check at /healthz (port 0 picks a free port; default: off)."
+).optional
 
 /* ferry send */
 
@@ -218,6 +237,7 @@ const sendCommand = Command.make(
     handshakeTimeout: handshakeTimeout(false),
     quiet: flag("quiet", "No progress display."),
     readers: setting("readers", PositiveCount, "N", "Threads reading piece files (default 2).").optional,
+    metrics: metricsOption,
     ...logging
   },
   (flags) => {
@@ -245,6 +265,7 @@ const sendCommand = Command.make(
           markerTimeout: Option.getOrUndefined(flags.markerTimeout),
           onCommit: flags.onCommit
         }
+        if (Option.isSome(flags.metrics)) yield* serveMetrics({ ...flags.metrics.value, ...(yield* senderEndpoint) })
         if (tty) yield* runBoard(board)
         else if (!flags.quiet) {
           yield* runProgressReports({
@@ -361,6 +382,7 @@ const serveCommand = Command.make(
     inflater: setting("inflater", choice(["isal", "zlib"]), "isal|zlib", "Gunzip with the ISA-L addon when it is built (about 1.6x faster), or always with zlib.").withDefault("isal"),
     drainTimeout: setting("drain-timeout", DurationText, "DURATION", "On SIGTERM or Ctrl-C, how long batches already received may take to finish writing.")
       .withDefault(Duration.decode(defaultServeOptions.drainTimeout)),
+    metrics: metricsOption,
     ...logging
   },
   (flags) => {
@@ -375,6 +397,9 @@ const serveCommand = Command.make(
       Effect.gen(function*() {
         const dest = (yield* Path.Path).resolve(flags.dest)
         const serving = Effect.gen(function*() {
+          const phase = yield* Ref.make<ServerPhase>("starting")
+          // the endpoint starts first and so stops last: it answers (503, stopping) while the server drains
+          if (Option.isSome(flags.metrics)) yield* serveMetrics({ ...flags.metrics.value, ...(yield* serverEndpoint(phase)) })
           yield* serve({
             ...defaultServeOptions,
             host: flags.host,
@@ -389,6 +414,9 @@ const serveCommand = Command.make(
             idleTimeout: flags.idleTimeout,
             drainTimeout: flags.drainTimeout
           })
+          yield* Ref.set(phase, "listening")
+          // finalizers run last first: this one runs before the server's drain
+          yield* Effect.addFinalizer(() => Ref.set(phase, "stopping"))
           return yield* Effect.never
         }).pipe(Effect.scoped)
         const signal = yield* Effect.raceFirst(serving, nextSignal).pipe((work) => printingEvents(flags.json, serveLine, work))

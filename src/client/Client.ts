@@ -15,6 +15,7 @@ import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
@@ -39,6 +40,17 @@ import { isTransient, makeUplink, type ReconnectPolicy, type Uplink, type Uplink
 
 export { autoConnections, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS } from "./Uplink.js"
 export type { DatasetReport } from "./Transfer.js"
+
+/* What a sender counts of its datasets (README: Operating ferry). */
+
+export const committedDatasets = Metric.counter("ferry_send_datasets_committed_total", {
+  description: "Datasets the servers committed (those already committed there included).",
+  incremental: true
+})
+export const failedDatasets = Metric.counter("ferry_send_datasets_failed_total", {
+  description: "Datasets that failed for good, by code (the server's failure code, BadDataset, PeerMismatch or Unreachable).",
+  incremental: true
+})
 
 export interface SendOptions extends TransferOptions, ReconnectPolicy {
   /** Servers to send to; datasets are spread over them. */
@@ -173,6 +185,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         if (onData) yield* Effect.logError(error.message).pipe(Effect.annotateLogs({ dataset, code }))
         else yield* Effect.logDebug(`${dataset}: not sent: ${error.message}`)
         yield* progress.update(dataset, (p) => ({ ...p, phase: "failed", note: error.message }))
+        yield* Metric.increment(Metric.tagged(failedDatasets, "code", code))
         yield* publish({ event: "failed", dataset, code, message: error.message })
       })
 
@@ -228,6 +241,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
           onSuccess: (report) =>
             Effect.gen(function*() {
               committed.push(report)
+              yield* Metric.increment(committedDatasets)
               yield* publish({ event: "committed", dataset: report.dataset, server: report.server, bytes: report.size, pieces: report.pieces, sent: report.sent, crc32: report.crc32, seconds: report.seconds, alreadyCommitted: report.alreadyCommitted })
               if (options.onCommit._tag !== "Keep") {
                 const cleaned = yield* Effect.either(cleanUp(dir, { dataset: report.dataset, first: holdings.lowest === Infinity ? 0 : holdings.lowest, count: holdings.pieces }, options.onCommit))

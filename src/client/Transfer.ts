@@ -8,6 +8,7 @@
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import * as Stream from "effect/Stream"
 import { PieceBitmap } from "../domain/Bitmap.js"
 import { ContentCrc, formatCrc } from "../domain/Crc32.js"
@@ -17,6 +18,21 @@ import { PieceReader } from "../services/PieceReader.js"
 import type { Connection, LinkError, Reply } from "./Connection.js"
 import { pieceFileBytes } from "./Folder.js"
 import { Progress } from "./Progress.js"
+
+/* What a sender counts (README: Operating ferry): per batch, never per piece. */
+
+export const sentBytes = Metric.counter("ferry_send_bytes_total", {
+  description: "Compressed piece bytes sent in pieces frames, framing not included (sent again after a reconnection, counted again).",
+  incremental: true
+})
+export const sentPieces = Metric.counter("ferry_send_pieces_total", {
+  description: "Pieces sent (sent again after a reconnection, counted again).",
+  incremental: true
+})
+export const ackedBytes = Metric.counter("ferry_send_acked_bytes_total", {
+  description: "Original bytes the servers acknowledged as written.",
+  incremental: true
+})
 
 export interface TransferOptions {
   readonly dir: string
@@ -157,10 +173,13 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
           const batch = inFlight.get(reply.seq)
           if (batch === undefined) return Effect.void
           inFlight.delete(reply.seq)
-          return progress.update(name, (p) => {
-            const ackedPieces = p.ackedPieces + batch.pieces
-            return { ...p, ackedPieces, ackedBytes: p.ackedBytes + batch.bytes, phase: ackedPieces === p.pieces ? "committing" : p.phase }
-          })
+          return Effect.zipRight(
+            Metric.incrementBy(ackedBytes, batch.bytes),
+            progress.update(name, (p) => {
+              const ackedPieces = p.ackedPieces + batch.pieces
+              return { ...p, ackedPieces, ackedBytes: p.ackedBytes + batch.bytes, phase: ackedPieces === p.pieces ? "committing" : p.phase }
+            })
+          )
         }
         case "Committed":
           return Deferred.succeed(outcome, reply)
@@ -188,7 +207,10 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
       Stream.mapEffect(({ batch, frame }) =>
         Effect.suspend(() => {
           addRun(crc, manifest, batch.indices, frame.crcs)
-          return roomiest().sendBatch(handle, frame.seq, batch.indices.length, frame.frame, frame.release)
+          return roomiest().sendBatch(handle, frame.seq, batch.indices.length, frame.frame, frame.release).pipe(
+            Effect.zipRight(Metric.incrementBy(sentPieces, batch.indices.length)),
+            Effect.zipRight(Metric.incrementBy(sentBytes, frame.pieceBytes))
+          )
         }), { concurrency: connections.length, unordered: true }),
       Stream.runDrain
     )

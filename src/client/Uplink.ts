@@ -9,6 +9,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -17,6 +18,14 @@ import { PeerMismatch, TransportError } from "../domain/Errors.js"
 import { publish } from "../services/Monitor.js"
 import { type Address, formatAddress, type Transport } from "../services/Transport.js"
 import { connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
+
+/* What a sender counts of its servers (README: Operating ferry). */
+
+export const serversUp = Metric.gauge("ferry_send_servers_up", { description: "Servers whose connections are up now." })
+export const reconnections = Metric.counter("ferry_send_reconnections_total", {
+  description: "Times the connections to a server were set up again after being lost, by server (HOST:PORT).",
+  incremental: true
+})
 
 /** Round trips below this are near: loopback, a LAN, the same region. */
 export const NEAR_ROUND_TRIP_MS = 20
@@ -122,6 +131,9 @@ export const makeUplink = (
         // one line per change of state: the first connection is not news, a reconnection is
         if (lastLogged === "down") yield* Effect.logInfo(`connected to ${name} again`)
         else yield* Effect.logDebug(`connected to ${name}`)
+        if (wasUp) yield* Metric.increment(Metric.tagged(reconnections, "server", name))
+        // up for as long as this spell lasts, however it ends
+        yield* Effect.acquireRelease(Metric.increment(serversUp), () => Metric.incrementBy(serversUp, -1))
         lastLogged = "up"
         wasUp = true
         yield* publish({ event: "link", server: name, state: "up", message: "connected" })

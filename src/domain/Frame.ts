@@ -167,6 +167,10 @@ export interface PieceBatch {
   readonly lengths: Uint32Array
 }
 
+/** The bytes of the pieces themselves in a pieces body of `bodyLength` bytes (every byte belongs to an entry). */
+export const pieceBytesOf = (batch: PieceBatch, bodyLength: number): number =>
+  bodyLength - PIECES_HEADER - batch.indices.length * PIECE_ENTRY_HEADER
+
 /** Reads the entry table of a pieces body; every byte must belong to an entry. */
 export const decodePieces = (body: Uint8Array): PieceBatch | { readonly problem: string } => {
   if (body.length < PIECES_HEADER) return { problem: "pieces frame shorter than its header" }

@@ -22,12 +22,12 @@ export const parseBytes = (text: string): number | undefined => {
   return Number.isSafeInteger(bytes) ? bytes : undefined
 }
 
-/** "host:port" or "[v6]:port"; undefined when it is not one. */
-export const parseAddress = (text: string): { readonly host: string; readonly port: number } | undefined => {
+/** "host:port" or "[v6]:port"; undefined when it is not one. An address to listen on may have port 0 (any free one). */
+export const parseAddress = (text: string, lowestPort = 1): { readonly host: string; readonly port: number } | undefined => {
   const m = /^\[([^\]]+)\]:([0-9]{1,5})$/.exec(text) ?? /^([^:\s]+):([0-9]{1,5})$/.exec(text)
   if (m === null) return undefined
   const port = Number(m[2])
-  if (port < 1 || port > 65535) return undefined
+  if (port < lowestPort || port > 65535) return undefined
   return { host: m[1]!, port }
 }
 
@@ -123,7 +123,15 @@ export const DurationText = fromText(Schema.DurationFromSelf, "a number of secon
 export const AddressText = fromText(
   Schema.Struct({ host: Schema.String, port: Schema.Number }),
   "HOST:PORT",
-  parseAddress,
+  (text) => parseAddress(text),
+  ({ host, port }) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`)
+)
+
+/** HOST:PORT to listen on; port 0 picks a free one. */
+export const ListenAddressText = fromText(
+  Schema.Struct({ host: Schema.String, port: Schema.Number }),
+  "HOST:PORT (port 0 picks a free one)",
+  (text) => parseAddress(text, 0),
   ({ host, port }) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`)
 )
 
@@ -139,7 +147,7 @@ export const AddressListText = fromText(
   "HOST:PORT, or several separated by commas",
   (text) => {
     const parts = text.split(",").map((p) => p.trim()).filter((p) => p !== "")
-    const addresses = parts.map(parseAddress)
+    const addresses = parts.map((p) => parseAddress(p))
     return parts.length > 0 && addresses.every((a) => a !== undefined) ? addresses as Array<{ host: string; port: number }> : undefined
   },
   (list) => list.map(({ host, port }) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`)).join(",")

@@ -10,14 +10,15 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { newNonce, proofMatches } from "../domain/Auth.js"
 import type { RefusalCode } from "../domain/Codes.js"
 import type { Manifest } from "../domain/Dataset.js"
-import { ProtocolError, StoreError } from "../domain/Errors.js"
-import { decodePieces, encodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
+import { ProtocolError, StoreError, type TransportError } from "../domain/Errors.js"
+import { decodePieces, encodeAck, FrameKind, pieceBytesOf, type RawFrame } from "../domain/Frame.js"
 import {
   Committed,
   type ControlMessage,
@@ -33,11 +34,30 @@ import {
 import { VERSION } from "../domain/Version.js"
 import { publish } from "../services/Monitor.js"
 import type { PieceStore, Session } from "../services/PieceStore.js"
-import type { Link } from "../services/Transport.js"
+import { handshakesFailed, type Link } from "../services/Transport.js"
 import type { Gate, ServeOptions } from "./Server.js"
 
 /** Until the handshake is done, only small control frames are accepted. */
 export const HANDSHAKE_FRAME = 64 * 1024
+
+/* What connections count (README: Operating ferry). Updated per connection, frame or dataset, never per piece. */
+
+export const connectionsAccepted = Metric.counter("ferry_serve_connections_accepted_total", {
+  description: "Connections that passed the handshake.",
+  incremental: true
+})
+export const connectionsRefused = Metric.counter("ferry_serve_connections_refused_total", {
+  description: "Connections refused (a Refused message), or dropped for a frame that could not be read, by code.",
+  incremental: true
+})
+export const receivedBytes = Metric.counter("ferry_serve_received_bytes_total", {
+  description: "Compressed piece bytes received in pieces frames, framing not included.",
+  incremental: true
+})
+export const datasetsFailed = Metric.counter("ferry_serve_datasets_failed_total", {
+  description: "Datasets failed, by code: one per Failed answer to a sender (refusals at open included).",
+  incremental: true
+})
 
 interface Open {
   readonly session: Session
@@ -60,13 +80,23 @@ export const serveConnection = (
     /** Handles whose dataset failed: their batches still in flight are dropped quietly. */
     const dropped = new Set<number>()
     const handshake = yield* Deferred.make<void, ProtocolError>()
-    let stage: "hi" | "hello" | "ready" = "hi"
+    // moved on by the frame handlers below (`as`: not narrowed to "hi" where it is read after them)
+    let stage = "hi" as "hi" | "hello" | "ready"
     const ticket = yield* gate.enter(Deferred.fail(handshake, new ProtocolError({ peer, code: "TooManyPending", reason: "too many connections in the handshake; dropped the oldest" })))
 
     const send = (bytes: Uint8Array) => link.send(bytes)
+    /** Counted once per connection: when refused, or else when dropped for a frame the transport could not read. */
+    let counted = false
+    const countRefusal = (code: RefusalCode) =>
+      Effect.suspend(() => {
+        if (counted) return Effect.void
+        counted = true
+        return Metric.increment(Metric.tagged(connectionsRefused, "code", code))
+      })
     const refuse = (code: RefusalCode, message: string) =>
       Effect.logWarning(`${peer}: refused (${code}): ${message}`).pipe(
         Effect.annotateLogs({ peer, code }),
+        Effect.zipRight(countRefusal(code)),
         Effect.zipRight(publish({ event: "connection-refused", peer, code, message })),
         Effect.zipRight(send(encodeControl(new Refused({ code, message })))),
         Effect.ignore,
@@ -86,6 +116,7 @@ export const serveConnection = (
         dropped.add(handle)
         yield* close(handle)
         yield* Effect.logWarning(`${peer}: ${e.message}`).pipe(Effect.annotateLogs({ peer, dataset: e.dataset, code: e.code }))
+        yield* Metric.increment(Metric.tagged(datasetsFailed, "code", e.code))
         yield* publish({ event: "dataset-failed", dataset: e.dataset, peer, code: e.code, message: e.reason })
         yield* send(encodeControl(new Failed({ handle, dataset: e.dataset, code: e.code, message: e.reason })))
       })
@@ -168,6 +199,7 @@ export const serveConnection = (
         }
         stage = "ready"
         link.limitFrames(options.maxFrame)
+        yield* Metric.increment(connectionsAccepted)
         yield* publish({ event: "connection-accepted", peer })
         yield* send(encodeControl(new Ready()))
         yield* Deferred.succeed(handshake, undefined)
@@ -201,6 +233,7 @@ export const serveConnection = (
         if (stage !== "ready") return yield* refuse("NotReady", "pieces before the handshake")
         const batch = decodePieces(body)
         if ("problem" in batch) return yield* refuse("BadFrame", batch.problem)
+        yield* Metric.incrementBy(receivedBytes, pieceBytesOf(batch, body.length))
         const open = sessions.get(batch.handle)
         if (open === undefined) {
           if (dropped.has(batch.handle)) return
@@ -243,24 +276,42 @@ export const serveConnection = (
     )
 
     const idle = () => new ProtocolError({ peer, code: "IdleTimeout", reason: `nothing received for ${Duration.format(options.idleTimeout)}` })
+    // Why the connection ends is kept as a value: a failure inside the stream (the client went away,
+    // or broke the protocol) would end one of the stream's own fibers with it, which Effect logs
+    // under --debug as "Fiber terminated with an unhandled error", for an ordinary disconnect.
+    let ended: ProtocolError | TransportError | undefined
+    const ending = yield* Deferred.make<void>()
+    const end = (e: ProtocolError | TransportError) =>
+      Effect.suspend(() => {
+        ended ??= e
+        return Deferred.succeed(ending, undefined)
+      })
     const outcome = yield* link.frames.pipe(
       Stream.timeoutFail(idle, options.idleTimeout),
-      // on shutdown no new frame is taken; the batches already taken finish writing
+      Stream.catchAll((e) => Stream.execute(end(e))),
+      // on shutdown, or once the connection is ending, no new frame is taken; the batches already
+      // taken finish writing
       Stream.interruptWhen(gate.stopping),
-      Stream.mapEffect(onFrame, { concurrency: options.batchesInFlight, unordered: true }),
+      Stream.interruptWhen(Deferred.await(ending)),
+      Stream.mapEffect((frame) => Effect.catchAll(onFrame(frame), end), { concurrency: options.batchesInFlight, unordered: true }),
       Stream.runDrain,
       Effect.raceFirst(handshakeDeadline),
       Effect.either
     )
-    if (Either.isLeft(outcome)) {
-      const e = outcome.left
+    const failure = Either.isLeft(outcome) ? outcome.left : ended
+    if (failure !== undefined) {
+      const e = failure
       if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
       // a client that broke the protocol is worth a line; one that was dropped to make room is not
-      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending") yield* Effect.logWarning(`${peer}: dropped: ${e.reason}`).pipe(Effect.annotateLogs({ code: e.code }))
+      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending") {
+        yield* countRefusal(e.code)
+        yield* Effect.logWarning(`${peer}: dropped: ${e.reason}`).pipe(Effect.annotateLogs({ code: e.code }))
+      }
       else yield* Effect.logDebug(`${peer}: ${e.message}`)
     } else if (yield* gate.isStopping) {
       yield* send(encodeControl(new Refused({ code: "ShuttingDown", message: "the server is stopping; try again, or another server" }))).pipe(Effect.ignore)
     } else yield* Effect.logDebug(`${peer}: disconnected`)
+    if (stage !== "ready") yield* Metric.increment(handshakesFailed)
     for (const handle of [...sessions.keys()]) yield* close(handle)
     yield* link.end
   }).pipe(Effect.annotateLogs({ peer: link.peer }))

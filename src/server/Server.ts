@@ -7,6 +7,7 @@
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
@@ -88,6 +89,9 @@ export interface Gate {
   readonly isStopping: Effect.Effect<boolean>
 }
 
+/** Connections open now, in the handshake or past it, over every server of the process. */
+export const connectionsOpen = Metric.gauge("ferry_serve_connections_open", { description: "Connections open now, in the handshake or past it." })
+
 const makeGate = (options: ServeOptions) =>
   Effect.gen(function*() {
     const pending = new Map<object, Effect.Effect<unknown>>()
@@ -107,11 +111,12 @@ const makeGate = (options: ServeOptions) =>
           let passed = false
           pending.set(me, drop)
           yield* SubscriptionRef.update(open, (n) => n + 1)
+          yield* Metric.increment(connectionsOpen)
           yield* Effect.addFinalizer(() =>
             Effect.suspend(() => {
               pending.delete(me)
               if (passed) ready--
-              return SubscriptionRef.update(open, (n) => n - 1)
+              return Effect.zipRight(SubscriptionRef.update(open, (n) => n - 1), Metric.incrementBy(connectionsOpen, -1))
             })
           )
           return {

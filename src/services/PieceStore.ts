@@ -16,6 +16,8 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
@@ -88,6 +90,41 @@ export const MAX_BATCH_OUTPUT = 128 * 1024 * 1024
 
 /** Bytes written to a dataset between two background fsyncs of its data file. */
 export const FLUSH_BEHIND = 128 * 1024 * 1024
+
+/* What the store counts (README: Operating ferry): per batch or per dataset, never per piece. */
+
+export const writtenBytes = Metric.counter("ferry_serve_written_bytes_total", {
+  description: "Original bytes written: slices inflated, verified and written at their place.",
+  incremental: true
+})
+export const piecesVerified = Metric.counter("ferry_serve_pieces_verified_total", {
+  description: "Pieces inflated, verified against their gzip trailer and written.",
+  incremental: true
+})
+export const badPieces = Metric.counter("ferry_serve_bad_pieces_total", {
+  description: "Batches refused for a bad piece, by reason (the failure code: BadPiece, BadIndex, DuplicatePiece, BadFrame).",
+  incremental: true
+})
+export const batchesWritten = Metric.counter("ferry_serve_batches_total", {
+  description: "Batches of pieces verified and written.",
+  incremental: true
+})
+export const batchSeconds = Metric.histogram(
+  "ferry_serve_batch_seconds",
+  MetricBoundaries.fromIterable([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]),
+  "Time to verify and write one batch, from handing it to the inflate threads (waiting for one included) until it is recorded, in seconds."
+)
+export const datasetsOpened = Metric.counter("ferry_serve_datasets_opened_total", {
+  description: "Datasets taken up for writing, new or resumed (once each, however many connections carry it).",
+  incremental: true
+})
+export const datasetsCommitted = Metric.counter("ferry_serve_datasets_committed_total", {
+  description: "Datasets committed: file synced and renamed into place, marker written.",
+  incremental: true
+})
+export const datasetsInProgress = Metric.gauge("ferry_serve_datasets_in_progress", {
+  description: "Datasets being written now (leased, files open)."
+})
 
 interface Seal {
   readonly crc: number
@@ -254,6 +291,8 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
           }
           const fresh = yield* activate(manifest)
           active.set(name, fresh)
+          yield* Metric.increment(datasetsOpened)
+          yield* Metric.increment(datasetsInProgress)
           return Either.right<Active>(fresh)
         })
       )
@@ -265,6 +304,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
           entry.users--
           if (entry.users > 0) return
           active.delete(entry.manifest.dataset)
+          yield* Metric.incrementBy(datasetsInProgress, -1)
           // a dataset let go of may be resumed by a server on another machine: its state must be on the storage
           if (entry.failure === undefined && !entry.discard) yield* syncState(entry.state).pipe(Effect.ignore)
           if (entry.discard) {
@@ -321,6 +361,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
         yield* dest.remove(`${STATE_FOLDER}/${m.dataset}`)
         yield* Effect.logDebug(`${m.dataset}: commit took ${Date.now() - started} ms, of which ${synced - started} ms flushing the data to disk`)
         yield* Effect.logInfo(`${m.dataset}: committed ${m.size} bytes in ${m.count} pieces, crc32 ${result.crc32}`)
+        yield* Metric.increment(datasetsCommitted)
         return result
       }).pipe(
         Effect.catchTag("IoError", (e) => Effect.fail(ioToStore(entry.manifest.dataset, "CommitFailed")(e))),
@@ -366,11 +407,15 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
         if (entry.failure !== undefined) return yield* Effect.fail(entry.failure)
         const m = entry.manifest
         const verdict = checkBatch(entry.geometry, entry.state.bitmap, batch.indices, MAX_BATCH_OUTPUT)
-        if (verdict._tag === "Rejected") return yield* refuse(m.dataset, verdict.code, verdict.reason)
+        if (verdict._tag === "Rejected") {
+          yield* Metric.increment(Metric.tagged(badPieces, "reason", verdict.code))
+          return yield* refuse(m.dataset, verdict.code, verdict.reason)
+        }
         if (verdict.keep !== "all" && verdict.keep.length === 0) return
         yield* entry.lease.assure
         const indices = pick(batch.indices, verdict.keep)
         const written = Uint32Array.from(indices) // `indices` moves to the worker
+        const started = performance.now()
         const outcome = yield* gunzip.inflate({
           geometry: entry.geometry,
           body,
@@ -382,6 +427,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
         })
         switch (outcome._tag) {
           case "BadPiece":
+            yield* Metric.increment(Metric.tagged(badPieces, "reason", "BadPiece"))
             return yield* refuse(m.dataset, "BadPiece", outcome.reason)
           case "WriteFailed":
             return yield* refuse(
@@ -391,6 +437,10 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
             )
           case "Written":
             yield* record(entry.state, written).pipe(Effect.mapError(ioToStore(m.dataset, "WriteFailed")))
+            yield* Metric.update(batchSeconds, (performance.now() - started) / 1000)
+            yield* Metric.increment(batchesWritten)
+            yield* Metric.incrementBy(piecesVerified, written.length)
+            yield* Metric.incrementBy(writtenBytes, outcome.bytes)
             entry.remaining = remainingBytes(m, entry.state.bitmap.held)
             yield* flushBehind(entry, outcome.bytes)
             if (entry.state.bitmap.complete) yield* settle(entry)

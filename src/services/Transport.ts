@@ -9,6 +9,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -86,6 +87,12 @@ export class Transport extends Context.Tag("ferry/Transport")<Transport, {
     onLink: (link: Link) => Effect.Effect<void, never, Scope.Scope>
   ) => Effect.Effect<Address, TransportError, Scope.Scope>
 }>() {}
+
+/** Connections to a server that ended before the handshake was done: TLS's here, ferry's in server/Connection.ts. */
+export const handshakesFailed = Metric.counter("ferry_serve_handshakes_failed_total", {
+  description: "Connections that ended before finishing the handshake (TLS or ferry's), whatever the reason.",
+  incremental: true
+})
 
 const READ_AHEAD = 4 * 1024 * 1024
 
@@ -390,7 +397,7 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
         server.on("tlsClientError", (e, socket) => {
           const raw = (socket as unknown as { _parent?: object })._parent
           const peer = (raw !== undefined ? peers.get(raw) : undefined) ?? addressOf(socket) ?? "a client that hung up before its address could be read"
-          runFork(Effect.logWarning(`${peer}: TLS handshake failed (${e.message.split("\n")[0]})`))
+          runFork(Effect.zipRight(Effect.logWarning(`${peer}: TLS handshake failed (${e.message.split("\n")[0]})`), Metric.increment(handshakesFailed)))
           socket.destroy()
         })
       }

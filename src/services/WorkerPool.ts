@@ -5,8 +5,20 @@
  * per piece. Workers start with the scope and are terminated with it.
  */
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import * as os from "node:os"
 import { Worker, type Transferable } from "node:worker_threads"
+
+/**
+ * How busy each thread is: the time during which it had at least one batch posted and not yet
+ * answered, as the main thread sees it (so it includes the message's trip both ways). Its rate
+ * is the thread's utilisation, from 0 to 1. Counted at each answer, so once per batch.
+ */
+export const workerBusySeconds = Metric.counter("ferry_worker_busy_seconds_total", {
+  description: "Seconds during which a worker thread had a batch to work on, by pool (inflate, read) and thread; its rate is the thread's utilisation (0 to 1).",
+  incremental: true
+})
+export const workerThreads = Metric.gauge("ferry_worker_threads", { description: "Worker threads, by pool (inflate, read)." })
 
 export interface WorkerPool<In, Out> {
   readonly size: number
@@ -33,10 +45,16 @@ export const makeWorkerPool = <In, Out>(
 ): Effect.Effect<WorkerPool<In, Out>, never, import("effect").Scope.Scope> =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const workers = Array.from({ length: size }, () => {
+      // the pool's name for the metrics: its script's (workers/inflate.js is "inflate")
+      const pool = (script.pathname.split("/").pop() ?? "worker").replace(/\.[cm]?js$/, "")
+      const threads = Metric.tagged(workerThreads, "pool", pool)
+      threads.unsafeModify(size, [])
+      const workers = Array.from({ length: size }, (_, i) => {
         const worker = new Worker(script, { workerData: data })
         worker.unref()
-        return { worker, busy: 0 }
+        const busySeconds = Metric.tagged(Metric.tagged(workerBusySeconds, "pool", pool), "thread", String(i))
+        busySeconds.unsafeUpdate(0, []) // shown at 0 from the start
+        return { worker, busy: 0, since: 0, busySeconds }
       })
       let closing = false
       const pending = new Map<number, Pending<Out> & { readonly slot: (typeof workers)[number] }>()
@@ -52,6 +70,7 @@ export const makeWorkerPool = <In, Out>(
           const p = pending.get(job.id)
           if (p === undefined) continue // interrupted while queued
           pending.set(job.id, { resume: p.resume, slot })
+          if (slot.busy === 0) slot.since = performance.now()
           slot.busy++
           slot.worker.postMessage({ id: job.id, task: job.task }, job.transfer as Array<Transferable>)
         }
@@ -60,6 +79,9 @@ export const makeWorkerPool = <In, Out>(
       const attach = (slot: (typeof workers)[number]) => {
         slot.worker.on("message", (reply: WorkerReply<Out>) => {
           const p = pending.get(reply.id)
+          const now = performance.now()
+          slot.busySeconds.unsafeUpdate((now - slot.since) / 1000, [])
+          slot.since = now
           slot.busy--
           if (p !== undefined) {
             pending.delete(reply.id)
@@ -103,6 +125,7 @@ export const makeWorkerPool = <In, Out>(
         run,
         terminate: () => {
           closing = true
+          threads.unsafeModify(-size, [])
           return Promise.all(workers.map((w) => w.worker.terminate()))
         }
       }

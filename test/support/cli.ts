@@ -60,9 +60,9 @@ export const spawnFerry = (args: ReadonlyArray<string>, options: { env?: NodeJS.
 export type Running = ReturnType<typeof spawnFerry>
 
 /** `ferry serve` on a free loopback port; resolves once it listens. */
-export const startServer = async (dest: string, extra: ReadonlyArray<string> = []) => {
+export const startServer = async (dest: string, extra: ReadonlyArray<string> = [], env?: NodeJS.ProcessEnv) => {
   const port = extra.includes("--port") ? [] : ["--port", "0"]
-  const server = spawnFerry(["serve", ...port, "--host", "127.0.0.1", "--dest", dest, ...extra])
+  const server = spawnFerry(["serve", ...port, "--host", "127.0.0.1", "--dest", dest, ...extra], env === undefined ? {} : { env })
   const m = await server.waitFor(/listening on (\S+)/)
   return {
     ...server,
