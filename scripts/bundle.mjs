@@ -8,27 +8,25 @@
 // Run-time paths (worker scripts, the native addon) are located by services/Assets.js from its
 // own URL: inside the bundle, `import.meta.url` stands for that file's place beside the bundle.
 // The worker scripts are not bundled: they import a handful of small modules, and no Effect.
+// The metrics endpoint (`--metrics`, with the HTTP server under it) is imported on demand: it is
+// in the bundle, but esbuild wraps it so that none of its code runs until then.
 import { execFileSync } from "node:child_process"
 import { rmSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { build } from "esbuild"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
-const dist = join(root, "dist")
 
 await build({
   absWorkingDir: root,
   entryPoints: ["dist/bin.js"],
   outfile: "dist/ferry.cjs",
   bundle: true,
-  splitting: true,
   platform: "node",
   format: "cjs",
   target: "node20",
   sourcemap: "linked",
   legalComments: "none",
-  // CommonJS dependencies (ws, under the HTTP server) require Node's own modules: give them `require`
-  banner: { js: "import { createRequire as __ferryCreateRequire } from \"node:module\"; const require = __ferryCreateRequire(import.meta.url);" },
   logLevel: "warning",
   define: { "import.meta.url": "__ferryAssetsUrl" },
   banner: { js: "const __ferryAssetsUrl = require(\"node:url\").pathToFileURL(require(\"node:path\").join(__dirname, \"services\", \"Assets.js\")).href;" }
