@@ -10,7 +10,7 @@ import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { encodeControl, Hi, PROTOCOL_VERSION } from "../src/domain/Protocol.js"
 import { ferry, sha256File, spawnFerry, startServer, tempDirs } from "./support/cli.js"
-import { heldPieces, linesOf, type Made, makeFake, startJsonServer, stateOf, timedRun, until } from "./support/datasets.js"
+import { heldPieces, linesOf, type Made, makeFake, startJsonServer, stateOf, loggedRun, until } from "./support/datasets.js"
 
 const dirs = tempDirs()
 afterAll(() => dirs.cleanup())
@@ -20,13 +20,14 @@ const isRoot = process.getuid?.() === 0
 describe("1. a symlink planted in the server's state folder is never followed", () => {
   let sample: Made
   beforeAll(async () => {
-    sample = await makeFake(dirs.make("src"), "planted", ["--size", "4MiB", "--slice", "4KiB", "--seed", "9"])
+    // pieces go in batches of about 2 MiB: enough of them that a client killed after the first is surely half way
+    sample = await makeFake(dirs.make("src"), "planted", ["--size", "16MiB", "--slice", "4KiB", "--seed", "9"])
   })
 
   /** A transfer interrupted (client killed) once the server holds some pieces: its state is left on disk, unleased. */
   const interrupted = async (dest: string, address: string) => {
     // a slow client, so that it is surely killed half way
-    const client = spawnFerry(["send", "--path", sample.dir, "--address", address, "--bwlimit", "1MiB/s", "--quiet"])
+    const client = spawnFerry(["send", "--path", sample.dir, "--address", address, "--bwlimit", "4MiB/s", "--quiet"])
     try {
       await until(() => heldPieces(dest, "planted") > 0, 20_000, "some pieces held")
     } finally {
@@ -37,7 +38,7 @@ describe("1. a symlink planted in the server's state folder is never followed", 
     await until(() => !stateOf(dest, "planted").leased, 10_000, "lease released")
     const { epoch } = stateOf(dest, "planted")
     expect(epoch).toBeDefined()
-    expect(heldPieces(dest, "planted")).toBeLessThan(1024)
+    expect(heldPieces(dest, "planted")).toBeLessThan(sample.size / 4096)
     return epoch!
   }
 
@@ -386,13 +387,13 @@ describe("10. TLS failures", () => {
     }
   })
 
-  it("a TLS client with the wrong CA gives up after one attempt, exit 3, in under 2 s", async () => {
+  it("a TLS client with the wrong CA gives up after one attempt, exit 3, without retrying", async () => {
     const server = await startServer(dirs.make("dest"), ["--tls-cert", cert, "--tls-key", key])
     try {
-      const r = await timedRun(["send", "--path", sample.dir, "--address", server.address, "--tls-ca", otherCa])
+      const r = await loggedRun(["send", "--path", sample.dir, "--address", server.address, "--tls-ca", otherCa])
       expect(r.code).toBe(3)
-      // by the client's own clock: start-up on a loaded machine is not part of it
-      expect(r.elapsed).toBeLessThan(2000)
+      // not a transient fault: no retry, no reconnection, not even one
+      expect(r.lines.filter((l) => /retry|reconnect|gave up after [1-9]/i.test(l.message))).toEqual([])
       // told once on stderr (the line it stops on), once on stdout for the dataset it could not send
       expect(r.shown.filter((l) => /TLS certificate not trusted/.test(l.message))).toEqual([
         expect.objectContaining({ level: "ERROR", exit: 3, message: expect.stringMatching(/^127\.0\.0\.1:\d+: TLS certificate not trusted: .*\(give the server's CA with --tls-ca\)$/) })

@@ -79,7 +79,8 @@ describe("--debug and a connection that goes away", () => {
     expect(await sender.exited).toBe(3)
     const { stderr } = sender.output()
     expect(stderr).toMatch(/WARN +127\.0\.0\.1:\d+: .*; reconnecting/)
-    expect(stderr).toMatch(/WARN +giving up: 127\.0\.0\.1:\d+: connection refused/)
+    // one line for the failure, the last, with the exit code as a field
+    expect(stderr).toMatch(/ERROR +127\.0\.0\.1:\d+: connection refused .*exit=3\n$/)
     expect(stderr).not.toMatch(/unhandled/i)
   })
 })
