@@ -7,7 +7,7 @@ import { writeFileSync, mkdirSync } from "node:fs"
 import { PieceBitmap } from "../dist/domain/Bitmap.js"
 import { Manifest, pieceFileName } from "../dist/domain/Dataset.js"
 import { Inventory } from "../dist/domain/Inventory.js"
-import { planBatches } from "../dist/client/Client.js"
+import { planBatches } from "../dist/client/Transfer.js"
 
 const PIECES = 10_000_000
 const gc = globalThis.gc ?? (() => {})
@@ -28,7 +28,7 @@ const measure = (what, run) => {
   return kept
 }
 
-const manifest = new Manifest({ dataset: "abc", size: PIECES * 16384 - 100, sliceSize: 16384, first: 0, count: PIECES })
+const manifest = new Manifest({ dataset: "abc", size: PIECES * 16384 - 100, sliceSize: 16384, first: 0, count: PIECES, firstSliceCrc: 0 })
 
 // server: the bitmap of a dataset in progress, half held at random
 const bitmap = measure("server: bitmap of held pieces", () => {
@@ -55,7 +55,7 @@ measure("client: inventory of a 10M-name scan", (sample) => {
 // client: the batch plan is made as it is consumed, from the bitmap
 measure("client: batch plan for the missing half", (sample) => {
   let batches = 0
-  for (const task of planBatches(manifest, bitmap, 9000, 1024 * 1024)) {
+  for (const task of planBatches(manifest, bitmap, 4096)) {
     batches++
     if (batches % 10_000 === 0) sample()
     void task
