@@ -7,7 +7,7 @@
 import { execFileSync } from "node:child_process"
 import { existsSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs"
 import * as http from "node:http"
-import type * as net from "node:net"
+import * as net from "node:net"
 import { join } from "node:path"
 import * as Schema from "effect/Schema"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -323,6 +323,27 @@ describe("a peer that is not what the client expects: one clear line, exit 3, no
     } finally {
       web.closeAllConnections()
       await new Promise((resolve) => web.close(resolve))
+    }
+  })
+
+  it("a client against a line-based server that says nothing until it has a whole line (as Python's http.server)", async () => {
+    let connections = 0
+    const lineServer = net.createServer((socket) => {
+      connections++
+      let seen = ""
+      socket.on("data", (d) => {
+        seen += d.toString("latin1")
+        if (seen.includes("\n")) socket.end("HTTP/1.0 400 Bad request syntax\r\n\r\n")
+      })
+      socket.on("error", () => {})
+    })
+    await new Promise<void>((resolve) => lineServer.listen(0, "127.0.0.1", resolve))
+    try {
+      const port = (lineServer.address() as net.AddressInfo).port
+      await failsFast(`127.0.0.1:${port}`, [], /^127\.0\.0\.1:\d+: this is not a ferry server \(it answered "HTTP\/1\.0 400 Bad request syntax/)
+      expect(connections).toBe(1)
+    } finally {
+      await new Promise((resolve) => lineServer.close(resolve))
     }
   })
 })

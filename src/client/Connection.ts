@@ -17,7 +17,7 @@ import { proofFor } from "../domain/Auth.js"
 import type { Manifest } from "../domain/Dataset.js"
 import { DatasetRejected, PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
 import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
-import { Close, type ControlMessage, decodeControl, encodeControl, Hello, Hi, Open, type Opened, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
+import { Close, type ControlMessage, decodeControl, encodeControl, encodeHi, Hello, Hi, Open, type Opened, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
 import { VERSION } from "../domain/Version.js"
 import { Throttle } from "../services/Throttle.js"
 import { type Address, type Link, type TlsClient, Transport } from "../services/Transport.js"
@@ -140,7 +140,7 @@ export const connect = (address: Address, options: ConnectionOptions): Effect.Ef
       inTime(next.pipe(Effect.flatMap((f) => expectControl(peer, f)), Effect.mapError((e) => greetingProblem(link, options.tls !== undefined, e))), waitingFor)
 
     // the client speaks first, so that a TLS server (or anything that is not ferry) answers at once
-    yield* link.send(encodeControl(new Hi({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}` })))
+    yield* link.send(encodeHi(new Hi({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}` })))
     const welcome = yield* receive("greeting")
     if (welcome._tag !== "Welcome") return yield* Effect.fail(refusal(peer, welcome))
     if (welcome.auth === "hmac-sha256" && options.token === undefined) {

@@ -109,6 +109,14 @@ const encodeJson = Schema.encodeSync(fromJson)
 export const encodeControl = (message: ControlMessage): Buffer =>
   encodeFrame(FrameKind.Control, Buffer.from(encodeJson(message), "utf8"))
 
+/**
+ * The client's first frame. Its JSON ends with a line break (whitespace, to JSON), so that a
+ * line-based server on the other end, such as an HTTP server waiting for its request line,
+ * answers at once and the client can tell it is not ferry, instead of both waiting in silence
+ * until the handshake times out.
+ */
+export const encodeHi = (hi: Hi): Buffer => encodeFrame(FrameKind.Control, Buffer.from(`${encodeJson(hi)}\r\n`, "utf8"))
+
 export const decodeControl = (body: Uint8Array): Either.Either<ControlMessage, string> =>
   decodeJson(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString("utf8")).pipe(
     Either.mapLeft((e) => ParseResult.TreeFormatter.formatErrorSync(e).split("\n").slice(0, 3).join(" "))
