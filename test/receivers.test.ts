@@ -8,7 +8,6 @@
  * not an error while another is up.
  */
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs"
-import * as net from "node:net"
 import { join } from "node:path"
 import { gunzipSync } from "node:zlib"
 import * as zlib from "node:zlib"
@@ -16,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { pieceFileName } from "../src/domain/Dataset.js"
 import { encodeLease, type LeaseRecord } from "../src/domain/Lease.js"
 import { ferry, sha256File, shaOf, spawnFerry, tempDirs } from "./support/cli.js"
+import { freePort, popcount } from "./support/datasets.js"
 import { openMessage, piecesMessage, type RawConnection, rawHandshake, sealMessage } from "./support/raw.js"
 
 const dirs = tempDirs()
@@ -40,21 +40,6 @@ const startReceiver = async (dest: string, extra: ReadonlyArray<string> = []) =>
       return server.exited
     }
   }
-}
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = net.createServer()
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port
-      s.close(() => resolve(port))
-    })
-  })
-
-const popcount = (bytes: Uint8Array) => {
-  let n = 0
-  for (const b of bytes) for (let v = b; v !== 0; v &= v - 1) n++
-  return n
 }
 
 const numbered = (names: ReadonlyArray<string>, kind: "lease" | "epoch") =>

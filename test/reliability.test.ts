@@ -10,25 +10,11 @@ import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { prng } from "../src/domain/Sample.js"
 import { ferry, sha256File, shaOf, spawnFerry, startServer, tempDirs } from "./support/cli.js"
+import { freePort, popcount } from "./support/datasets.js"
 import { openMessage, rawHandshake } from "./support/raw.js"
 
 const dirs = tempDirs()
 afterAll(() => dirs.cleanup())
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = net.createServer()
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port
-      s.close(() => resolve(port))
-    })
-  })
-
-const popcount = (bytes: Uint8Array) => {
-  let n = 0
-  for (const b of bytes) for (let v = b; v !== 0; v &= v - 1) n++
-  return n
-}
 
 /** Pieces recorded so far in the server's state for `name` (0 when there is no state yet): its current epoch's bitmap. */
 const held = (dest: string, name: string) => {

@@ -35,7 +35,7 @@ export const until = async (condition: () => boolean, timeoutMs = 30_000, what =
   }
 }
 
-const popcount = (bytes: Uint8Array) => {
+export const popcount = (bytes: Uint8Array) => {
   let n = 0
   for (const b of bytes) for (let v = b; v !== 0; v &= v - 1) n++
   return n
