@@ -159,7 +159,9 @@ describe("3. two senders, different content under one name, at once", () => {
         const loser = 1 - winner
         expect(runs[winner]!.stdout).toMatch(new RegExp(`^abc: committed ${made[winner]!.size} bytes .*crc32 ${made[winner]!.crc}$`, "m"))
         expect(runs[loser]!.stderr).toMatch(/^ferry: dataset abc: server refused it \(Conflict\)/m)
-        expect(runs[loser]!.stdout).not.toMatch(/committed/)
+        // its line is a failure, never a success (its reason may mention the other's committed file)
+        expect(runs[loser]!.stdout).toMatch(/^abc: failed \(Conflict\): /m)
+        expect(runs[loser]!.stdout).not.toMatch(/^abc: committed/m)
         // the .done stands beside exactly one sender's original: the committed one's
         expect(readFileSync(join(dest, "abc.done"), "utf8")).toBe(`${made[winner]!.size}\n`)
         expect(sha256File(join(dest, "abc"))).toBe(made[winner]!.sha)
