@@ -13,7 +13,7 @@ import * as Stream from "effect/Stream"
 import { PieceBitmap } from "../domain/Bitmap.js"
 import { ContentCrc, formatCrc } from "../domain/Crc32.js"
 import { lengthOf, type Manifest, offsetOf } from "../domain/Dataset.js"
-import { type DatasetError, DatasetRejected, ProtocolError } from "../domain/Errors.js"
+import { DatasetRejected, ProtocolError } from "../domain/Errors.js"
 import { PieceReader } from "../services/PieceReader.js"
 import type { Connection, LinkError, Reply } from "./Connection.js"
 import { pieceFileBytes } from "./Folder.js"
@@ -54,8 +54,6 @@ export interface DatasetReport {
   readonly crc32: string
   readonly seconds: number
 }
-
-export type TransferError = DatasetError | DatasetRejected | LinkError
 
 interface Batch {
   readonly seq: number

@@ -14,6 +14,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
+import { isTransientRefusal } from "../domain/Codes.js"
 import { PeerMismatch, TransportError } from "../domain/Errors.js"
 import { publish } from "../services/Monitor.js"
 import { type Address, formatAddress, type Transport } from "../services/Transport.js"
@@ -70,8 +71,7 @@ export const reconnectSchedule = (policy: ReconnectPolicy) =>
 
 /** Failures a new connection may cure: the network or the server went away, or was busy. */
 export const isTransient = (e: LinkError): boolean =>
-  e._tag === "TransportError" ||
-  (e._tag === "ProtocolError" && (e.code === "HandshakeTimeout" || e.code === "IdleTimeout" || e.code === "TooManyConnections" || e.code === "TooManyPending" || e.code === "ShuttingDown"))
+  e._tag === "TransportError" || (e._tag === "ProtocolError" && isTransientRefusal(e.code))
 
 export interface Uplink {
   readonly address: string

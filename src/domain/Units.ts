@@ -119,14 +119,6 @@ export const ByteSize = fromText(Schema.Number, "a size in bytes such as 16384 o
 /** Seconds ("10") or an Effect duration ("500 millis", "2 minutes"), above 0. */
 export const DurationText = fromText(Schema.DurationFromSelf, "a number of seconds or a duration such as \"500 millis\", above 0", parseDuration, formatDuration)
 
-/** HOST:PORT, or [IPv6]:PORT. */
-export const AddressText = fromText(
-  Schema.Struct({ host: Schema.String, port: Schema.Number }),
-  "HOST:PORT",
-  (text) => parseAddress(text),
-  ({ host, port }) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`)
-)
-
 /** HOST:PORT to listen on; port 0 picks a free one. */
 export const ListenAddressText = fromText(
   Schema.Struct({ host: Schema.String, port: Schema.Number }),
