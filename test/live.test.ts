@@ -92,7 +92,7 @@ describe("Destination never follows a link", () => {
       symlinkSync(outside, join(state, epoch, "data"))
       // the resend: the planted link makes the state unusable, so it starts afresh
       const session = yield* store.open(manifest)
-      expect(session.held.held).toBe(0)
+      expect(session.held).toBe(0)
       yield* writeBatch(session, piecesOf(original, 1000))
       const commit = yield* session.seal(zlib.crc32(original))
       expect(commit.crc32).toBe(zlib.crc32(original).toString(16).padStart(8, "0"))
@@ -100,6 +100,27 @@ describe("Destination never follows a link", () => {
       expect(readFileSync(join(dest, "abc"))).toEqual(original)
       expect(readFileSync(outside)).toEqual(Buffer.alloc(original.length, 0x55))
       expect(statSync(outside).mtimeMs).toBe(before)
+    }).pipe(Effect.provide(Layer.mergeAll(ServerLive({ dest }), quiet)))
+  })
+})
+
+describe("the commit checks the file as it is on disk", () => {
+  it.scopedLive("bytes changed in the data file after they were written (their CRC records intact): no commit, no .done, state discarded", () => {
+    const dest = temp("reread")
+    const original = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7 + (i >> 9)) & 0xff))
+    return Effect.gen(function*() {
+      const store = yield* PieceStore
+      const session = yield* store.open(manifestOf("abc", original, 16 * 1024))
+      yield* writeBatch(session, piecesOf(original, 16 * 1024))
+      // a stray write, as a descriptor reused under a write in flight once made
+      const folder = join(dest, ".ferry", "abc", readdirSync(join(dest, ".ferry", "abc")).find((n) => n.startsWith("epoch."))!)
+      const data = readFileSync(join(folder, "data"))
+      data.fill(0x5a, 1000, 1100)
+      writeFileSync(join(folder, "data"), data)
+      const r = yield* Effect.either(session.seal(zlib.crc32(original)))
+      expect(Either.isLeft(r) && r.left.code).toBe("CommitFailed")
+      expect(Either.isLeft(r) && r.left.reason).toMatch(/^the file written has crc32 [0-9a-f]{8} on disk, but its pieces make [0-9a-f]{8}; it is discarded/)
+      expect(readdirSync(dest).filter((n) => n.startsWith("abc"))).toEqual([])
     }).pipe(Effect.provide(Layer.mergeAll(ServerLive({ dest }), quiet)))
   })
 })

@@ -207,7 +207,7 @@ describe("piece store", () => {
       expect(memory.files.exists("/dest/seal.done")).toBe(false)
       expect(memory.files.exists("/dest/seal")).toBe(false)
       // a new transfer starts afresh
-      const again = yield* Effect.scoped(Effect.map(store.open(manifestOf("seal", original, 1000)), (s) => s.held.held))
+      const again = yield* Effect.scoped(Effect.map(store.open(manifestOf("seal", original, 1000)), (s) => s.held))
       expect(again).toBe(0)
     }).pipe(Effect.provide(layer))
   })
@@ -309,7 +309,7 @@ describe("two servers on one destination", () => {
           yield* writeBatch(session, piecesOf(original, 1000).slice(0, 2))
           const other = yield* Effect.either(Effect.scoped(storeTwo.open(manifestOf("abc", original, 1000))))
           expect(Either.isLeft(other) && other.left.code).toBe("Busy")
-          return session.held.held
+          return session.held
         })
       )
       expect(held).toBe(0)
@@ -317,7 +317,7 @@ describe("two servers on one destination", () => {
       const resumed = yield* Effect.scoped(
         Effect.gen(function*() {
           const session = yield* storeTwo.open(manifestOf("abc", original, 1000))
-          const count = session.held.held
+          const count = session.held
           yield* writeBatch(session, piecesOf(original, 1000).slice(2))
           yield* session.seal(zlib.crc32(original))
           return count

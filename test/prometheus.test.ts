@@ -24,7 +24,7 @@ import { escapeHelp, escapeLabelValue, exposition, formatValue, labelName, metri
 import { connectionsRefused, datasetsFailed } from "../src/server/Connection.js"
 import { serverMetrics } from "../src/server/Metrics.js"
 import { processStartTime } from "../src/services/MetricsEndpoint.js"
-import { badPieces } from "../src/services/PieceStore.js"
+import { badPieces } from "../src/services/store/Metrics.js"
 import { workerBusySeconds, workerThreads } from "../src/services/WorkerPool.js"
 
 type Labels = ReadonlyArray<readonly [string, string]>

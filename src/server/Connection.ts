@@ -133,14 +133,14 @@ export const serveConnection = (
         const session = opened.right
         sessions.set(handle, { session, scope: sessionScope })
         dropped.delete(handle)
-        yield* Effect.logDebug(`${peer}: opened ${manifest.dataset} as handle ${handle} (${session.held.held}/${manifest.count} held)`)
-        yield* publish({ event: "dataset-opened", dataset: manifest.dataset, peer, pieces: manifest.count, held: session.held.held })
+        yield* Effect.logDebug(`${peer}: opened ${manifest.dataset} as handle ${handle} (${session.held}/${manifest.count} held)`)
+        yield* publish({ event: "dataset-opened", dataset: manifest.dataset, peer, pieces: manifest.count, held: session.held })
         const committed = Option.getOrUndefined(session.committed)
         yield* send(encodeControl(
           new Opened({
             handle,
-            held: session.held.held,
-            bitmap: session.held.held > 0 && committed === undefined ? session.held.toBase64() : null,
+            held: session.held,
+            bitmap: session.held > 0 && committed === undefined ? session.heldBitmap() : null,
             committed: committed === undefined ? null : committed.crc32 === "" ? "00000000" : committed.crc32
           })
         ))
@@ -251,7 +251,8 @@ export const serveConnection = (
           Effect.either
         )
         if (Either.isLeft(written)) return yield* fail(batch.handle, written.left)
-        yield* send(encodeAck(batch.handle, batch.seq))
+        // a batch of a session closed under it is not acknowledged: its pieces are not recorded
+        if (written.right === "written") yield* send(encodeAck(batch.handle, batch.seq))
       })
 
     const onFrame = (frame: RawFrame) => {

@@ -15,13 +15,13 @@ import type { AnyMetric, MetricsEndpointOptions } from "../services/MetricsEndpo
 import {
   batchesWritten,
   batchSeconds,
-  checkDestination,
   datasetsCommitted,
   datasetsInProgress,
   datasetsOpened,
   piecesVerified,
   writtenBytes
-} from "../services/PieceStore.js"
+} from "../services/store/Metrics.js"
+import { checkDestination } from "../services/PieceStore.js"
 import { handshakesFailed } from "../services/Transport.js"
 import { connectionsAccepted, receivedBytes } from "./Connection.js"
 import { connectionsOpen } from "./Server.js"

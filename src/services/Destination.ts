@@ -91,6 +91,8 @@ export class Destination extends Context.Tag("ferry/Destination")<Destination, {
   readonly syncDir: (rel: string) => Effect.Effect<void, IoError>
   /** Bytes an unprivileged writer may still use; Infinity when unknown. */
   readonly available: Effect.Effect<number>
+  /** Bytes the whole filesystem holds for an unprivileged writer, used or not; Infinity when unknown. */
+  readonly capacity: Effect.Effect<number>
 }>() {}
 
 /** `a/b/c` and the folders on the way to it, relative to the root, or undefined when it would leave the root. */
@@ -298,6 +300,10 @@ export const makeDestinationLive = (root: string): Destination["Type"] => {
         )),
     available: Effect.async<number>((resume) => {
       fs.statfs(root, (error, stats) => resume(Effect.succeed(error === null ? stats.bavail * stats.bsize : Infinity)))
+    }),
+    // blocks reserved for root (blocks - bfree + bavail short of blocks) are never ferry's
+    capacity: Effect.async<number>((resume) => {
+      fs.statfs(root, (error, stats) => resume(Effect.succeed(error === null ? (stats.blocks - stats.bfree + stats.bavail) * stats.bsize : Infinity)))
     })
   }
 }
@@ -314,7 +320,12 @@ const codeOfPlatform = (e: { readonly message: string; readonly _tag: string }):
  * the store's logic runs unchanged against an injected filesystem with faults.
  * That filesystem has no links; `space` stands for statfs.
  */
-export const makeDestinationOn = (root: string, files: FileSystem.FileSystem, space: Effect.Effect<number>): Destination["Type"] => {
+export const makeDestinationOn = (
+  root: string,
+  files: FileSystem.FileSystem,
+  space: Effect.Effect<number>,
+  capacity: number = Infinity
+): Destination["Type"] => {
   const wrap = (op: string, path: string) => (e: { readonly message: string; readonly _tag: string }) =>
     new IoError({ op, path, code: codeOfPlatform(e), detail: e.message })
   const resolve = (op: string, rel: string) => {
@@ -384,13 +395,14 @@ export const makeDestinationOn = (root: string, files: FileSystem.FileSystem, sp
     syncDir: (rel) =>
       Effect.flatMap(resolve("fsync", rel), (path) =>
         Effect.scoped(Effect.flatMap(files.open(path, { flag: "r" }), (f) => f.sync)).pipe(Effect.mapError(wrap("fsync", path)))),
-    available: space
+    available: space,
+    capacity: Effect.succeed(capacity)
   }
 }
 
-export const DestinationOnFileSystem = (root: string, space: number | Effect.Effect<number> = Infinity) =>
+export const DestinationOnFileSystem = (root: string, space: number | Effect.Effect<number> = Infinity, capacity: number = Infinity) =>
   Layer.effect(
     Destination,
     Effect.map(FileSystem.FileSystem, (files) =>
-      makeDestinationOn(root, files, typeof space === "number" ? Effect.succeed(space) : space))
+      makeDestinationOn(root, files, typeof space === "number" ? Effect.succeed(space) : space, capacity))
   )

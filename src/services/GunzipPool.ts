@@ -3,17 +3,21 @@
  * in the dataset's file. Both layers run the same code (Inflate.ts:
  * makeInflater, placementsOf); live, in worker threads, one per core,
  * writing with pwrite through the dataset's descriptors; in process, on the
- * calling fiber, writing through the Destination's files.
+ * calling fiber, writing through the Destination's files. Before a commit
+ * it reads the written file back for its CRC32 (the same threads, in
+ * ranges), so that what is committed is checked as it is on disk.
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { nativeAddon, workerScript } from "./Assets.js"
+import * as zlib from "node:zlib"
+import { combine } from "../domain/Crc32.js"
 import { FramePool } from "./BufferPool.js"
-import type { DestFile } from "./Destination.js"
+import { type DestFile, IoError } from "./Destination.js"
 import { type InflateTask, makeInflater, placementsOf } from "./Inflate.js"
 import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
-import type { InflateMessage } from "./workers/inflate.js"
+import type { GunzipMessage, InflateMessage } from "./workers/inflate.js"
 
 export interface InflateJob extends InflateTask {
   readonly data: DestFile
@@ -25,12 +29,32 @@ export type InflateOutcome =
   | { readonly _tag: "BadPiece"; readonly index: number; readonly reason: string }
   | { readonly _tag: "WriteFailed"; readonly code: string; readonly reason: string }
 
+/** What a worker answers to a batch, or to a range read back. */
+export type GunzipOutcome =
+  | InflateOutcome
+  | { readonly _tag: "Checksum"; readonly crc: number }
+  | { readonly _tag: "ReadFailed"; readonly code: string; readonly reason: string }
+
+/** A range read back by one thread: large enough that combining the ranges' CRCs costs nothing. */
+const CHECKSUM_RANGE = 64 * 1024 * 1024
+
+/** [position, length] ranges covering `size` bytes, at most `threads` of them unless each would pass CHECKSUM_RANGE * 4. */
+export const checksumRanges = (size: number, threads: number): Array<readonly [number, number]> => {
+  const count = Math.max(1, Math.min(Math.ceil(size / CHECKSUM_RANGE), Math.max(threads, Math.ceil(size / (CHECKSUM_RANGE * 4)))))
+  const each = Math.ceil(size / count)
+  const out: Array<readonly [number, number]> = []
+  for (let at = 0; at < size; at += each) out.push([at, Math.min(each, size - at)])
+  return out
+}
+
 export class GunzipPool extends Context.Tag("ferry/GunzipPool")<GunzipPool, {
   /** "ISA-L" or "zlib", and how many threads inflate. */
   readonly inflater: string
   readonly threads: number
   /** Takes ownership of `job.body`: it may be moved to another thread. */
   readonly inflate: (job: InflateJob) => Effect.Effect<InflateOutcome>
+  /** The CRC32 of the first `size` bytes of `file`, read back from it. */
+  readonly checksum: (file: DestFile, size: number) => Effect.Effect<number, IoError>
 }>() {}
 
 export interface GunzipOptions {
@@ -47,7 +71,7 @@ export const GunzipPoolLive = (options: GunzipOptions = {}) =>
       const frames = yield* FramePool
       const workers = options.workers ?? defaultWorkers()
       const addon = options.nativeAddon === undefined ? nativeAddon : options.nativeAddon
-      const pool = yield* makeWorkerPool<InflateMessage, InflateOutcome>(workerScript("inflate"), workers, { nativeAddon: addon })
+      const pool = yield* makeWorkerPool<GunzipMessage, GunzipOutcome>(workerScript("inflate"), workers, { nativeAddon: addon })
       const name = makeInflater(addon).name
       yield* Effect.logDebug(`gunzip: ${workers} worker thread(s), inflating with ${name}`)
       if (addon !== null && name === "zlib") {
@@ -58,6 +82,7 @@ export const GunzipPoolLive = (options: GunzipOptions = {}) =>
         threads: workers,
         inflate: (job) => {
           const message: InflateMessage = {
+            kind: "inflate",
             geometry: job.geometry,
             body: job.body,
             indices: job.indices,
@@ -72,10 +97,21 @@ export const GunzipPoolLive = (options: GunzipOptions = {}) =>
           return Effect.uninterruptible(pool.run(message, [job.body.buffer, job.indices.buffer, job.starts.buffer, job.lengths.buffer] as Array<ArrayBuffer>)).pipe(
             Effect.map((outcome) => {
               frames.give((outcome as { body?: ArrayBuffer }).body ?? new ArrayBuffer(0))
-              return outcome
+              return outcome as InflateOutcome
             })
           )
-        }
+        },
+        checksum: (file, size) =>
+          Effect.forEach(
+            checksumRanges(size, workers),
+            ([position, length]) =>
+              Effect.flatMap(pool.run({ kind: "checksum", fd: file.fd, position, length }), (outcome) =>
+                outcome._tag === "Checksum"
+                  ? Effect.succeed([outcome.crc, length] as const)
+                  : Effect.fail(new IoError({ op: "read", path: "data", code: "code" in outcome ? outcome.code : "EIO", detail: "reason" in outcome ? outcome.reason : "" }))),
+            // the reads go through the descriptor: waited for, like the writes
+            { concurrency: "unbounded" }
+          ).pipe(Effect.uninterruptible, Effect.map((parts) => parts.reduce((crc, [part, length]) => combine(crc, part, length), 0)))
       }
     })
   )
@@ -95,6 +131,15 @@ export const GunzipPoolInProcess = (options: Pick<GunzipOptions, "nativeAddon"> 
             Effect.as<InflateOutcome>({ _tag: "Written", bytes: r.bounds[job.indices.length]! }),
             Effect.catchAll((e) => Effect.succeed<InflateOutcome>({ _tag: "WriteFailed", code: e.code, reason: e.message }))
           )
-        })
+        }),
+      checksum: (file, size) =>
+        Effect.iterate({ at: 0, crc: 0 }, {
+          while: (s) => s.at < size,
+          body: (s) =>
+            Effect.flatMap(file.read(Math.min(4 * 1024 * 1024, size - s.at), s.at), (bytes) =>
+              bytes.length === 0
+                ? Effect.fail(new IoError({ op: "read", path: "data", code: "EIO", detail: `the file ends ${size - s.at} bytes early` }))
+                : Effect.succeed({ at: s.at + bytes.length, crc: zlib.crc32(bytes, s.crc) }))
+        }).pipe(Effect.map((s) => s.crc))
     }
   })

@@ -28,6 +28,7 @@ import {
   stateEntries
 } from "../../domain/Lease.js"
 import { Destination } from "../Destination.js"
+import { ioToStore } from "./StateFiles.js"
 
 export const STATE_FOLDER = ".ferry"
 
@@ -115,8 +116,7 @@ export const makeLeases = (options: LeaseOptions) =>
     const busy = (dataset: string, reason: string) => new StoreError({ dataset, code: "Busy", reason })
     const lostError = (dataset: string) =>
       new StoreError({ dataset, code: "LeaseLost", reason: "another server on the same destination took this dataset over (this one was stalled for longer than the lease)" })
-    const stateError = (dataset: string) => (e: { readonly message: string; readonly code?: string }) =>
-      new StoreError({ dataset, code: e.code === "EROFS" ? "ReadOnly" : e.code === "ENOSPC" ? "NoSpace" : "StateUnusable", reason: e.message })
+    const stateError = (dataset: string) => ioToStore(dataset, "StateUnusable")
 
     const holderOf = (record: LeaseRecord | undefined) =>
       record === undefined ? "a server that left its lease unreadable" : `${record.owner.host}, pid ${record.owner.pid}`

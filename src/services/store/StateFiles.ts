@@ -36,15 +36,21 @@ export const fileNames = (folder: string) => ({
   markerTmp: `${folder}/done.tmp`
 })
 
-export const ioToStore = (dataset: string, otherwise: "StateUnusable" | "WriteFailed" | "CommitFailed") => (e: IoError) =>
-  new StoreError({
-    dataset,
-    code: e.code === "EROFS" ? "ReadOnly" : e.code === "ENOSPC" || e.code === "EDQUOT" ? "NoSpace" : otherwise,
-    reason: e.message
-  })
+/** Out of file descriptors, for this process or the whole system: "not now", never "never". */
+export const isOutOfDescriptors = (code: string): boolean => code === "EMFILE" || code === "ENFILE"
 
-/** The state an earlier run left in `folder`, when it is for this manifest and whole; else None. */
-const resume = (folder: string, manifest: Manifest) =>
+/** One map from an I/O failure's errno to what the sender is told: read-only, no space, not now (Busy), or `otherwise`. */
+export const ioToStore = (dataset: string, otherwise: "StateUnusable" | "WriteFailed" | "CommitFailed") => (e: Pick<IoError, "code" | "message">) =>
+  isOutOfDescriptors(e.code)
+    ? new StoreError({ dataset, code: "Busy", reason: `the server is out of file descriptors (${e.code}) for now; try again later` })
+    : new StoreError({
+      dataset,
+      code: e.code === "EROFS" ? "ReadOnly" : e.code === "ENOSPC" || e.code === "EDQUOT" ? "NoSpace" : otherwise,
+      reason: e.message
+    })
+
+/** The state an earlier run left in `folder`, when it is for this manifest and whole; else None. Closed with the scope. */
+export const resumeState = (folder: string, manifest: Manifest): Effect.Effect<Option.Option<StateFiles>, never, Destination | Scope.Scope> =>
   Effect.gen(function*() {
     const dest = yield* Destination
     const names = fileNames(folder)
@@ -65,7 +71,8 @@ const resume = (folder: string, manifest: Manifest) =>
     return Option.some<StateFiles>({ manifest, folder, bitmap, data, crcs, bitmapFile, resumed: true })
   }).pipe(Effect.catchAll(() => Effect.succeed(Option.none<StateFiles>())))
 
-const create = (folder: string, manifest: Manifest) =>
+/** The dataset's files made afresh (any earlier state in `folder` removed); closed with the scope. */
+export const createState = (folder: string, manifest: Manifest): Effect.Effect<StateFiles, StoreError, Destination | Scope.Scope> =>
   Effect.gen(function*() {
     const dest = yield* Destination
     const names = fileNames(folder)
@@ -78,12 +85,6 @@ const create = (folder: string, manifest: Manifest) =>
     const bitmapFile = yield* sized(names.bitmap, Math.ceil(manifest.count / 8))
     return { manifest, folder, bitmap: new PieceBitmap(manifest.count), data, crcs, bitmapFile, resumed: false } satisfies StateFiles
   }).pipe(Effect.mapError(ioToStore(manifest.dataset, "StateUnusable")))
-
-/** The dataset's files, resumed when an earlier run left them whole (and `resumable`), else made afresh; closed with the scope. */
-export const openState = (folder: string, manifest: Manifest, resumable = true): Effect.Effect<StateFiles, StoreError, Destination | Scope.Scope> =>
-  resumable
-    ? Effect.flatMap(resume(folder, manifest), (resumed) => (Option.isSome(resumed) ? Effect.succeed(resumed.value) : create(folder, manifest)))
-    : create(folder, manifest)
 
 /** Makes the state durable, data and CRCs before the bitmap that claims them: what another machine may resume from. */
 export const syncState = (state: StateFiles): Effect.Effect<void, IoError> =>

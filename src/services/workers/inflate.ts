@@ -1,13 +1,29 @@
-/** Gunzip worker: inflates and verifies a batch, then makes its positional writes (placementsOf) through the dataset's descriptors. */
+/**
+ * Gunzip worker: inflates and verifies a batch, then makes its positional
+ * writes (placementsOf) through the dataset's descriptors; and, before a
+ * commit, reads back a range of the written file for its CRC32.
+ */
 import * as fs from "node:fs"
 import { parentPort, workerData } from "node:worker_threads"
-import type { InflateOutcome } from "../GunzipPool.js"
+import * as zlib from "node:zlib"
+import type { GunzipOutcome, InflateOutcome } from "../GunzipPool.js"
 import { type InflateTask, makeInflater, placementsOf } from "../Inflate.js"
 
 export interface InflateMessage extends InflateTask {
+  readonly kind: "inflate"
   readonly dataFd: number
   readonly crcFd: number
 }
+
+/** The CRC32 of `length` bytes of the file at `position`, as they are on disk. */
+export interface ChecksumMessage {
+  readonly kind: "checksum"
+  readonly fd: number
+  readonly position: number
+  readonly length: number
+}
+
+export type GunzipMessage = InflateMessage | ChecksumMessage
 
 const inflater = makeInflater((workerData as { nativeAddon: string | null }).nativeAddon)
 
@@ -38,7 +54,27 @@ const work = (task: InflateMessage): InflateOutcome => {
   return { _tag: "Written", bytes: r.bounds[task.indices.length]! }
 }
 
-parentPort!.on("message", ({ id, task }: { id: number; task: InflateMessage }) => {
+const READ_BACK = 4 * 1024 * 1024
+
+const checksum = (task: ChecksumMessage): GunzipOutcome => {
+  if (scratch.length < READ_BACK) scratch = Buffer.allocUnsafeSlow(READ_BACK)
+  let crc = 0
+  try {
+    for (let at = 0; at < task.length;) {
+      const got = fs.readSync(task.fd, scratch, 0, Math.min(READ_BACK, task.length - at), task.position + at)
+      if (got <= 0) return { _tag: "ReadFailed", code: "EIO", reason: `the file ends ${task.length - at} bytes early` }
+      crc = zlib.crc32(scratch.subarray(0, got), crc)
+      at += got
+    }
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException
+    return { _tag: "ReadFailed", code: err.code ?? "EIO", reason: err.message }
+  }
+  return { _tag: "Checksum", crc }
+}
+
+parentPort!.on("message", ({ id, task }: { id: number; task: GunzipMessage }) => {
+  if (task.kind === "checksum") return parentPort!.postMessage({ id, ok: checksum(task) })
   try {
     // the frame's memory goes back to the main thread's pool
     const body = task.body.buffer as ArrayBuffer

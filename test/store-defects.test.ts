@@ -1,0 +1,143 @@
+/**
+ * The piece store's defects of issue 18, through the built `bin/ferry serve`
+ * and a hand-driven client over loopback: batches still in the gunzip
+ * threads when their dataset is closed or fails must never land in another
+ * dataset's files; a dataset that can never fit fails at once; a user's own
+ * file at `DEST/NAME` is left alone.
+ */
+import { execFileSync } from "node:child_process"
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import * as zlib from "node:zlib"
+import { afterAll, describe, expect, it } from "vitest"
+import { Close, type ControlMessage, encodeControl } from "../src/domain/Protocol.js"
+import { ferry, startServer, tempDirs } from "./support/cli.js"
+import { makeFake } from "./support/datasets.js"
+import { openMessage, piecesMessage, type RawConnection, rawHandshake, sealMessage } from "./support/raw.js"
+
+const dirs = tempDirs()
+afterAll(() => dirs.cleanup())
+
+/** Seeded bytes that gzip at level 1 to about half: the threads have real work on each slice. */
+const contentOf = (size: number, seed: number) => {
+  const bytes = Buffer.alloc(size)
+  let x = seed >>> 0 || 1
+  for (let i = 0; i < size; i += 2) {
+    x = (x * 1103515245 + 12345) >>> 0
+    bytes[i] = x >>> 24
+    bytes[i + 1] = 0x20
+  }
+  return bytes
+}
+
+const datasetOf = (name: string, size: number, sliceSize: number, seed: number) => {
+  const original = contentOf(size, seed)
+  const count = Math.ceil(size / sliceSize)
+  const pieces = Array.from({ length: count }, (_, k) => ({ index: k, bytes: zlib.gzipSync(original.subarray(k * sliceSize, Math.min(size, (k + 1) * sliceSize)), { level: 1 }) }))
+  const manifest = { dataset: name, size, sliceSize, first: 0, count, firstSliceCrc: zlib.crc32(original.subarray(0, sliceSize)) }
+  return { original, pieces, manifest, crc: zlib.crc32(original).toString(16).padStart(8, "0") }
+}
+
+/** The next control message of one of the given kinds for `handle` (acks and other handles' messages are skipped). */
+const answerFor = async (c: RawConnection, handle: number, tags: ReadonlyArray<ControlMessage["_tag"]>) => {
+  for (;;) {
+    const m = await c.next(30_000)
+    if (tags.includes(m._tag) && "handle" in m && m.handle === handle) return m
+  }
+}
+
+describe("18.1: batches in flight never land in another dataset's files", () => {
+  // X: large slices, so that its batches are still in the gunzip threads when it is closed or fails
+  const x = datasetOf("x", 150 * 256 * 1024, 256 * 1024, 7)
+  const y = datasetOf("y", 40 * 64 * 1024 - 1000, 64 * 1024, 11)
+  const corrupt = x.pieces.map((p) => p.index === 149 ? { index: p.index, bytes: Buffer.from(p.bytes).fill(0x41, 20, 60) } : p)
+
+  for (const how of ["Close", "a corrupt piece"] as const) {
+    it(`X ended by ${how} while its batches are in the threads, then Y opened: Y is exact, its .done true (8 rounds)`, async () => {
+      const dest = dirs.make("dest")
+      const server = await startServer(dest, ["--workers", "2"])
+      try {
+        for (let round = 0; round < 8; round++) {
+          const c = await rawHandshake(server.address)
+          const xName = `x${"abcdefgh"[round]}`
+          const yName = `y${"abcdefgh"[round]}`
+          c.write(openMessage(1, { ...x.manifest, dataset: xName }))
+          expect((await answerFor(c, 1, ["Opened", "Failed"]))._tag).toBe("Opened")
+          // batches of 50 pieces (12.5 MiB of slices each), and X ends while they are in the threads:
+          // closed by its client, or failed by a one-piece batch that comes back first
+          if (how === "Close") {
+            c.write(piecesMessage(1, 0, x.pieces.slice(0, 50)))
+            c.write(piecesMessage(1, 1, x.pieces.slice(50, 100)))
+            c.write(encodeControl(new Close({ handle: 1 })))
+          } else {
+            c.write(piecesMessage(1, 0, corrupt.slice(149, 150)))
+            c.write(piecesMessage(1, 1, x.pieces.slice(0, 50)))
+            c.write(piecesMessage(1, 2, x.pieces.slice(50, 100)))
+            expect(await answerFor(c, 1, ["Failed"])).toMatchObject({ code: "BadPiece" })
+          }
+          // Y on a new handle, opened while X's batches may still be in the threads
+          c.write(openMessage(2, { ...y.manifest, dataset: yName }))
+          const opened = await answerFor(c, 2, ["Opened", "Failed"])
+          expect(opened._tag, JSON.stringify(opened)).toBe("Opened")
+          c.write(piecesMessage(2, 0, y.pieces.slice(0, 20)))
+          c.write(piecesMessage(2, 1, y.pieces.slice(20)))
+          c.write(sealMessage(2, y.crc))
+          const committed = await answerFor(c, 2, ["Committed", "Failed"])
+          expect(committed, JSON.stringify(committed)).toMatchObject({ _tag: "Committed", size: y.original.length, crc32: y.crc })
+          c.socket.destroy()
+          await c.closed
+          expect(statSync(join(dest, yName)).size).toBe(y.original.length)
+          expect(readFileSync(join(dest, yName)).equals(y.original), `${yName} is exactly Y's bytes`).toBe(true)
+          expect(readFileSync(join(dest, `${yName}.done`), "utf8")).toBe(`${y.original.length}\n`)
+        }
+        // nothing of X was committed, and no state grew past what a dataset of its size needs
+        expect(readdirSync(dest).filter((n) => n.startsWith("x"))).toEqual([])
+      } finally {
+        await server.stop()
+      }
+    })
+  }
+})
+
+describe("18.2: a dataset larger than the whole destination filesystem", () => {
+  it("fails at once with the numbers (exit 1), before any state file is made", async () => {
+    if (process.getuid?.() !== 0) throw new Error("this test mounts a tmpfs, which needs root: run the suite as root (as CI does)")
+    const dest = dirs.make("tmpfs")
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", dest], { stdio: "pipe" })
+    try {
+      const src = dirs.make("src")
+      await makeFake(src, "huge", ["--size", "6MiB", "--slice", "64KiB"])
+      const server = await startServer(dest)
+      try {
+        // --retry-for would be waited out, were it taken for "not now"
+        const r = await ferry(["send", "--path", src, "--address", server.address, "--quiet", "--retry-for", "600"], { timeout: 30_000 })
+        expect(r.stdout).toMatch(/^huge: failed \(TooLarge\): .*needs \d+ bytes, more than the whole filesystem of .* holds \(\d+ bytes\): it can never fit there$/m)
+        expect(r.code).toBe(1)
+      } finally {
+        await server.stop()
+      }
+      expect(existsSync(join(dest, ".ferry", "huge"))).toBe(false)
+    } finally {
+      execFileSync("umount", ["-l", dest], { stdio: "ignore" })
+    }
+  })
+})
+
+describe("18.9: a user's own file at DEST/NAME", () => {
+  it("is refused as a Conflict naming it, and left alone", async () => {
+    const dest = dirs.make("dest")
+    const src = dirs.make("src")
+    await makeFake(src, "mine", ["--size", "200KiB", "--slice", "16KiB"])
+    writeFileSync(join(dest, "mine"), "the user's own file\n")
+    const server = await startServer(dest)
+    try {
+      const r = await ferry(["send", "--path", src, "--address", server.address, "--quiet"])
+      expect(r.stdout).toMatch(new RegExp(`^mine: failed \\(Conflict\\): .*${dest}/mine is already there and is not ferry's`, "m"))
+      expect(r.code).toBe(1)
+    } finally {
+      await server.stop()
+    }
+    expect(readFileSync(join(dest, "mine"), "utf8")).toBe("the user's own file\n")
+    expect(existsSync(join(dest, "mine.done"))).toBe(false)
+  })
+})
