@@ -99,6 +99,46 @@ describe("18.1: batches in flight never land in another dataset's files", () => 
   }
 })
 
+describe("18.1 with the real sender: datasets with a corrupt piece interleaved with good ones", () => {
+  /** A dataset written the producer's way, optionally with one piece corrupted in its middle. */
+  const writeDataset = (dir: string, name: string, size: number, sliceSize: number, seed: number, corruptIndex?: number) => {
+    const d = datasetOf(name, size, sliceSize, seed)
+    for (const p of d.pieces) {
+      const bytes = p.index === corruptIndex ? Buffer.from(p.bytes).fill(0x41, 30, 90) : p.bytes
+      writeFileSync(join(dir, `${name}-${String(p.index).padStart(7, "0")}.gz`), bytes)
+    }
+    writeFileSync(join(dir, `${name}.done`), `${size}\n`)
+    return d
+  }
+
+  for (const [parallel, connections] of [["6", "2"]] as const) {
+    it(`--parallel ${parallel} --connections ${connections}: every good dataset exact with a true .done, every bad one failed`, async () => {
+      const src = dirs.make("src")
+      const dest = dirs.make("dest")
+      const letters = "abcdefghijklmnop"
+      // sent in name order: each bad one followed by two good ones
+      const bad = Array.from({ length: 6 }, (_, k) => `set${letters[k]}a`)
+      const good = Array.from({ length: 12 }, (_, k) => `set${letters[k >> 1]}${"bc"[k & 1]}`)
+      bad.forEach((name, k) => writeDataset(src, name, 24 * 1024 * 1024, 1024 * 1024, 100 + k, 5))
+      const made = good.map((name, k) => writeDataset(src, name, 40_000 + k * 4097, 4096, 200 + k))
+      const server = await startServer(dest)
+      try {
+        const r = await ferry(["send", "--path", src, "--address", server.address, "--parallel", parallel, "--connections", connections, "--quiet"], { timeout: 120_000 })
+        expect(r.code, r.stdout + r.stderr).toBe(1)
+        for (const name of bad) expect(r.stdout).toMatch(new RegExp(`^${name}: failed \\(BadPiece\\)`, "m"))
+        good.forEach((name, k) => {
+          expect(r.stdout).toMatch(new RegExp(`^${name}: committed ${made[k]!.original.length} bytes`, "m"))
+          expect(readFileSync(join(dest, name)).equals(made[k]!.original), `${name} is exact`).toBe(true)
+          expect(readFileSync(join(dest, `${name}.done`), "utf8")).toBe(`${made[k]!.original.length}\n`)
+        })
+        for (const name of bad) expect(existsSync(join(dest, `${name}.done`))).toBe(false)
+      } finally {
+        await server.stop()
+      }
+    })
+  }
+})
+
 describe("18.2: a dataset larger than the whole destination filesystem", () => {
   it("fails at once with the numbers (exit 1), before any state file is made", async () => {
     if (process.getuid?.() !== 0) throw new Error("this test mounts a tmpfs, which needs root: run the suite as root (as CI does)")
