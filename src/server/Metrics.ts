@@ -21,7 +21,7 @@ import {
   piecesVerified,
   writtenBytes
 } from "../services/store/Metrics.js"
-import { checkDestination } from "../services/PieceStore.js"
+import { checkDestination } from "../services/store/StateFolder.js"
 import { handshakesFailed } from "../services/Transport.js"
 import { connectionsAccepted, receivedBytes } from "./Connection.js"
 import { connectionsOpen } from "./Server.js"

@@ -15,12 +15,10 @@ import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Equal from "effect/Equal"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
-import * as Hash from "effect/Hash"
 import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -31,19 +29,21 @@ import * as Scope from "effect/Scope"
 import { admit, remainingBytes, stateBytes } from "../domain/Admission.js"
 import { checkBatch, pick } from "../domain/Batch.js"
 import { formatCrc } from "../domain/Crc32.js"
-import { type Manifest, manifestDifference, manifestProblem, MAX_PIECES, sameManifest } from "../domain/Dataset.js"
-import { DestinationError, StoreError } from "../domain/Errors.js"
+import { type Manifest, manifestDifference, sameManifest } from "../domain/Dataset.js"
+import { StoreError } from "../domain/Errors.js"
 import type { PieceBatch } from "../domain/Frame.js"
-import type { Geometry } from "../domain/Layout.js"
-import { describeCode, Destination } from "./Destination.js"
+import { defaultStoreLimits, limitProblem, type StoreLimits } from "../domain/Limits.js"
+import { Destination } from "./Destination.js"
 import { GunzipPool } from "./GunzipPool.js"
-import { type Commit, committedOf, publishCommit, refuse } from "./store/Commit.js"
-import { type Lease, Leases, STATE_FOLDER } from "./store/Leases.js"
+import { type Active, DatasetKey, failAll, flushBehind, letGo, type Status, type Taken } from "./store/Active.js"
+import { checkOnDisk, type Commit, committedOf, publishCommit, refuse } from "./store/Commit.js"
+import { Leases, STATE_FOLDER } from "./store/Leases.js"
 import { badPieces, batchesWritten, batchSeconds, datasetsCommitted, datasetsInProgress, datasetsOpened, piecesVerified, writtenBytes } from "./store/Metrics.js"
-import { createState, fileCrc, ioToStore, record, resumeState, type StateFiles, syncState } from "./store/StateFiles.js"
+import { checkDestination } from "./store/StateFolder.js"
+import { createState, fileCrc, ioToStore, record, resumeState, type StateFiles } from "./store/StateFiles.js"
 
-export type { Commit }
-export { STATE_FOLDER }
+export type { Commit, StoreLimits }
+export { defaultStoreLimits, STATE_FOLDER }
 
 /** What became of a batch: written and recorded, or dropped because its session was closed first. */
 export type WriteOutcome = "written" | "dropped"
@@ -77,108 +77,11 @@ export class PieceStore extends Context.Tag("ferry/PieceStore")<PieceStore, {
   readonly inProgress: Effect.Effect<number>
 }>() {}
 
-/** What one server accepts; each has a flag on `ferry serve`. */
-export interface StoreLimits {
-  /** Largest original file accepted, in bytes. */
-  readonly maxDatasetSize: number
-  /** Most pieces in one dataset. */
-  readonly maxPieces: number
-  /** Datasets in progress at once, over all clients. */
-  readonly maxDatasets: number
-  /** Largest slice: what one piece may decompress to (a gunzip worker holds a batch of them). */
-  readonly maxSliceSize: number
-}
-
-export const defaultStoreLimits: StoreLimits = {
-  maxDatasetSize: 2 ** 44, // 16 TiB
-  maxPieces: MAX_PIECES,
-  maxDatasets: 64,
-  maxSliceSize: 64 * 1024 * 1024
-}
-
 /** Bytes one batch may decompress to: a batch needs that much memory in a gunzip worker. */
 export const MAX_BATCH_OUTPUT = 128 * 1024 * 1024
 
 /** Bytes written to a dataset between two background fsyncs of its data file. */
 export const FLUSH_BEHIND = 128 * 1024 * 1024
-
-interface Seal {
-  readonly crc: number
-  readonly reply: Deferred.Deferred<Commit, StoreError>
-}
-
-/** What a dataset's users change as they go, owned by one Ref. */
-interface Status {
-  /** Set when the dataset failed for every session (the lease was lost, the commit failed). */
-  readonly failure: Option.Option<StoreError>
-  /** Seals waiting for the last piece. */
-  readonly seals: ReadonlyArray<Seal>
-  readonly committing: boolean
-  /** Remove the state when the last user lets go: it holds a file no sender vouches for. */
-  readonly discard: boolean
-}
-
-interface Active {
-  readonly key: DatasetKey
-  readonly manifest: Manifest
-  readonly geometry: Geometry
-  readonly state: StateFiles
-  readonly lease: Lease
-  /** A file was at `DEST/NAME` when the dataset was taken up: a crashed commit's, ferry's to replace. */
-  readonly leftover: boolean
-  /** The entry's own scope: background work on its files runs here. */
-  readonly scope: Scope.Scope
-  readonly commit: Deferred.Deferred<Commit, StoreError>
-  /** One settlement of seals at a time. */
-  readonly settling: Effect.Semaphore
-  readonly status: Ref.Ref<Status>
-  /** Bytes written since the last flush-behind, and one flush at a time. */
-  readonly unflushed: Ref.Ref<number>
-  readonly flushing: Effect.Semaphore
-}
-
-/** The RcMap's value: a dataset in progress, or one already committed (held only while its openers look at it). */
-type Taken = { readonly _tag: "Committed"; readonly commit: Commit } | { readonly _tag: "Active"; readonly entry: Active }
-
-/**
- * A dataset is known by its name; the first opener's manifest rides along for the lookup that
- * takes it up, and every later opener's is compared with the one in force.
- */
-class DatasetKey implements Equal.Equal {
-  constructor(readonly manifest: Manifest) {}
-  [Equal.symbol](that: Equal.Equal): boolean {
-    return that instanceof DatasetKey && that.manifest.dataset === this.manifest.dataset
-  }
-  [Hash.symbol](): number {
-    return Hash.string(this.manifest.dataset)
-  }
-}
-
-/** The limits a manifest must fit, checked before anything touches the disk. */
-const limitProblem = (m: Manifest, limits: StoreLimits): StoreError | undefined => {
-  const fail = (code: StoreError["code"], reason: string) => new StoreError({ dataset: m.dataset, code, reason })
-  const problem = manifestProblem(m)
-  if (problem !== undefined) return fail("BadManifest", problem)
-  if (m.size > limits.maxDatasetSize) return fail("TooLarge", `${m.size} bytes is over this server's limit of ${limits.maxDatasetSize}`)
-  if (m.sliceSize > limits.maxSliceSize) return fail("TooLarge", `slices of ${m.sliceSize} bytes are over this server's limit of ${limits.maxSliceSize}`)
-  if (m.count > limits.maxPieces) return fail("TooManyPieces", `${m.count} pieces is over this server's limit of ${limits.maxPieces}`)
-  return undefined
-}
-
-/** Checks that the destination can be used at all: a real folder, writable, its state folder not a link. */
-export const checkDestination: Effect.Effect<void, DestinationError, Destination> = Effect.gen(function*() {
-  const dest = yield* Destination
-  const unusable = (reason: string) => new DestinationError({ dest: dest.root, reason })
-  const describe = (e: { readonly code: string; readonly detail: string }) =>
-    unusable(e.code === "EROFS" ? "is on a read-only filesystem; ferry needs to write there" : `cannot create state folder ${STATE_FOLDER} (${describeCode(e.code, e.detail)})`)
-  const kind = yield* dest.kind(STATE_FOLDER).pipe(Effect.mapError(describe))
-  if (kind === "link") return yield* Effect.fail(unusable(`${STATE_FOLDER} is a symbolic link; ferry keeps its work inside --dest and will not follow it`))
-  yield* dest.ensureDir(STATE_FOLDER).pipe(Effect.mapError(describe))
-  // a probe write: a read-only mount may still let folders be listed, and mkdir there can answer ENOENT
-  const probe = `${STATE_FOLDER}/.probe-${process.pid}`
-  yield* dest.writeFile(probe, Buffer.from("ferry\n")).pipe(Effect.mapError(describe))
-  yield* dest.remove(probe).pipe(Effect.ignore)
-})
 
 const written: WriteOutcome = "written"
 
@@ -194,30 +97,6 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
     // Taking datasets up: one at a time, so that each is admitted against the others' reservations.
     const admission = yield* Effect.makeSemaphore(1)
     const onDestination = Effect.provideService(Destination, dest)
-
-    const failAll = (entry: Active, error: StoreError) =>
-      Ref.modify(entry.status, (s) => [s.seals, { ...s, failure: Option.orElse(s.failure, () => Option.some(error)), seals: [] }]).pipe(
-        Effect.flatMap((seals) => Effect.forEach(seals, (s) => Deferred.fail(s.reply, error), { discard: true }))
-      )
-
-    /** The last user let go: the dataset's files close after this (their finalizers come later). */
-    const letGo = (entry: Active) =>
-      Effect.gen(function*() {
-        const name = entry.manifest.dataset
-        yield* Ref.update(inProgress, (m) => (Option.getOrUndefined(HashMap.get(m, name)) === entry ? HashMap.remove(m, name) : m))
-        yield* Metric.incrementBy(datasetsInProgress, -1)
-        const status = yield* Ref.get(entry.status)
-        // a dataset let go of may be resumed by a server on another machine: its state must be on the storage
-        if (Option.isNone(status.failure) && !status.discard) yield* syncState(entry.state).pipe(Effect.ignore)
-        if (status.discard) {
-          // only while the lease is ours: after a takeover, this folder's name may be another holder's
-          yield* entry.lease.confirm.pipe(
-            Effect.zipRight(Effect.logInfo(`${name}: discarding its state, which no sender vouched for; a new transfer starts afresh`)),
-            Effect.zipRight(dest.remove(entry.lease.folder)),
-            Effect.ignore
-          )
-        }
-      })
 
     /** Takes a dataset up: leases it, admits it against the free space, then opens or resumes its files. */
     const lookup = (key: DatasetKey): Effect.Effect<Taken, StoreError, Scope.Scope> =>
@@ -265,7 +144,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
         yield* Ref.update(inProgress, HashMap.set(name, entry))
         yield* Metric.increment(datasetsOpened)
         yield* Metric.increment(datasetsInProgress)
-        yield* Effect.addFinalizer(() => letGo(entry))
+        yield* Effect.addFinalizer(() => letGo(entry, inProgress, dest))
         // a lease lost to another server fails the dataset for every session at once
         yield* Deferred.await(lease.lost).pipe(
           Effect.zipRight(failAll(entry, new StoreError({ dataset: name, code: "LeaseLost", reason: "another server on the same destination took this dataset over" }))),
@@ -289,39 +168,15 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
             Effect.onError(() => Effect.zipRight(RcMap.invalidate(datasets, key), Scope.close(scope, Exit.void)))
           )))
 
-    /**
-     * Flush-behind: once `flushEvery` bytes have been written since the last one, the data file
-     * is fsynced in the background, so that the disk writes while the transfer goes on and the
-     * commit's own fsync only has the tail left. A failure here is left for the commit's fsync.
-     * It runs in the dataset's scope, which waits for it before closing the file.
-     */
-    const flushBehind = (entry: Active, bytes: number) =>
-      Effect.gen(function*() {
-        const due = yield* Ref.modify(entry.unflushed, (n) => (n + bytes >= flushEvery ? [true, 0] : [false, n + bytes]))
-        if (!due || (yield* Ref.get(entry.status)).committing) return
-        yield* entry.state.data.sync.pipe(
-          Effect.catchAll((e) => Effect.logDebug(`${entry.manifest.dataset}: flush-behind failed (${e.message})`)),
-          entry.flushing.withPermitsIfAvailable(1),
-          Effect.uninterruptible,
-          Effect.forkIn(entry.scope)
-        )
-      })
-
     const commit = (entry: Active, crc: number) =>
       Effect.gen(function*() {
         const m = entry.manifest
         const started = Date.now()
         // what is committed is checked as it is on disk, not only by the CRC records beside it
-        const size = yield* entry.state.data.size.pipe(Effect.mapError(ioToStore(m.dataset, "CommitFailed")))
-        const onDisk = yield* gunzip.checksum(entry.state.data, m.size).pipe(Effect.mapError(ioToStore(m.dataset, "CommitFailed")))
-        if (size !== m.size) {
-          yield* Ref.update(entry.status, (s) => ({ ...s, discard: true }))
-          return yield* refuse(m.dataset, "CommitFailed", `the file written is ${size} bytes on disk, not ${m.size}; it is discarded, so sending again starts afresh`)
-        }
-        if (onDisk !== crc) {
-          yield* Ref.update(entry.status, (s) => ({ ...s, discard: true }))
-          return yield* refuse(m.dataset, "CommitFailed", `the file written has crc32 ${formatCrc(onDisk)} on disk, but its pieces make ${formatCrc(crc)}; it is discarded, so sending again starts afresh`)
-        }
+        yield* checkOnDisk(entry.state, crc).pipe(
+          Effect.provideService(GunzipPool, gunzip),
+          Effect.tapError(() => Ref.update(entry.status, (st) => ({ ...st, discard: true })))
+        )
         const checked = Date.now()
         yield* Effect.all([entry.state.data.sync, entry.state.crcs.sync], { concurrency: 2, discard: true }).pipe(Effect.mapError(ioToStore(m.dataset, "CommitFailed")))
         const synced = Date.now()
@@ -418,7 +273,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
             yield* Metric.increment(batchesWritten)
             yield* Metric.incrementBy(piecesVerified, recorded.length)
             yield* Metric.incrementBy(writtenBytes, outcome.bytes)
-            yield* flushBehind(entry, outcome.bytes)
+            yield* flushBehind(entry, outcome.bytes, flushEvery)
             if (entry.state.bitmap.complete) yield* settle(entry)
             return written
         }

@@ -240,7 +240,8 @@ export const makeMemoryFileSystem = (options: MemoryFileSystemOptions = {}): Mem
         const [reason, text] = ERRNO[e.code]
         const description = `${e.code}: ${text}, ${method} '${e.path}'` // Node's err.message format
         return Effect.fail(
-          new PlatformError.SystemError({ reason, module: "FileSystem", method, syscall: method, pathOrDescriptor: fd ?? e.path, description })
+          // as @effect/platform-node does: the Node error, with its errno code, is the cause
+          new PlatformError.SystemError({ reason, module: "FileSystem", method, syscall: method, pathOrDescriptor: fd ?? e.path, description, cause: Object.assign(new Error(description), { code: e.code }) })
         )
       }
     })

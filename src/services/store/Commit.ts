@@ -15,7 +15,8 @@ import { StoreError } from "../../domain/Errors.js"
 import { Destination } from "../Destination.js"
 import type { Lease } from "./Leases.js"
 import { STATE_FOLDER } from "./Leases.js"
-import { fileNames, ioToStore } from "./StateFiles.js"
+import { GunzipPool } from "../GunzipPool.js"
+import { fileNames, ioToStore, type StateFiles } from "./StateFiles.js"
 
 export interface Commit {
   readonly dataset: string
@@ -55,6 +56,23 @@ export const committedOf = (name: string): Effect.Effect<Option.Option<Commit>, 
     const crc32 = Option.isSome(onRecord) && onRecord.value.size === size ? onRecord.value.crc32 : ""
     return Option.some<Commit>({ dataset: name, size, crc32 })
   }).pipe(Effect.catchTag("IoError", (e) => Effect.fail(ioToStore(name, "StateUnusable")(e))))
+
+/**
+ * The data file as it is on disk has the manifest's size and the CRC32 its pieces make: stray
+ * writes (a descriptor reused under a write in flight once made them) would show here, even
+ * where they overwrote the CRC records too.
+ */
+export const checkOnDisk = (state: StateFiles, crc: number): Effect.Effect<void, StoreError, GunzipPool> =>
+  Effect.gen(function*() {
+    const m = state.manifest
+    const gunzip = yield* GunzipPool
+    const size = yield* state.data.size
+    if (size !== m.size) return yield* refuse(m.dataset, "CommitFailed", `the file written is ${size} bytes on disk, not ${m.size}; it is discarded, so sending again starts afresh`)
+    const onDisk = yield* gunzip.checksum(state.data, m.size)
+    if (onDisk !== crc) {
+      return yield* refuse(m.dataset, "CommitFailed", `the file written has crc32 ${formatCrc(onDisk)} on disk, but its pieces make ${formatCrc(crc)}; it is discarded, so sending again starts afresh`)
+    }
+  }).pipe(Effect.catchTag("IoError", (e) => Effect.fail(ioToStore(state.manifest.dataset, "CommitFailed")(e))))
 
 /**
  * Renames the synced, checked data file into place and writes its marker: the last steps of a
