@@ -7,6 +7,7 @@
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import * as NodePath from "@effect/platform-node/NodePath"
 import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { ProgressLive } from "./client/Progress.js"
 import { FramePoolLive } from "./services/BufferPool.js"
@@ -74,9 +75,19 @@ export const SampleLive = SampleMakerLive().pipe(Layer.provideMerge(Layer.merge(
  * The server's pipeline without threads or sockets, over the FileSystem the program provides;
  * with `ClientInProcess`, a whole transfer runs in one process (the transport is in memory).
  */
-export const ServerInProcess = (options: ServerLayerOptions & { readonly space?: number }) =>
+export const ServerInProcess = (
+  options: ServerLayerOptions & {
+    /** Bytes free on the destination, as statfs would say (default: unknown, Infinity). */
+    readonly space?: number | Effect.Effect<number>
+    /** Bytes the destination's filesystem holds in all (default: unknown, Infinity). */
+    readonly capacity?: number
+  }
+) =>
   store(options).pipe(
-    Layer.provideMerge(Layer.mergeAll(GunzipPoolInProcess(options.nativeAddon === undefined ? {} : { nativeAddon: options.nativeAddon }), DestinationOnFileSystem(options.dest, options.space ?? Infinity)))
+    Layer.provideMerge(Layer.mergeAll(
+      GunzipPoolInProcess(options.nativeAddon === undefined ? {} : { nativeAddon: options.nativeAddon }),
+      DestinationOnFileSystem(options.dest, options.space ?? Infinity, options.capacity ?? Infinity)
+    ))
   )
 
 export const ClientInProcess: Layer.Layer<

@@ -292,6 +292,20 @@ describe("piece store", () => {
       expect(memory.files.exists("/dest/aa.done")).toBe(true)
     }).pipe(Effect.scoped, Effect.provide(layer))
   })
+  it.scopedLive("a dataset bigger than the whole filesystem is refused for good (TooLarge), before any state is made; one that fits later is NoSpace", () => {
+    const memory = makeMemoryFileSystem()
+    const layer = storeLayer(memory, { space: 30_000, capacity: 100_000 })
+    return Effect.gen(function*() {
+      const store = yield* PieceStore
+      const never = yield* Effect.either(Effect.scoped(store.open(manifestOf("big", Buffer.alloc(150_000, 1), 1000))))
+      expect(Either.isLeft(never) && never.left.code).toBe("TooLarge")
+      expect(Either.isLeft(never) && never.left.reason).toMatch(/^needs \d+ bytes, more than the whole filesystem of \/dest holds \(100000 bytes\): it can never fit there$/)
+      expect(memory.files.exists("/dest/.ferry/big")).toBe(false)
+      const later = yield* Effect.either(Effect.scoped(store.open(manifestOf("mid", Buffer.alloc(50_000, 1), 1000))))
+      expect(Either.isLeft(later) && later.left.code).toBe("NoSpace")
+      expect(memory.files.exists("/dest/.ferry/mid")).toBe(false)
+    }).pipe(Effect.provide(layer))
+  })
 })
 
 describe("two servers on one destination", () => {

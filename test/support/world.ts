@@ -1,26 +1,21 @@
 /**
  * The in-memory world the pipeline tests run in: one memory filesystem for
- * the senders' folders and the servers' destinations, the in-memory
- * transport, and the in-process layers, which run the same reading,
- * inflating and placing code as the worker threads.
+ * the senders' folders and the servers' destinations, and the layers ferry
+ * exports for this (`ServerInProcess`, `ClientInProcess`,
+ * `InMemoryTransport`), which run the same reading, inflating and placing
+ * code as the worker threads.
  */
 import { Effect, Layer, Logger, LogLevel } from "effect"
 import { createHash } from "node:crypto"
 import * as zlib from "node:zlib"
 import { defaultSendOptions, send, type SendOptions } from "../../src/client/Client.js"
-import { ProgressLive } from "../../src/client/Progress.js"
 import { Manifest } from "../../src/domain/Dataset.js"
 import { decodePieces, encodePieces } from "../../src/domain/Frame.js"
+import { ClientInProcess, InMemoryTransport, ServerInProcess } from "../../src/Layers.js"
 import { defaultServeOptions, serve, type ServeOptions } from "../../src/server/Server.js"
-import { DatasetScannerInProcess } from "../../src/services/DatasetScanner.js"
-import { DestinationOnFileSystem } from "../../src/services/destination/InProcess.js"
-import { GunzipPoolInProcess } from "../../src/services/GunzipPool.js"
-import { PieceReaderInProcess } from "../../src/services/PieceReader.js"
-import { defaultStoreLimits, FLUSH_BEHIND, PieceStore, PieceStoreLayer, type Session, type StoreLimits } from "../../src/services/PieceStore.js"
-import { SampleMaker, SampleMakerInProcess } from "../../src/services/SampleMaker.js"
-import { LeasesLive } from "../../src/services/store/Leases.js"
-import { FramePoolLive } from "../../src/services/BufferPool.js"
-import { type Address, MemoryTransport } from "../../src/services/Transport.js"
+import { PieceStore, type Session, type StoreLimits } from "../../src/services/PieceStore.js"
+import { SampleMaker } from "../../src/services/SampleMaker.js"
+import type { Address } from "../../src/services/Transport.js"
 import { makeMemoryFileSystem, type MemoryFileSystemHandle } from "./MemoryFileSystem.js"
 
 export interface ServerSpec {
@@ -29,28 +24,28 @@ export interface ServerSpec {
   readonly flushEvery?: number
   /** Free bytes the destination reports (statfs); default: the memory filesystem's room left, or 1e12. */
   readonly space?: number | Effect.Effect<number>
+  /** Bytes the destination's filesystem holds in all; default: unknown. */
+  readonly capacity?: number
   readonly leaseMs?: number
 }
 
-/** A piece store on the memory filesystem, as one server sees it. */
+/** A server's store on the memory filesystem, as one server sees it: the exported in-process layer. */
 export const storeLayer = (memory: MemoryFileSystemHandle, spec: ServerSpec = {}) =>
-  PieceStoreLayer({ ...defaultStoreLimits, ...spec.limits }, spec.flushEvery ?? FLUSH_BEHIND).pipe(
-    Layer.provide(LeasesLive({ leaseMs: spec.leaseMs ?? 30_000 })),
-    Layer.provideMerge(Layer.mergeAll(
-      GunzipPoolInProcess(),
-      DestinationOnFileSystem(spec.dest ?? "/dest", spec.space ?? Effect.sync(() => memory.faults.capacity === undefined ? 1e12 : memory.faults.capacity - memory.files.usedBytes()))
-    )),
-    Layer.provide(memory.layer)
-  )
+  ServerInProcess({
+    dest: spec.dest ?? "/dest",
+    ...(spec.limits === undefined ? {} : { limits: spec.limits }),
+    ...(spec.flushEvery === undefined ? {} : { flushEvery: spec.flushEvery }),
+    leaseMs: spec.leaseMs ?? 30_000,
+    space: spec.space ?? Effect.sync(() => memory.faults.capacity === undefined ? 1e12 : memory.faults.capacity - memory.files.usedBytes()),
+    ...(spec.capacity === undefined ? {} : { capacity: spec.capacity })
+  }).pipe(Layer.provide(memory.layer))
 
+/** One memory filesystem, the in-memory transport, and the exported in-process layers of both sides. */
 export const world = (spec: ServerSpec = {}) => {
   const memory = makeMemoryFileSystem()
   const layer = Layer.mergeAll(
-    MemoryTransport.pipe(Layer.provide(FramePoolLive)),
-    PieceReaderInProcess,
-    DatasetScannerInProcess,
-    SampleMakerInProcess,
-    ProgressLive,
+    InMemoryTransport,
+    ClientInProcess,
     storeLayer(memory, spec),
     Logger.minimumLogLevel(LogLevel.Warning)
   ).pipe(Layer.provideMerge(memory.layer))
