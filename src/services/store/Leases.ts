@@ -3,6 +3,7 @@
  * design): taking one, keeping it alive with heartbeats, noticing it was
  * taken over, and confirming it before a commit.
  */
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -139,7 +140,7 @@ export const makeLeases = (options: LeaseOptions) =>
           resumable = record !== undefined && sameMachine(record.owner, me)
           const holderGone = record !== undefined && record.owner.id !== me.id && sameMachine(record.owner, me) && gone(record.owner)
           if (Option.isSome(bytes) && !holderGone) {
-            const verdict = judge(observations.get(dataset), { epoch: entries.lease, beat: record?.beat ?? -1 }, Date.now(), leaseMs)
+            const verdict = judge(observations.get(dataset), { epoch: entries.lease, beat: record?.beat ?? -1 }, yield* Clock.currentTimeMillis, leaseMs)
             observations.set(dataset, verdict.observation)
             if (!verdict.expired) {
               return yield* Effect.fail(busy(
@@ -166,7 +167,7 @@ export const makeLeases = (options: LeaseOptions) =>
           Effect.mapError((e) => (e.code === "EEXIST" ? busy(dataset, "another server on this destination took it a moment ago") : stateError(dataset)(e)))
         )
         const lost = yield* Deferred.make<void>()
-        let lastBeat = Date.now()
+        let lastBeat = yield* Clock.currentTimeMillis
         let isLost = false
         const markLost = Effect.suspend(() => {
           if (isLost) return Effect.void
@@ -217,7 +218,7 @@ export const makeLeases = (options: LeaseOptions) =>
         const check = Effect.flatMap(stillMine, (mine) => (mine ? Effect.void : markLost))
         const beatOnce = Effect.gen(function*() {
           if (isLost) return
-          const startedAt = Date.now()
+          const startedAt = yield* Clock.currentTimeMillis
           yield* file.write(encodeLease({ owner: me, epoch, beat: beat + 1 }), 0)
           // visible to other machines (NFS close-to-open) only once it reached the server
           yield* file.sync
@@ -227,9 +228,10 @@ export const makeLeases = (options: LeaseOptions) =>
         }).pipe(
           // a beat that cannot be written is a lease that will run out
           Effect.catchAll((e) =>
-            Date.now() - lastBeat > leaseMs / 2
-              ? Effect.zipRight(Effect.logWarning(`${dataset}: cannot renew the lease (${e.message})`), markLost)
-              : Effect.void
+            Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              now - lastBeat > leaseMs / 2
+                ? Effect.zipRight(Effect.logWarning(`${dataset}: cannot renew the lease (${e.message})`), markLost)
+                : Effect.void)
           )
         )
         const beating = yield* Effect.makeSemaphore(1)
@@ -241,8 +243,8 @@ export const makeLeases = (options: LeaseOptions) =>
           folder,
           lost,
           resumable,
-          assure: Effect.suspend(() =>
-            isLost ? Effect.fail(lostError(dataset)) : Date.now() - lastBeat > leaseMs / 2 ? Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost) : Effect.void
+          assure: Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            isLost ? Effect.fail(lostError(dataset)) : now - lastBeat > leaseMs / 2 ? Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost) : Effect.void
           ),
           confirm: Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost)
         } satisfies Lease
