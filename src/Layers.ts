@@ -12,6 +12,7 @@ import * as Layer from "effect/Layer"
 import { ProgressLive } from "./client/Progress.js"
 import { FramePoolLive } from "./services/BufferPool.js"
 import { DatasetScannerInProcess, DatasetScannerLive } from "./services/DatasetScanner.js"
+import { raiseDescriptorLimit } from "./services/Descriptors.js"
 import { DestinationOnFileSystem } from "./services/destination/InProcess.js"
 import { DestinationLive } from "./services/destination/Live.js"
 import { GunzipPoolInProcess, GunzipPoolLive } from "./services/GunzipPool.js"
@@ -33,6 +34,8 @@ export interface ServerLayerOptions {
   readonly nativeAddon?: string | null
   /** Bytes between two background fsyncs of a dataset's data file. */
   readonly flushEvery?: number
+  /** Connections past the handshake at most (`serve --max-connections`): they need descriptors too. */
+  readonly maxConnections?: number
 }
 
 const store = (options: ServerLayerOptions) =>
@@ -40,7 +43,10 @@ const store = (options: ServerLayerOptions) =>
     Layer.provide(LeasesLive({ leaseMs: options.leaseMs ?? 30_000 }))
   )
 
-/** A server over TCP and the real disk: the piece store, its gunzip threads, and the transport (sharing one frame pool). */
+/**
+ * A server over TCP and the real disk: the piece store, its gunzip threads, and the transport
+ * (sharing one frame pool), with the open files limit raised first (see Descriptors.ts).
+ */
 export const ServerLive = (options: ServerLayerOptions) =>
   Layer.mergeAll(
     store(options).pipe(
@@ -50,7 +56,10 @@ export const ServerLive = (options: ServerLayerOptions) =>
       ))
     ),
     TcpTransport
-  ).pipe(Layer.provide(FramePoolLive))
+  ).pipe(
+    Layer.provide(FramePoolLive),
+    Layer.provide(Layer.effectDiscard(raiseDescriptorLimit(options.limits?.maxDatasets ?? defaultStoreLimits.maxDatasets, options.maxConnections ?? 256)))
+  )
 
 export interface ClientLayerOptions {
   /** Reader threads (default 2). */

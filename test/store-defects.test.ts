@@ -5,14 +5,14 @@
  * dataset's files; a dataset that can never fit fails at once; a user's own
  * file at `DEST/NAME` is left alone.
  */
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawn } from "node:child_process"
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import * as zlib from "node:zlib"
 import { afterAll, describe, expect, it } from "vitest"
 import { Close, type ControlMessage, encodeControl } from "../src/domain/Protocol.js"
-import { ferry, startServer, tempDirs } from "./support/cli.js"
-import { makeFake } from "./support/datasets.js"
+import { FERRY, ferry, startServer, tempDirs } from "./support/cli.js"
+import { makeFake, until } from "./support/datasets.js"
 import { openMessage, piecesMessage, type RawConnection, rawHandshake, sealMessage } from "./support/raw.js"
 
 const dirs = tempDirs()
@@ -179,5 +179,41 @@ describe("18.9: a user's own file at DEST/NAME", () => {
     }
     expect(readFileSync(join(dest, "mine"), "utf8")).toBe("the user's own file\n")
     expect(existsSync(join(dest, "mine.done"))).toBe(false)
+  })
+})
+
+describe("18.7: out of file descriptors", () => {
+  it("serve held to 64 descriptors, 3 senders x 8 datasets at --parallel 8: every dataset committed, the limit said at start", async () => {
+    const dest = dirs.make("dest")
+    const sources = ["x", "y", "z"].map((tag) => {
+      const src = dirs.make("src")
+      "abcdefgh".split("").forEach((letter, k) => {
+        const d = datasetOf(`s${tag}${letter}`, 300_000 + k * 1000, 16 * 1024, k + 1)
+        d.pieces.forEach((p) => writeFileSync(join(src, `s${tag}${letter}-${String(p.index).padStart(7, "0")}.gz`), p.bytes))
+        writeFileSync(join(src, `s${tag}${letter}.done`), `${d.original.length}\n`)
+      })
+      return src
+    })
+    // a hard limit: the server cannot raise it
+    const child = spawn("prlimit", ["--nofile=64:64", FERRY, "serve", "--port", "0", "--host", "127.0.0.1", "--dest", dest], { stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    child.stdout.on("data", (d) => (output += d))
+    child.stderr.on("data", (d) => (output += d))
+    const exited = new Promise<void>((done) => child.once("exit", () => done()))
+    try {
+      await until(() => /listening on \S+/.test(output), 20_000, "the server listens")
+      const address = /listening on (\S+)/.exec(output)![1]!
+      expect(output).toMatch(/warning: --max-datasets 64 and --max-connections 256 need about \d+ file descriptors, but this process may open 64 \(ulimit -n\)/)
+      const runs = await Promise.all(sources.map((src) => ferry(["send", "--path", src, "--address", address, "--parallel", "8", "--quiet"], { timeout: 120_000 })))
+      for (const r of runs) {
+        expect(r.stdout + r.stderr).not.toMatch(/StateUnusable|CommitFailed|failed \(/)
+        expect(r.code, r.stdout + r.stderr).toBe(0)
+        expect(r.stdout.match(/: committed \d+ bytes/g)).toHaveLength(8)
+      }
+      expect(readdirSync(dest).filter((n) => n.endsWith(".done"))).toHaveLength(24)
+    } finally {
+      child.kill("SIGTERM")
+      await exited
+    }
   })
 })

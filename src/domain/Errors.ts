@@ -75,6 +75,8 @@ export class StoreError extends Data.TaggedError("StoreError")<{
   readonly dataset: string
   readonly code: DatasetFailureCode
   readonly reason: string
+  /** What failed underneath (an I/O error with its errno), kept for --debug and JSON logs. */
+  readonly cause?: unknown
 }> {
   override get message() {
     return `dataset ${this.dataset}: ${this.reason}`

@@ -15,7 +15,7 @@ import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { newNonce, proofMatches } from "../domain/Auth.js"
-import type { RefusalCode } from "../domain/Codes.js"
+import { isDeferral, type RefusalCode } from "../domain/Codes.js"
 import type { Manifest } from "../domain/Dataset.js"
 import { ProtocolError, StoreError, type TransportError } from "../domain/Errors.js"
 import { decodePieces, encodeAck, FrameKind, pieceBytesOf, type RawFrame } from "../domain/Frame.js"
@@ -115,7 +115,8 @@ export const serveConnection = (
       Effect.gen(function*() {
         dropped.add(handle)
         yield* close(handle)
-        yield* Effect.logWarning(`${peer}: ${e.message}`).pipe(Effect.annotateLogs({ peer, dataset: e.dataset, code: e.code }))
+        // "not now" (Busy, no space yet, ...) is the sender's to wait out: a line under --debug only
+        yield* (isDeferral(e.code) ? Effect.logDebug : Effect.logWarning)(`${peer}: ${e.message}`).pipe(Effect.annotateLogs({ peer, dataset: e.dataset, code: e.code }))
         yield* Metric.increment(Metric.tagged(datasetsFailed, "code", e.code))
         yield* publish({ event: "dataset-failed", dataset: e.dataset, peer, code: e.code, message: e.reason })
         yield* send(encodeControl(new Failed({ handle, dataset: e.dataset, code: e.code, message: e.reason })))

@@ -40,7 +40,7 @@ import { checkOnDisk, type Commit, committedOf, publishCommit, refuse } from "./
 import { Leases, STATE_FOLDER } from "./store/Leases.js"
 import { badPieces, batchesWritten, batchSeconds, datasetsCommitted, datasetsInProgress, datasetsOpened, piecesVerified, writtenBytes } from "./store/Metrics.js"
 import { checkDestination } from "./store/StateFolder.js"
-import { createState, fileCrc, ioToStore, record, resumeState, type StateFiles } from "./store/StateFiles.js"
+import { createState, fileCrc, ioToStore, outOfDescriptors, record, resumeState, type StateFiles } from "./store/StateFiles.js"
 
 export type { Commit, StoreLimits }
 export { defaultStoreLimits, STATE_FOLDER }
@@ -142,6 +142,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
           flushing: yield* Effect.makeSemaphore(1)
         }
         yield* Ref.update(inProgress, HashMap.set(name, entry))
+        yield* Ref.set(shortOfDescriptors, false)
         yield* Metric.increment(datasetsOpened)
         yield* Metric.increment(datasetsInProgress)
         yield* Effect.addFinalizer(() => letGo(entry, inProgress, dest))
@@ -156,6 +157,14 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
       }))
 
     const datasets = yield* RcMap.make({ lookup })
+
+    // Out of descriptors is said once, until a dataset can be taken up again; each sender is told Busy.
+    const shortOfDescriptors = yield* Ref.make(false)
+    const sayShortOfDescriptors = (e: StoreError) =>
+      outOfDescriptors(e)
+        ? Effect.flatMap(Ref.getAndSet(shortOfDescriptors, true), (said) =>
+          said ? Effect.void : Effect.logWarning(`out of file descriptors (${(e.cause as { code: string }).code}): datasets wait as Busy until others finish; raise ulimit -n, or lower --max-datasets`))
+        : Effect.void
 
     /**
      * A reference to a dataset, held by the caller's scope. A refusal is not kept for later
@@ -303,7 +312,7 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
         const problem = limitProblem(manifest, limits)
         if (problem !== undefined) return yield* Effect.fail(problem)
         // a reference to the dataset for as long as the session's scope is open
-        const taken = yield* reference(new DatasetKey(manifest))
+        const taken = yield* reference(new DatasetKey(manifest)).pipe(Effect.tapError(sayShortOfDescriptors))
         const name = manifest.dataset
         if (taken._tag === "Committed") {
           if (taken.commit.size === manifest.size) return committedSession(manifest, taken.commit)

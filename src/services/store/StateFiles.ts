@@ -42,12 +42,17 @@ export const isOutOfDescriptors = (code: string): boolean => code === "EMFILE" |
 /** One map from an I/O failure's errno to what the sender is told: read-only, no space, not now (Busy), or `otherwise`. */
 export const ioToStore = (dataset: string, otherwise: "StateUnusable" | "WriteFailed" | "CommitFailed") => (e: Pick<IoError, "code" | "message">) =>
   isOutOfDescriptors(e.code)
-    ? new StoreError({ dataset, code: "Busy", reason: `the server is out of file descriptors (${e.code}) for now; try again later` })
+    ? new StoreError({ dataset, code: "Busy", reason: `the server is out of file descriptors (${e.code}) for now; try again later`, cause: e })
     : new StoreError({
       dataset,
       code: e.code === "EROFS" ? "ReadOnly" : e.code === "ENOSPC" || e.code === "EDQUOT" ? "NoSpace" : otherwise,
-      reason: e.message
+      reason: e.message,
+      cause: e
     })
+
+/** Whether a store failure came from running out of file descriptors. */
+export const outOfDescriptors = (e: StoreError): boolean =>
+  typeof e.cause === "object" && e.cause !== null && "code" in e.cause && isOutOfDescriptors(String(e.cause.code))
 
 /** The state an earlier run left in `folder`, when it is for this manifest and whole; else None. Closed with the scope. */
 export const resumeState = (folder: string, manifest: Manifest): Effect.Effect<Option.Option<StateFiles>, never, Destination | Scope.Scope> =>
