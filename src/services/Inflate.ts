@@ -11,6 +11,7 @@
 import { createRequire } from "node:module"
 import * as zlib from "node:zlib"
 import { crcOffsetOf, type Geometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
+import { openZlibHandle, type ZlibEngine } from "./node/ZlibHandle.js"
 
 export type { Geometry }
 
@@ -33,17 +34,6 @@ export type Inflated =
     readonly crcs: Buffer
   }
   | { readonly _tag: "BadPiece"; readonly index: number; readonly reason: string }
-
-/**
- * One reusable gunzip engine over zlib's own handle: it inflates into a
- * buffer we choose, and is reset between pieces instead of being rebuilt.
- * Falls back to zlib.gunzipSync where that handle is not what we expect.
- */
-interface ZlibHandle {
-  writeSync(flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number): void
-  reset(): void
-  onerror: (message: string, errno: number, code?: string) => void
-}
 
 type InflateOne = { readonly produced: number; readonly consumed: number } | { readonly error: NodeJS.ErrnoException }
 
@@ -84,13 +74,15 @@ const makeEngine = (isal: IsalInflate | null): Engine => {
       return { error: Object.assign(new Error(ISAL_PROBLEMS[status] ?? `gzip error ${status}`), { code: `ISAL_${status}` }) }
     }
   }
-  let engine: { _handle?: ZlibHandle; _writeState?: Uint32Array } | undefined
+  // one reusable engine over zlib's own handle (node/ZlibHandle.ts): it inflates into a buffer we
+  // choose, and is reset between pieces instead of being rebuilt
+  let engine: ZlibEngine | undefined
   let failure: NodeJS.ErrnoException | undefined
   const fresh = () => {
-    const e = zlib.createGunzip() as unknown as { _handle?: ZlibHandle; _writeState?: Uint32Array }
-    if (e._handle === undefined || e._writeState === undefined || typeof e._handle.writeSync !== "function") return undefined
+    const e = openZlibHandle()
+    if (e === undefined) return undefined
     // keep the error for us instead of letting the stream destroy itself
-    e._handle.onerror = (message, errno, code) => {
+    e.handle.onerror = (message, errno, code) => {
       failure = Object.assign(new Error(message), { errno, code }) as NodeJS.ErrnoException
     }
     return e
@@ -112,14 +104,14 @@ const makeEngine = (isal: IsalInflate | null): Engine => {
     const e = engine!
     failure = undefined
     // one byte more than the slice: using it means the piece is too large
-    e._handle!.writeSync(zlib.constants.Z_FINISH, input, 0, input.length, out, at, room + 1)
+    e.handle.writeSync(zlib.constants.Z_FINISH, input, 0, input.length, out, at, room + 1)
     if (failure !== undefined) {
       engine = fresh()
       return { error: failure }
     }
-    const produced = room + 1 - e._writeState![0]!
-    const consumed = input.length - e._writeState![1]!
-    e._handle!.reset()
+    const produced = room + 1 - e.writeState[0]!
+    const consumed = input.length - e.writeState[1]!
+    e.handle.reset()
     return { produced, consumed }
   }
 }
