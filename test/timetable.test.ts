@@ -6,7 +6,7 @@
  * constant rate waits exactly what the bucket owes.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Option, TestClock } from "effect"
+import { Duration, Effect, Fiber, Option, TestClock } from "effect"
 import fc from "fast-check"
 import { DAY_MS, DAYS, inForce, type Limit, nextChange, parseTimetable, type Timetable, WEEK_MS } from "../src/domain/Timetable.js"
 import { formatByteSize } from "../src/domain/Units.js"
@@ -195,6 +195,33 @@ describe("Throttle by the clock (TestClock)", () => {
       yield* TestClock.adjust("7 days")
       expect(yield* throttle.limit).toBe(64 * KiB)
     }).pipe(Effect.provide(ThrottleLive(64 * KiB))))
+
+  it.scoped("across a daylight-saving shift the change comes at the local time it says", () =>
+    Effect.gen(function*() {
+      const zone = process.env.TZ
+      yield* Effect.addFinalizer(() => Effect.sync(() => (zone === undefined ? delete process.env.TZ : (process.env.TZ = zone))))
+      process.env.TZ = "Europe/Paris"
+      // 2026-03-29 00:00 in Paris (CET); at 02:00 the clocks go to 03:00, so 08:00 (CEST) is 7 hours away, not 8
+      yield* TestClock.setTime(Date.UTC(2026, 2, 28, 23, 0))
+      yield* Effect.gen(function*() {
+        const throttle = yield* Throttle
+        expect(yield* throttle.limit).toBe(16 * KiB)
+        yield* TestClock.adjust(Duration.subtract(Duration.hours(7), Duration.millis(1)))
+        expect(yield* throttle.limit).toBe(16 * KiB)
+        yield* TestClock.adjust("1 millis")
+        expect(yield* throttle.limit).toBe(0)
+        // and back: 2026-10-25 03:00 CEST is 02:00 CET, so from 00:00 to 08:00 is 9 hours
+        yield* TestClock.setTime(Date.UTC(2026, 9, 24, 22, 0))
+      }).pipe(Effect.provide(ThrottleLive(timetable("00:00,16KiB/s 08:00,off"))))
+      yield* Effect.gen(function*() {
+        const throttle = yield* Throttle
+        expect(yield* throttle.limit).toBe(16 * KiB)
+        yield* TestClock.adjust(Duration.subtract(Duration.hours(9), Duration.millis(1)))
+        expect(yield* throttle.limit).toBe(16 * KiB)
+        yield* TestClock.adjust("1 millis")
+        expect(yield* throttle.limit).toBe(0)
+      }).pipe(Effect.provide(ThrottleLive(timetable("00:00,16KiB/s 08:00,off"))))
+    }))
 
   it.effect("unset, there is no limit and nothing waits", () =>
     Effect.gen(function*() {

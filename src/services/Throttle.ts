@@ -14,7 +14,7 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
-import { constantLimit, DAY_MS, formatLimit, formatWeekPosition, inForce, type Limit, nextChange, type Timetable } from "../domain/Timetable.js"
+import { constantLimit, DAY_MS, formatLimit, formatWeekPosition, inForce, type Limit, nextChange, type Timetable, WEEK_MS } from "../domain/Timetable.js"
 
 export class Throttle extends Context.Reference<Throttle>()("ferry/Throttle", {
   defaultValue: () => ({
@@ -73,6 +73,18 @@ export const localWeekPosition = (epochMillis: number): number => {
   return ((date.getDay() + 6) % 7) * DAY_MS + sinceMidnight
 }
 
+/**
+ * Real milliseconds from `now` until the local clock reads `target` (a week position), `after`
+ * wall-clock milliseconds away: the wall distance, less or more the daylight-saving shift in
+ * between. A target the shift skips over is reached at the wall distance, just after the shift.
+ */
+export const realDelay = (now: number, after: number, target: number): number => {
+  let drift = target - localWeekPosition(now + after)
+  if (drift > WEEK_MS / 2) drift -= WEEK_MS
+  if (drift < -WEEK_MS / 2) drift += WEEK_MS
+  return after + drift > 0 ? after + drift : after
+}
+
 /** The limit in force, and a signal for those waiting on it: completed when it changes. */
 interface InForce {
   readonly limit: Limit
@@ -118,7 +130,7 @@ export const ThrottleLive = (timetable: Timetable | number) =>
               `bandwidth limit now ${formatLimit(change.limit)} (timetable entry ${JSON.stringify(change.entry)}), until ${formatWeekPosition(next.change.at)}`
             )
           }
-          yield* Effect.sleep(next.after)
+          yield* Effect.sleep(realDelay(at, next.after, next.change.at))
           return yield* follow(change.limit)
         })
       yield* Effect.forkScoped(follow(undefined))
