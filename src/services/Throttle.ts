@@ -115,8 +115,8 @@ export const ThrottleLive = (timetable: Timetable | number) =>
             Effect.zipRight(Ref.set(state, { limit, changed }), Deferred.succeed(current.changed, undefined)))
         })
 
-      // follows the timetable: wakes at each change (re-reading the clock, so a clock that jumps is caught up with)
-      // (a constant limit is not told: it is what the command line says)
+      // wakes at each change and reads the limit in force off the clock then, not off the timetable's order;
+      // a constant limit is not logged: it is what the command line says
       const follow = (told: Limit | undefined): Effect.Effect<never> =>
         Effect.gen(function*() {
           const at = yield* Clock.currentTimeMillis
