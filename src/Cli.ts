@@ -32,6 +32,7 @@ import { makeBoard, Progress, runBoard, runProgressReports, summary as rateSumma
 import { encodeEvent, type FerryEvent, stamp } from "./domain/Events.js"
 import { choice, envName, flag, optionalFile, setting, token, usageError } from "./CliOptions.js"
 import { DatasetName } from "./domain/Dataset.js"
+import { TimetableText } from "./domain/Timetable.js"
 import {
   AddressListText,
   ByteSize,
@@ -44,7 +45,6 @@ import {
   Port,
   PositiveByteSize,
   PositiveCount,
-  RateText,
   WholeNumber
 } from "./domain/Units.js"
 import { VERSION } from "./domain/Version.js"
@@ -227,7 +227,12 @@ const sendCommand = Command.make(
     retryFor: setting("retry-for", DurationText, "DURATION", "Time spent reconnecting without progress before giving up on a server, or waiting on a server that cannot take a dataset.")
       .withDefault(Duration.decode(defaultSendOptions.retryFor)),
     markerTimeout: setting("marker-timeout", DurationText, "DURATION", "A dataset whose marker has not appeared after this long fails (default: wait forever).").optional,
-    bwlimit: setting("bwlimit", RateText, "RATE", "Most bytes per second all connections put on the wire, such as 50MiB/s (default: no limit).").optional,
+    bwlimit: setting(
+      "bwlimit",
+      TimetableText,
+      "RATE|TIMETABLE",
+      "Most bytes per second all connections put on the wire, such as 50MiB/s, or a timetable in local time such as \"08:00,10MiB/s 18:00,off\" or \"Mon-08:00,10MiB/s Sat-00:00,off\" (default: no limit)."
+    ).optional,
     progressInterval: setting("progress-interval", DurationText, "DURATION", "Time between two progress lines (or progress events with --json) when stderr is not a terminal.")
       .withDefault(Duration.seconds(5)),
     token: tokenOption,

@@ -12,6 +12,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { AnyMetric, MetricsEndpointOptions } from "../services/MetricsEndpoint.js"
+import { Throttle } from "../services/Throttle.js"
 import { committedDatasets } from "./Client.js"
 import { Progress } from "./Progress.js"
 import { ackedBytes, sentBytes, sentPieces } from "./Transfer.js"
@@ -21,8 +22,12 @@ export const sendRate = Metric.gauge("ferry_send_rate_bytes_per_second", {
   description: "Original bytes per second the servers acknowledged, over the last 5 seconds (sampled every second)."
 })
 
+export const bwlimit = Metric.gauge("ferry_send_bwlimit_bytes_per_second", {
+  description: "Bytes per second --bwlimit allows now, as its timetable says (0 when there is no limit)."
+})
+
 /** The sender's metrics without labels: shown at zero from the start. Those with labels appear with their first value. */
-export const senderMetrics: ReadonlyArray<AnyMetric> = [sentBytes, sentPieces, ackedBytes, committedDatasets, serversUp, sendRate]
+export const senderMetrics: ReadonlyArray<AnyMetric> = [sentBytes, sentPieces, ackedBytes, committedDatasets, serversUp, sendRate, bwlimit]
 
 const RATE_WINDOW_SECONDS = 5
 
@@ -47,5 +52,8 @@ export const senderEndpoint: Effect.Effect<Omit<MetricsEndpointOptions, "host" |
     for (const p of snapshot.values()) if (p.phase === "queued" || p.phase === "sending" || p.phase === "committing") waiting++
     return waiting === 0 ? Option.none() : Option.some(`no server is up, and ${waiting} dataset(s) wait to be sent`)
   })
-  return { metrics: senderMetrics, refresh: Effect.void, health }
+  const throttle = yield* Throttle
+  // read when scraped: the limit changes by the clock, with nothing else to tell
+  const refresh = Effect.flatMap(throttle.limit, (limit) => Metric.set(bwlimit, limit))
+  return { metrics: senderMetrics, refresh, health }
 })
