@@ -41,13 +41,24 @@ describe("quantities on the command line", () => {
     fc.assert(fc.property(fc.integer({ min: 0, max: 2 ** 50 }), (n) => parseBytes(formatByteSize(n)) === n))
   })
 
-  it("durations: plain seconds as before, or Effect durations", () => {
+  it("durations as people write them: plain seconds as before, compact units, or Effect durations", () => {
     expect(parseDuration("10")).toEqual(Duration.seconds(10))
     expect(parseDuration("1.5")).toEqual(Duration.millis(1500))
+    expect(parseDuration("500ms")).toEqual(Duration.millis(500))
+    expect(parseDuration("2s")).toEqual(Duration.seconds(2))
+    expect(parseDuration("5m")).toEqual(Duration.minutes(5))
+    expect(parseDuration("1h30m")).toEqual(Duration.minutes(90))
+    expect(parseDuration("1h 30m")).toEqual(Duration.minutes(90))
+    expect(parseDuration("1.5m")).toEqual(Duration.seconds(90))
+    expect(parseDuration("2d")).toEqual(Duration.days(2))
+    expect(parseDuration("3S")).toEqual(Duration.seconds(3))
     expect(parseDuration("500 millis")).toEqual(Duration.millis(500))
     expect(parseDuration("2 minutes")).toEqual(Duration.minutes(2))
-    for (const bad of ["0", "-1", "ten", "10 parsecs", "0 seconds", ""]) expect(parseDuration(bad)).toBeUndefined()
-    expect(Schema.encodeSync(DurationText)(Duration.seconds(120))).toBe("120 seconds")
+    for (const bad of ["0", "-1", "ten", "10 parsecs", "0 seconds", "", "3x", "s", "1h30", "0s", "0ms"]) expect(parseDuration(bad), bad).toBeUndefined()
+    expect(Schema.encodeSync(DurationText)(Duration.seconds(120))).toBe("2m")
+    expect(Schema.encodeSync(DurationText)(Duration.minutes(90))).toBe("1h30m")
+    // what help prints reads back as the same duration
+    fc.assert(fc.property(fc.integer({ min: 1, max: 10 * 86_400_000 }), (ms) => Duration.toMillis(parseDuration(Schema.encodeSync(DurationText)(Duration.millis(ms)))!) === ms))
   })
 
   it("a wrong value says what was expected and what was given", () => {

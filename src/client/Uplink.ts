@@ -160,7 +160,7 @@ export const makeUplink = (
           yield* Effect.logWarning(
             end.progressed || wasUp
               ? `${end.error.message}; reconnecting`
-              : `${end.error.message}; trying again for up to ${Duration.format(policy.retryFor)} (--retry-for)`
+              : `${end.error.message}; trying again ${Duration.isFinite(Duration.decode(policy.retryFor)) ? `for up to ${Duration.format(policy.retryFor)} (--retry-for)` : "without end (--watch)"}`
           )
           yield* publish({ event: "link", server: name, state: "down", message: end.error.message })
         })

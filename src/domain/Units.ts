@@ -51,21 +51,43 @@ export const formatByteSize = (bytes: number): string => {
   return String(bytes)
 }
 
-/** "10" (seconds, as ferry always took them), "1.5", or an Effect duration such as "500 millis"; undefined unless above 0. */
+const COMPACT_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** "1h30m", "2s", "500ms", "1.5m": numbers each followed by ms, s, m, h or d; undefined when it is not that. */
+const parseCompact = (text: string): Duration.Duration | undefined => {
+  const parts = /^(?:\s*[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d))+$/.test(text) ? text.matchAll(/([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)/g) : undefined
+  if (parts === undefined) return undefined
+  let millis = 0
+  for (const [, amount, unit] of parts) millis += Number(amount) * COMPACT_UNITS[unit!]!
+  return Duration.millis(Math.round(millis))
+}
+
+/**
+ * A duration as people write it: "10" (seconds, as ferry always took them), "1.5", the compact
+ * "500ms", "2s", "5m", "1h30m", or Effect's "500 millis", "2 minutes"; undefined unless above 0.
+ */
 export const parseDuration = (text: string): Duration.Duration | undefined => {
-  const trimmed = text.trim()
+  const trimmed = text.trim().toLowerCase()
   const duration = /^[0-9]+(?:\.[0-9]+)?$/.test(trimmed)
     ? Option.some(Duration.millis(Math.round(Number(trimmed) * 1000)))
-    : Duration.decodeUnknown(trimmed)
+    : Option.orElse(Option.fromNullable(parseCompact(trimmed)), () => Duration.decodeUnknown(trimmed))
   return Option.isSome(duration) && Duration.isFinite(duration.value) && Duration.greaterThan(duration.value, Duration.zero)
     ? duration.value
     : undefined
 }
 
-/** A duration as `parseDuration` reads it back: whole seconds as "10 seconds", anything else in millis. */
+/** A duration as `parseDuration` reads it back, in the compact form: "1h30m", "2s", "1500ms". */
 export const formatDuration = (duration: Duration.Duration): string => {
-  const millis = Duration.toMillis(duration)
-  return millis % 1000 === 0 ? `${millis / 1000} seconds` : `${millis} millis`
+  let millis = Duration.toMillis(duration)
+  if (millis % 1000 !== 0) return `${millis}ms`
+  let out = ""
+  for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (millis >= size) {
+      out += `${Math.floor(millis / size)}${unit}`
+      millis %= size
+    }
+  }
+  return out
 }
 
 /**
@@ -116,8 +138,8 @@ export const Port = fromText(Schema.Number, "a port number from 0 to 65535", (te
 /** Bytes, with or without a unit: "16384", "16KiB", "1.5GB". */
 export const ByteSize = fromText(Schema.Number, "a size in bytes such as 16384 or 16KiB", parseBytes, formatByteSize)
 
-/** Seconds ("10") or an Effect duration ("500 millis", "2 minutes"), above 0. */
-export const DurationText = fromText(Schema.DurationFromSelf, "a number of seconds or a duration such as \"500 millis\", above 0", parseDuration, formatDuration)
+/** Seconds ("10"), or a duration as people write it ("500ms", "2s", "5m", "1h30m", "2 minutes", "500 millis"), above 0. */
+export const DurationText = fromText(Schema.DurationFromSelf, "a number of seconds or a duration such as 500ms, 2s, 5m, 1h30m or \"2 minutes\", above 0", parseDuration, formatDuration)
 
 /** HOST:PORT to listen on; port 0 picks a free one. */
 export const ListenAddressText = fromText(
