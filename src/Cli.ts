@@ -401,6 +401,8 @@ const serveCommand = Command.make(
       flags,
       Effect.gen(function*() {
         const dest = (yield* Path.Path).resolve(flags.dest)
+        // why the server stops, for its stopping and stopped events: the signal
+        const stopReason = yield* Ref.make("interrupted")
         const serving = Effect.gen(function*() {
           const phase = yield* Ref.make<ServerPhase>("starting")
           // the endpoint starts first and so stops last: it answers (503, stopping) while the server drains
@@ -417,14 +419,15 @@ const serveCommand = Command.make(
             maxPending: flags.maxPending,
             handshakeTimeout: flags.handshakeTimeout,
             idleTimeout: flags.idleTimeout,
-            drainTimeout: flags.drainTimeout
+            drainTimeout: flags.drainTimeout,
+            stopReason: Ref.get(stopReason)
           })
           yield* Ref.set(phase, "listening")
           // finalizers run last first: this one runs before the server's drain
           yield* Effect.addFinalizer(() => Ref.set(phase, "stopping"))
           return yield* Effect.never
         }).pipe(Effect.scoped)
-        const signal = yield* Effect.raceFirst(serving, nextSignal).pipe((work) => printingEvents(flags.json, serveLine, work))
+        const signal = yield* Effect.raceFirst(serving, Effect.tap(nextSignal, (s) => Ref.set(stopReason, s))).pipe((work) => printingEvents(flags.json, serveLine, work))
         yield* Effect.logInfo(`stopped by ${signal}; datasets in progress are kept in ${dest}/.ferry for their senders to resume`)
       }).pipe(
         Effect.provide(Layer.merge(

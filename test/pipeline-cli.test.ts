@@ -167,11 +167,20 @@ describe("--json", () => {
       const kinds = new Set(served.map((e) => e.event))
       for (const kind of ["listening", "connection-accepted", "dataset-opened", "dataset-committed", "dataset-failed"]) expect(kinds).toContain(kind)
       expect(served.filter((e) => e.event === "dataset-committed")).toEqual([expect.objectContaining({ dataset: "good", bytes: good.size, crc32: good.crc })])
+      // every connection accepted is closed once the sender is done, each with its reason
+      const accepted = served.filter((e) => e.event === "connection-accepted").map((e) => e.event === "connection-accepted" && e.peer)
+      await until(() => eventsOf(server.output().stdout).filter((e) => e.event === "connection-closed").length === accepted.length, 10_000, "connection-closed events")
+      const closed = eventsOf(server.output().stdout).filter((e) => e.event === "connection-closed")
+      expect(closed.map((e) => e.event === "connection-closed" && e.peer).sort()).toEqual(accepted.sort())
+      for (const e of closed) expect(e.event === "connection-closed" && e.reason).toMatch(/\w/)
     } finally {
       await server.stop()
     }
-    // and the server's closing events decode too
-    expect(eventsOf(server.output().stdout).map((e) => e.event).slice(-2)).toEqual(["stopping", "stopped"])
+    // and the server's closing events decode too, saying why it stopped
+    expect(eventsOf(server.output().stdout).slice(-2)).toEqual([
+      expect.objectContaining({ event: "stopping", reason: "SIGTERM" }),
+      expect.objectContaining({ event: "stopped", reason: "SIGTERM" })
+    ])
   })
 })
 

@@ -72,12 +72,12 @@ export type SendEvent = typeof SendEvent.Type
 export const Listening = base("listening", { address: Schema.String, tls: Schema.Boolean, dest: Schema.String })
 export const ConnectionAccepted = base("connection-accepted", { peer: Schema.String })
 export const ConnectionRefused = base("connection-refused", { peer: Schema.String, code: Code, message: Schema.String })
-export const ConnectionClosed = base("connection-closed", { peer: Schema.String })
+export const ConnectionClosed = base("connection-closed", { peer: Schema.String, reason: Schema.String })
 export const DatasetOpened = base("dataset-opened", { dataset: Schema.String, peer: Schema.String, pieces: Schema.Number, held: Schema.Number })
 export const DatasetCommitted = base("dataset-committed", { dataset: Schema.String, peer: Schema.String, bytes: Schema.Number, crc32: Schema.String })
 export const DatasetFailed = base("dataset-failed", { dataset: Schema.String, peer: Schema.String, code: Code, message: Schema.String })
 export const Stopping = base("stopping", { reason: Schema.String })
-export const Stopped = base("stopped", {})
+export const Stopped = base("stopped", { reason: Schema.String })
 
 export const ServeEvent = Schema.Union(
   Listening,

@@ -314,6 +314,10 @@ export const serveConnection = (
       yield* send(encodeControl(new Refused({ code: "ShuttingDown", message: "the server is stopping; try again, or another server" }))).pipe(Effect.ignore)
     } else yield* Effect.logDebug(`${peer}: disconnected`)
     if (stage !== "ready") yield* Metric.increment(handshakesFailed)
+    else {
+      const reason = failure !== undefined ? failure.message : (yield* gate.isStopping) ? "the server is stopping" : "the client closed the connection"
+      yield* publish({ event: "connection-closed", peer, reason })
+    }
     for (const handle of [...sessions.keys()]) yield* close(handle)
     yield* link.end
   }).pipe(Effect.annotateLogs({ peer: link.peer }))

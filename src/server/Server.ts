@@ -41,6 +41,8 @@ export interface ServeOptions {
   readonly connectionMemory: number
   /** On shutdown, how long batches already received may take to finish writing. */
   readonly drainTimeout: Duration.DurationInput
+  /** Why the server stops, read when it does (the CLI's: the signal), for the stopping and stopped events. */
+  readonly stopReason?: Effect.Effect<string>
 }
 
 export const defaultServeOptions: ServeOptions = {
@@ -177,9 +179,10 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
       Effect.gen(function*() {
         // the line that says it stopped is the CLI's, once it has
         yield* Effect.logDebug("stopping: finishing the batches in flight, then closing every connection")
-        yield* publish({ event: "stopping", reason: "interrupted" })
+        const reason = yield* (options.stopReason ?? Effect.succeed("interrupted"))
+        yield* publish({ event: "stopping", reason })
         yield* stop(options.drainTimeout)
-        yield* publish({ event: "stopped" })
+        yield* publish({ event: "stopped", reason })
       })
     )
     const shown = formatAddress(address)
