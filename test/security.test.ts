@@ -3,7 +3,7 @@
  * under abuse, and after each abuse the server still completes a real transfer.
  */
 import { execFileSync } from "node:child_process"
-import { existsSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, statfsSync, symlinkSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ferry, sha256File, shaOf, startServer, tempDirs } from "./support/cli.js"
@@ -242,17 +242,30 @@ describe("abuse and limits", () => {
     const c = await rawHandshake(server.address)
     c.write(openMessage(1, { dataset: "huge", size: 2e12, sliceSize: 1e6, first: 0, count: 2e6 }))
     expect(await c.next()).toMatchObject({ _tag: "Failed", code: "TooLarge", message: "2000000000000 bytes is over this server's limit of 1000000000000" })
-    // --max-frame 2MiB lowers the largest slice accepted to what fits in a frame
-    c.write(openMessage(2, { dataset: "disk", size: 9e11, sliceSize: 2e6, first: 0, count: 450000 }))
-    const answer = await c.next()
-    expect(answer).toMatchObject({ _tag: "Failed", code: "NoSpace" })
-    expect(answer._tag === "Failed" && answer.message).toMatch(/^needs \d+ more bytes but only \d+ are free in /)
+    // --max-frame 2MiB lowers the largest slice accepted to what fits in a frame; sizes from this disk's own numbers
+    const disk = statfsSync(dest)
+    const free = disk.bavail * disk.bsize
+    const whole = (disk.blocks - disk.bfree + disk.bavail) * disk.bsize
+    const slices = (bytes: number) => ({ size: bytes, sliceSize: 2e6, first: 0, count: Math.ceil(bytes / 2e6) })
+    // more than the whole filesystem: never, at once
+    c.write(openMessage(2, { dataset: "disk", ...slices(Math.ceil(whole / 2e6) * 2e6 + 2e6) }))
+    const never = await c.next()
+    expect(never).toMatchObject({ _tag: "Failed", code: "TooLarge" })
+    expect(never._tag === "Failed" && never.message).toMatch(/^needs \d+ bytes, more than the whole filesystem of .* holds \(\d+ bytes\): it can never fit there$/)
+    // more than is free now, less than the filesystem: not now
+    if (whole - free > 4e6) {
+      c.write(openMessage(5, { dataset: "later", ...slices(Math.floor((free + (whole - free) / 2) / 2e6) * 2e6) }))
+      const answer = await c.next()
+      expect(answer).toMatchObject({ _tag: "Failed", code: "NoSpace" })
+      expect(answer._tag === "Failed" && answer.message).toMatch(/^needs \d+ more bytes but only \d+ are free in /)
+    }
     c.write(openMessage(3, { dataset: "many", size: 600000, sliceSize: 1, first: 0, count: 600000 }))
     expect(await c.next()).toMatchObject({ _tag: "Failed", code: "TooManyPieces" })
     c.write(openMessage(4, { dataset: "wide", size: 2e8, sliceSize: 1e8, first: 0, count: 2 }))
     expect(await c.next()).toMatchObject({ _tag: "Failed", code: "TooLarge", message: "slices of 100000000 bytes are over this server's limit of 2090940" })
     expect(existsSync(join(dest, ".ferry", "huge"))).toBe(false)
     expect(existsSync(join(dest, ".ferry", "disk"))).toBe(false)
+    expect(existsSync(join(dest, ".ferry", "later"))).toBe(false)
     c.socket.destroy()
   })
 
