@@ -175,7 +175,7 @@ describe("ferry --help", () => {
     // the frame limit follows the slice limit unless it is given
     expect(r.stdout).toMatch(/enough for one piece of --max-slice/)
     expect(entry("--max-dataset-size BYTES")).toBe("Default: 16TiB; or FERRY_MAX_DATASET_SIZE in the environment.")
-    expect(entry("--idle-timeout SECONDS")).toBe("Default: 120 seconds; or FERRY_IDLE_TIMEOUT in the environment.")
+    expect(entry("--idle-timeout SECONDS")).toBe("Default: 2m; or FERRY_IDLE_TIMEOUT in the environment.")
     expect(entry("--port PORT")).toBe("Required; or FERRY_PORT in the environment.")
     // nothing listed that every command rejects or that needs a terminal
     expect(r.stdout).not.toMatch(/--log-level|--wizard|--completions/)
@@ -221,7 +221,7 @@ describe("command-line errors: one ferry: line, exit 2", () => {
   it("a bad duration, byte size, count", async () => {
     const dest = dirs.make("dest")
     for (const [flag, value, message] of [
-      ["--idle-timeout", "0", 'ferry: --idle-timeout must be a number of seconds or a duration such as "500 millis", above 0, not "0"'],
+      ["--idle-timeout", "0", 'ferry: --idle-timeout must be a number of seconds or a duration such as 500ms, 2s, 5m, 1h30m or \"2 minutes\", above 0, not "0"'],
       ["--connection-memory", "1 parsec", 'ferry: --connection-memory must be a size in bytes above 0 such as 16384 or 16KiB, not "1 parsec"'],
       ["--max-pending", "-3", 'ferry: --max-pending must be a whole number above 0, not "-3"']
     ] as const) {

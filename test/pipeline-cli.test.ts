@@ -212,11 +212,10 @@ describe("exit codes of send", () => {
     const src = dirs.make("src")
     await makeFake(src, "lonely", ["--size", "2000", "--slice", "1000"])
     const port = await freePort()
-    const started = Date.now()
     const r = await ferry(["send", "--path", src, "--address", `127.0.0.1:${port}`, "--retry-for", "1", "--quiet"])
     expect(r.code).toBe(3)
+    // given up on by --retry-for, said so (no wall-clock bound here: the suite asserts no timings)
     expect(r.stderr).toMatch(new RegExp(`^ferry: 127\\.0\\.0\\.1:${port}: connection refused .*\\(gave up after \\d+ retries or 1s\\)$`, "m"))
-    expect(Date.now() - started).toBeLessThan(10_000)
   })
 
   it("4 for a folder with nothing to send, 0 with --allow-empty", async () => {
