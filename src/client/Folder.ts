@@ -35,24 +35,9 @@ export const inventory = (dir: string): Effect.Effect<Inventory, FolderError, Da
 export const nameProblem = (name: string): string | undefined =>
   name.length > MAX_NAME_LENGTH ? `its name is longer than ${MAX_NAME_LENGTH} characters` : undefined
 
-export const markerPresent = (dir: string, dataset: string) =>
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const path = yield* Path.Path
-    return yield* fs.exists(path.join(dir, markerFileName(dataset))).pipe(Effect.orElseSucceed(() => false))
-  })
-
-/** Waits until `NAME.done` exists, watching the folder. */
-export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner | FileSystem.FileSystem | Path.Path> =>
-  Effect.gen(function*() {
-    const scanner = yield* DatasetScanner
-    if (yield* markerPresent(dir, dataset)) return
-    yield* scanner.changes(dir).pipe(
-      Stream.mapEffect(() => markerPresent(dir, dataset)),
-      Stream.takeUntil((found) => found),
-      Stream.runDrain
-    )
-  })
+/** Waits until `NAME.done` exists (DatasetScanner.appears: events about it, and a poll for it). */
+export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner> =>
+  Effect.flatMap(DatasetScanner, (scanner) => scanner.appears(dir, markerFileName(dataset)))
 
 /** Reads the marker and the first piece, checks the numbering, and answers the manifest. */
 export const readManifest = (
