@@ -5,11 +5,12 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import { copyFileSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
+import { execFileSync } from "node:child_process"
+import { copyFileSync, rmSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll } from "vitest"
 import { DatasetScanner, DatasetScannerLive } from "../src/services/DatasetScanner.js"
-import { sha256File, spawnFerry, startServer, tempDirs } from "./support/cli.js"
+import { ferry, sha256File, spawnFerry, startServer, tempDirs } from "./support/cli.js"
 import { linesOf, makeFake } from "./support/datasets.js"
 
 const dirs = tempDirs()
@@ -62,6 +63,36 @@ describe("11. a marker that appears is noticed, however many pieces arrive befor
       expect(sender.output().stderr).toMatch(/found abc\.done/)
       expect(linesOf(sender.output().stdout)).toEqual([expect.stringMatching(`^abc: committed ${made.size} bytes in ${pieces.length} pieces`)])
       expect(sha256File(join(dest, "abc"))).toBe(made.sha)
+    } finally {
+      await server.stop()
+    }
+  })
+})
+
+describe("5. FIFOs named like a piece or a marker", () => {
+  it("a FIFO as a piece, as a first piece and as a marker: each fails by name, the good dataset beside them commits, exit 1", async () => {
+    const outbox = dirs.make("fifo")
+    const good = await makeFake(outbox, "good", ["--size", "20000", "--slice", "1000", "--seed", "1"])
+    for (const name of ["pa", "pb", "pc"]) await makeFake(outbox, name, ["--size", "20000", "--slice", "1000", "--seed", "2"])
+    const fifo = (file: string) => {
+      rmSync(join(outbox, file))
+      execFileSync("mkfifo", [join(outbox, file)])
+    }
+    fifo("pa-0000003.gz")
+    fifo("pb-0000000.gz")
+    fifo("pc.done")
+    const dest = dirs.make("dest")
+    const server = await startServer(dest)
+    try {
+      const r = await ferry(["send", "--path", outbox, "--address", server.address, "--quiet"], { timeout: 30_000 })
+      expect(r.code, r.stderr).toBe(1)
+      expect(linesOf(r.stdout).sort()).toEqual([
+        expect.stringMatching(`^good: committed ${good.size} bytes`),
+        expect.stringMatching(/^pa: failed \(\w+\): .*pa-0000003\.gz .*not a regular file: a FIFO/),
+        expect.stringMatching(/^pb: failed \(BadDataset\): .*pb-0000000\.gz is not a regular file \(a FIFO\)/),
+        expect.stringMatching(/^pc: failed \(BadDataset\): .*pc\.done is not a regular file \(a FIFO\)/)
+      ])
+      expect(sha256File(join(dest, "good"))).toBe(good.sha)
     } finally {
       await server.stop()
     }

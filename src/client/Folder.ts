@@ -51,6 +51,13 @@ export const readManifest = (
     const bad = (reason: string) => new DatasetError({ dataset: name, reason })
     const invalid = nameProblem(name)
     if (invalid !== undefined) return yield* Effect.fail(bad(invalid))
+    // never open what is not a regular file: a FIFO named like a marker or a piece would hold the read for good
+    const regular = (file: string) =>
+      fs.stat(path.join(dir, file)).pipe(
+        Effect.mapError((e) => bad(`${file} cannot be read (${e.message})`)),
+        Effect.filterOrFail((info) => info.type === "File", (info) => bad(`${file} is not a regular file (${info.type === "FIFO" ? "a FIFO" : info.type})`))
+      )
+    yield* regular(markerFileName(name))
     // a marker written in place (not renamed into place) can be caught empty: give its writer a moment
     const text = yield* fs.readFileString(path.join(dir, markerFileName(name))).pipe(
       Effect.mapError((e) => bad(`${markerFileName(name)} cannot be read (${e.message})`)),
@@ -70,6 +77,7 @@ export const readManifest = (
       return yield* Effect.fail(bad(`piece ${firstGap(name, holdings.lowest, present)} is missing (found ${holdings.pieces} pieces numbered ${holdings.lowest} to ${holdings.highest})`))
     }
     const firstName = pieceFileName(name, holdings.lowest)
+    yield* regular(firstName)
     const first = yield* fs.readFile(path.join(dir, firstName)).pipe(
       Effect.mapError((e) => bad(`${firstName} cannot be read (${e.message})`))
     )
