@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { execFileSync } from "node:child_process"
 import { copyFileSync, rmSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
+import * as net from "node:net"
 import { join } from "node:path"
 import { afterAll } from "vitest"
 import { DatasetScanner, DatasetScannerLive } from "../src/services/DatasetScanner.js"
@@ -95,6 +96,40 @@ describe("5. FIFOs named like a piece or a marker", () => {
       expect(sha256File(join(dest, "good"))).toBe(good.sha)
     } finally {
       await server.stop()
+    }
+  })
+})
+
+describe("3. a server that hangs up without a word when the client says hello", () => {
+  it("is a lost connection, retried: the sender commits once a real server takes the port", async () => {
+    const made = await makeFake(dirs.make("src"), "hup", ["--size", "20000", "--slice", "1000", "--seed", "4"])
+    // a server that dies as the client says hello: it reads the hello and closes, without a byte
+    let hungUp = 0
+    const dying = net.createServer((socket) => {
+      socket.once("data", () => {
+        hungUp++
+        socket.destroy()
+      })
+    })
+    await new Promise<void>((resolve) => dying.listen(0, "127.0.0.1", resolve))
+    const port = (dying.address() as net.AddressInfo).port
+    const sender = spawnFerry(["send", "--path", made.dir, "--address", `127.0.0.1:${port}`, "--quiet", "--debug"])
+    let server: Awaited<ReturnType<typeof startServer>> | undefined
+    try {
+      // the first hello is hung up on; then the port goes to a real server, as a restarted one would take it
+      await sender.waitFor(/hung up|connection (closed|reset)|closed the connection/)
+      expect(hungUp).toBeGreaterThan(0)
+      await new Promise((resolve) => dying.close(resolve))
+      const dest = dirs.make("dest")
+      server = await startServer(dest, ["--port", String(port)])
+      expect(await sender.exited, sender.output().stderr).toBe(0)
+      expect(linesOf(sender.output().stdout)).toEqual([expect.stringMatching(`^hup: committed ${made.size} bytes`)])
+      expect(sender.output().stderr).not.toMatch(/TLS server/)
+      expect(sha256File(join(dest, "hup"))).toBe(made.sha)
+    } finally {
+      if (sender.child.exitCode === null) sender.child.kill("SIGKILL")
+      dying.close()
+      await server?.stop()
     }
   })
 })
