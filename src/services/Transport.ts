@@ -327,18 +327,27 @@ const probeTls = (address: Address) =>
       servername: net.isIP(address.host) === 0 ? address.host : undefined,
       rejectUnauthorized: false
     })
+    let answered = false
     const done = (answer: boolean) => {
+      if (answered) return
+      answered = true
       clearTimeout(timer)
-      s.destroy()
+      if (answer) {
+        // a clean close (close_notify), so that the server sees its handshake finish, not fail
+        s.end()
+        s.unref()
+        setTimeout(() => s.destroy(), 2_000).unref()
+      } else s.destroy()
       resume(Effect.succeed(answer))
     }
     const timer = setTimeout(() => done(false), 2_000)
+    s.on("error", () => {})
     s.once("secureConnect", () => done(true))
     // a TLS alert (no cipher in common, a protocol version refused) is TLS answering too
     s.once("error", (e: NodeJS.ErrnoException) => done(/ALERT/i.test(e.code ?? "")))
     return Effect.sync(() => {
       clearTimeout(timer)
-      s.destroy()
+      if (!answered) s.destroy()
     })
   })
 
