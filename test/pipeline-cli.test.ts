@@ -300,7 +300,7 @@ describe("a peer that is not what the client expects: one clear line, exit 3, no
   it("a plain client against a TLS server", async () => {
     const server = await startServer(dirs.make("dest"), ["--tls-cert", cert, "--tls-key", key])
     try {
-      await failsFast(server.address, [], /^127\.0\.0\.1:\d+: .*probably a TLS server \(add --tls or --tls-ca FILE\)/)
+      await failsFast(server.address, [], /^127\.0\.0\.1:\d+: .*answers TLS: it is a TLS server \(add --tls or --tls-ca FILE\)/)
       await server.waitFor(/TLS handshake failed/)
       expect(server.output().stderr.match(/TLS handshake failed/g)).toHaveLength(1)
     } finally {

@@ -126,7 +126,7 @@ describe("TLS", () => {
       const started = Date.now()
       const plain = await ferry(["send", "--path", sample.dir, "--address", tlsServer.address])
       expect(plain.code).toBe(3)
-      expect(plain.stderr).toMatch(/^ferry: .*probably a TLS server \(add --tls or --tls-ca FILE\)/m)
+      expect(plain.stderr).toMatch(/^ferry: .*answers TLS: it is a TLS server \(add --tls or --tls-ca FILE\)/m)
       const secure = await ferry(["send", "--path", sample.dir, "--address", plainServer.address, "--tls-ca", cert])
       expect(secure.code).toBe(3)
       expect(secure.stderr).toMatch(/^ferry: .*the server does not speak TLS/m)

@@ -86,21 +86,28 @@ const printable = (bytes: Uint8Array) => Buffer.from(bytes).toString("latin1").r
 
 /**
  * What went wrong while the server should have been greeting us, in a user's words: a peer that
- * sent bytes no ferry server sends, or that hung up without a word on a plain connection (a TLS
- * server does that), is not one we can talk to, and trying again would not help.
+ * sent bytes no ferry server sends is not one we can talk to, and trying again would not help. A
+ * silent hang-up is no such evidence (a server killed or restarting does that too): on a plain
+ * connection it is a TLS server only if a TLS hello to it is answered with TLS; otherwise it is a
+ * lost connection, tried again like any other.
  */
-const greetingProblem = (link: Link, secure: boolean, e: TransportError | ProtocolError): LinkError => {
+const greetingProblem = (transport: Transport["Type"], address: Address, link: Link, secure: boolean, e: TransportError | ProtocolError): Effect.Effect<never, LinkError> => {
   const first = link.firstBytes()
   if (first.length >= 2 && (first[0] === 0x15 || first[0] === 0x16) && first[1] === 0x03) {
-    return new PeerMismatch({ peer: link.peer, reason: "the server speaks TLS: add --tls (or --tls-ca FILE)" })
+    return Effect.fail(new PeerMismatch({ peer: link.peer, reason: "the server speaks TLS: add --tls (or --tls-ca FILE)" }))
   }
   if (e._tag === "ProtocolError" && first.length > 0) {
-    return new PeerMismatch({ peer: link.peer, reason: `this is not a ferry server (it answered ${JSON.stringify(printable(first))})` })
+    return Effect.fail(new PeerMismatch({ peer: link.peer, reason: `this is not a ferry server (it answered ${JSON.stringify(printable(first))})` }))
   }
   if (e._tag === "TransportError" && first.length === 0 && !secure) {
-    return new PeerMismatch({ peer: link.peer, reason: "the server hung up without a word when we said hello: it is probably a TLS server (add --tls or --tls-ca FILE), or not a ferry server" })
+    return Effect.flatMap(transport.speaksTls(address), (tls) =>
+      Effect.fail(
+        tls
+          ? new PeerMismatch({ peer: link.peer, reason: "the server hung up without a word when we said hello, and answers TLS: it is a TLS server (add --tls or --tls-ca FILE)" })
+          : e
+      ))
   }
-  return e
+  return Effect.fail(e)
 }
 
 const expectControl = (peer: string, frame: RawFrame): Effect.Effect<ControlMessage, ProtocolError> => {
@@ -137,7 +144,7 @@ export const connect = (address: Address, options: ConnectionOptions): Effect.Ef
           })
       })
     const receive = (waitingFor: string) =>
-      inTime(next.pipe(Effect.flatMap((f) => expectControl(peer, f)), Effect.mapError((e) => greetingProblem(link, options.tls !== undefined, e))), waitingFor)
+      inTime(next.pipe(Effect.flatMap((f) => expectControl(peer, f)), Effect.catchAll((e) => greetingProblem(transport, address, link, options.tls !== undefined, e))), waitingFor)
 
     // the client speaks first, so that a TLS server (or anything that is not ferry) answers at once
     yield* link.send(encodeHi(new Hi({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}` })))

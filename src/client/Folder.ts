@@ -35,24 +35,9 @@ export const inventory = (dir: string): Effect.Effect<Inventory, FolderError, Da
 export const nameProblem = (name: string): string | undefined =>
   name.length > MAX_NAME_LENGTH ? `its name is longer than ${MAX_NAME_LENGTH} characters` : undefined
 
-export const markerPresent = (dir: string, dataset: string) =>
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const path = yield* Path.Path
-    return yield* fs.exists(path.join(dir, markerFileName(dataset))).pipe(Effect.orElseSucceed(() => false))
-  })
-
-/** Waits until `NAME.done` exists, watching the folder. */
-export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner | FileSystem.FileSystem | Path.Path> =>
-  Effect.gen(function*() {
-    const scanner = yield* DatasetScanner
-    if (yield* markerPresent(dir, dataset)) return
-    yield* scanner.changes(dir).pipe(
-      Stream.mapEffect(() => markerPresent(dir, dataset)),
-      Stream.takeUntil((found) => found),
-      Stream.runDrain
-    )
-  })
+/** Waits until `NAME.done` exists (DatasetScanner.appears: events about it, and a poll for it). */
+export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner> =>
+  Effect.flatMap(DatasetScanner, (scanner) => scanner.appears(dir, markerFileName(dataset)))
 
 /** Reads the marker and the first piece, checks the numbering, and answers the manifest. */
 export const readManifest = (
@@ -66,6 +51,13 @@ export const readManifest = (
     const bad = (reason: string) => new DatasetError({ dataset: name, reason })
     const invalid = nameProblem(name)
     if (invalid !== undefined) return yield* Effect.fail(bad(invalid))
+    // never open what is not a regular file: a FIFO named like a marker or a piece would hold the read for good
+    const regular = (file: string) =>
+      fs.stat(path.join(dir, file)).pipe(
+        Effect.mapError((e) => bad(`${file} cannot be read (${e.message})`)),
+        Effect.filterOrFail((info) => info.type === "File", (info) => bad(`${file} is not a regular file (${info.type === "FIFO" ? "a FIFO" : info.type})`))
+      )
+    yield* regular(markerFileName(name))
     // a marker written in place (not renamed into place) can be caught empty: give its writer a moment
     const text = yield* fs.readFileString(path.join(dir, markerFileName(name))).pipe(
       Effect.mapError((e) => bad(`${markerFileName(name)} cannot be read (${e.message})`)),
@@ -85,6 +77,7 @@ export const readManifest = (
       return yield* Effect.fail(bad(`piece ${firstGap(name, holdings.lowest, present)} is missing (found ${holdings.pieces} pieces numbered ${holdings.lowest} to ${holdings.highest})`))
     }
     const firstName = pieceFileName(name, holdings.lowest)
+    yield* regular(firstName)
     const first = yield* fs.readFile(path.join(dir, firstName)).pipe(
       Effect.mapError((e) => bad(`${firstName} cannot be read (${e.message})`))
     )

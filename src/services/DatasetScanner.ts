@@ -13,13 +13,18 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
+import * as path from "node:path"
 import { FolderError } from "../domain/Errors.js"
 
 export class DatasetScanner extends Context.Tag("ferry/DatasetScanner")<DatasetScanner, {
   /** The folder's entry names, in batches. */
   readonly list: (dir: string) => Stream.Stream<ReadonlyArray<string>, FolderError>
-  /** Emits whenever the folder may have changed; never ends by itself. */
-  readonly changes: (dir: string) => Stream.Stream<void>
+  /**
+   * Completes once `name` exists in the folder: looked for at once, whenever an event names it,
+   * and every poll. However many other entries change meanwhile (a producer writing thousands of
+   * pieces beside a marker), their events are dropped where they arrive, not queued ahead of it.
+   */
+  readonly appears: (dir: string, name: string) => Effect.Effect<void>
   /**
    * Names seen in the folder, for a sender that keeps watching it: names from filesystem events
    * as they come, and a slow sweep through the folder that reads at most a bounded number of
@@ -93,7 +98,63 @@ const sweep = (dir: string, budget: number) => {
   return { next, close }
 }
 
-export const DatasetScannerLive = (pollEvery: Duration.DurationInput = "1 second") =>
+export interface ScannerOptions {
+  /** Filesystem events; off, only the polls notice changes (as on filesystems without events). */
+  readonly events?: boolean
+}
+
+/**
+ * Waits for one entry. Events are filtered by name in the watcher's callback and checks never
+ * overlap (one stat at a time, one more if something came up meanwhile), so a flood of events
+ * about other entries costs a string comparison each, and the poll, a stat of that one name, finds
+ * the entry within `pollMs` even when the kernel dropped its event (inotify's queue overflows).
+ */
+const appears = (dir: string, name: string, pollMs: number, watchEvents: boolean) =>
+  Effect.async<void>((resume) => {
+    const target = path.join(dir, name)
+    let done = false
+    let checking = false
+    let again = false
+    let watcher: fs.FSWatcher | undefined
+    let timer: NodeJS.Timeout | undefined
+    const stop = () => {
+      done = true
+      watcher?.close()
+      if (timer !== undefined) clearInterval(timer)
+    }
+    const check = () => {
+      if (done) return
+      if (checking) return void (again = true)
+      checking = true
+      fs.stat(target, (e) => {
+        checking = false
+        if (done) return
+        if (e === null) {
+          stop()
+          return resume(Effect.void)
+        }
+        if (again) {
+          again = false
+          check()
+        }
+      })
+    }
+    if (watchEvents) {
+      try {
+        watcher = fs.watch(dir, { persistent: false }, (_kind, changed) => {
+          if (changed === null || String(changed) === name) check()
+        })
+        watcher.on("error", () => watcher?.close())
+      } catch {
+        // no watching here (some network filesystems): the poll covers it
+      }
+    }
+    timer = setInterval(check, pollMs)
+    check()
+    return Effect.sync(stop)
+  })
+
+export const DatasetScannerLive = (pollEvery: Duration.DurationInput = "1 second", options: ScannerOptions = {}) =>
   Layer.succeed(DatasetScanner, {
     watch: (dir) =>
       Stream.suspend(() => {
@@ -127,22 +188,7 @@ export const DatasetScannerLive = (pollEvery: Duration.DurationInput = "1 second
           )
         )
       ),
-    changes: (dir) =>
-      Stream.merge(
-        // Events where the platform has them (inotify on Linux)...
-        Stream.async<void>((emit) => {
-          let watcher: fs.FSWatcher | undefined
-          try {
-            watcher = fs.watch(dir, { persistent: false }, () => void emit.single(undefined))
-            watcher.on("error", () => watcher?.close())
-          } catch {
-            // no watching here (some network filesystems): polling covers it
-          }
-          return Effect.sync(() => watcher?.close())
-        }),
-        // ...and a slow poll that catches what events miss.
-        Stream.fromSchedule(Schedule.spaced(pollEvery)).pipe(Stream.as(undefined))
-      )
+    appears: (dir, name) => appears(dir, name, Duration.toMillis(pollEvery), options.events ?? true)
   })
 
 export const DatasetScannerInProcess = Layer.effect(
@@ -156,7 +202,12 @@ export const DatasetScannerInProcess = Layer.effect(
             Effect.mapError((e) => new FolderError({ path: dir, reason: e._tag === "SystemError" && e.reason === "NotFound" ? "no such folder" : e.message }))
           )
         ),
-      changes: () => Stream.fromSchedule(Schedule.spaced("10 millis")).pipe(Stream.as(undefined)),
+      appears: (dir, name) =>
+        files.exists(`${dir}/${name}`).pipe(
+          Effect.orElseSucceed(() => false),
+          Effect.repeat({ schedule: Schedule.spaced("10 millis"), until: (found) => found }),
+          Effect.asVoid
+        ),
       watch: (dir) =>
         Stream.fromSchedule(Schedule.spaced("10 millis")).pipe(
           Stream.mapEffect(() => files.readDirectory(dir).pipe(Effect.orElseSucceed((): ReadonlyArray<string> => [])))

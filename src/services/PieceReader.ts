@@ -99,6 +99,12 @@ const loadFiles = (fs: FileSystem.FileSystem, path: Path.Path, dir: string, data
   Effect.gen(function*() {
     const loaded = new Map<string, Uint8Array | { readonly error: string }>()
     for (const name of names) {
+      // as the reader threads do: what is not a regular file is never opened
+      const info = yield* Effect.either(fs.stat(path.join(dir, name)))
+      if (info._tag === "Right" && info.right.type !== "File") {
+        loaded.set(name, { error: `not a regular file: ${info.right.type === "FIFO" ? "a FIFO" : info.right.type}` })
+        continue
+      }
       const bytes = yield* fs.readFile(path.join(dir, name)).pipe(
         Effect.catchAll((e) => Effect.succeed({ error: /\b(E[A-Z]{2,})\b/.exec(e.message)?.[1] ?? e.message }))
       )

@@ -81,6 +81,11 @@ export interface ListenOptions extends LinkOptions {
 export class Transport extends Context.Tag("ferry/Transport")<Transport, {
   /** Connects (and, with TLS, completes the TLS handshake); a TLS failure is a PeerMismatch: trying again cannot help. */
   readonly dial: (address: Address, options?: DialOptions) => Effect.Effect<Link, TransportError | PeerMismatch, Scope.Scope>
+  /**
+   * Whether the server at `address` answers a TLS hello with TLS (a handshake, or a TLS alert),
+   * certificate unchecked: told apart from a server that is down, or plain, or hung up on us.
+   */
+  readonly speaksTls: (address: Address) => Effect.Effect<boolean>
   /** Accepts connections until the scope closes; each handler runs in a scope of its own. */
   readonly listen: (
     options: ListenOptions,
@@ -313,7 +318,41 @@ const tlsMismatch = (e: Error): string | undefined => {
   return undefined
 }
 
+/** A TLS client hello, only to see whether TLS answers: nothing is sent over it, its certificate is not trusted for anything. */
+const probeTls = (address: Address) =>
+  Effect.async<boolean>((resume) => {
+    const s = tls.connect({
+      host: address.host,
+      port: address.port,
+      servername: net.isIP(address.host) === 0 ? address.host : undefined,
+      rejectUnauthorized: false
+    })
+    let answered = false
+    const done = (answer: boolean) => {
+      if (answered) return
+      answered = true
+      clearTimeout(timer)
+      if (answer) {
+        // a clean close (close_notify), so that the server sees its handshake finish, not fail
+        s.end()
+        s.unref()
+        setTimeout(() => s.destroy(), 2_000).unref()
+      } else s.destroy()
+      resume(Effect.succeed(answer))
+    }
+    const timer = setTimeout(() => done(false), 2_000)
+    s.on("error", () => {})
+    s.once("secureConnect", () => done(true))
+    // a TLS alert (no cipher in common, a protocol version refused) is TLS answering too
+    s.once("error", (e: NodeJS.ErrnoException) => done(/ALERT/i.test(e.code ?? "")))
+    return Effect.sync(() => {
+      clearTimeout(timer)
+      if (!answered) s.destroy()
+    })
+  })
+
 const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
+  speaksTls: probeTls,
   dial: (address, options) =>
     Effect.gen(function*() {
       const peer = formatAddress(address)
@@ -465,6 +504,7 @@ export const MemoryTransport = Layer.effect(Transport, Effect.map(FramePool, (po
   let nextPort = 40_000
   let nextClient = 1
   return {
+    speaksTls: () => Effect.succeed(false),
     dial: (address, options) =>
       Effect.gen(function*() {
         const accept = listeners.get(address.port)

@@ -130,5 +130,6 @@ export const makeWorkerPool = <In, Out>(
         }
       }
     }),
-    (pool) => Effect.promise(() => pool.terminate())
+    // a thread stuck in a syscall (a hung filesystem) never finishes terminating: do not wait on it for good
+    (pool) => Effect.promise(() => pool.terminate()).pipe(Effect.timeout("2 seconds"), Effect.ignore)
   ).pipe(Effect.map(({ run, size }) => ({ run, size })))

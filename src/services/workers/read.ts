@@ -14,8 +14,23 @@ export type ReadReply =
   | { readonly _tag: "Trailers"; readonly crcs: Uint32Array }
   | { readonly _tag: "Unreadable"; readonly index: number; readonly reason: string }
 
+const kindOf = (st: fs.Stats) =>
+  st.isFIFO() ? "a FIFO" : st.isDirectory() ? "a folder" : st.isSocket() ? "a socket" : st.isCharacterDevice() || st.isBlockDevice() ? "a device" : "not a file"
+
+/**
+ * Opens a piece without ever waiting: O_NONBLOCK, so that a FIFO named like a piece cannot hold
+ * this thread in open() or read() for good, and anything but a regular file is refused by name.
+ */
+const openPiece = (file: string): number => {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  const st = fs.fstatSync(fd)
+  if (st.isFile()) return fd
+  fs.closeSync(fd)
+  throw new Error(`not a regular file: ${kindOf(st)}`)
+}
+
 const filesIn = (dir: string): PieceFiles => ({
-  open: (name) => fs.openSync(path.join(dir, name), "r"),
+  open: (name) => openPiece(path.join(dir, name)),
   read: (fd, into, offset, length, position) => fs.readSync(fd, into, offset, length, position),
   size: (fd) => fs.fstatSync(fd).size,
   close: (fd) => fs.closeSync(fd)
