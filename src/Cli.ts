@@ -168,13 +168,18 @@ const resultLine = (event: FerryEvent): string | undefined => {
  * Prints events as they happen while `program` runs: a line for each finished dataset, or every
  * event as JSON. Whatever is still queued when the program ends is printed before returning.
  */
-const printingEvents = <A, E, R>(json: boolean, line: (event: FerryEvent) => string | undefined, program: Effect.Effect<A, E, R>) =>
+const printingEvents = <A, E, R>(
+  json: boolean,
+  line: (event: FerryEvent) => string | undefined,
+  program: Effect.Effect<A, E, R>,
+  out: (text: string) => Effect.Effect<void> = Console.log
+) =>
   Effect.gen(function*() {
     const monitor = yield* Monitor
     const events = yield* monitor.subscribe
     const print = (event: FerryEvent) => {
       const text = json ? encodeEvent(event) : line(event)
-      return text === undefined ? Effect.void : Console.log(text)
+      return text === undefined ? Effect.void : out(text)
     }
     return yield* Effect.scoped(
       Effect.gen(function*() {
@@ -247,8 +252,12 @@ const sendCommand = Command.make(
   },
   (flags) => {
     const tty = process.stderr.isTTY === true && !flags.quiet && flags.logFormat === "text"
-    const board = makeBoard(stderrOutput.write, () => process.stderr.columns ?? 80)
-    const output: LogOutput = tty ? { ...stderrOutput, beforeWrite: board.erase } : stderrOutput
+    const board = makeBoard(stderrOutput.write, () => ({ columns: process.stderr.columns || 80, rows: process.stderr.rows || 24 }))
+    // on a terminal, everything printed while the board is up goes above it
+    const output: LogOutput = tty ? { write: (line) => board.above(line) } : stderrOutput
+    const results = tty && process.stdout.isTTY === true
+      ? (text: string) => Effect.sync(() => board.above(`${text}\n`, (s) => void process.stdout.write(s)))
+      : undefined
     return run(
       flags,
       Effect.gen(function*() {
@@ -271,8 +280,7 @@ const sendCommand = Command.make(
           onCommit: flags.onCommit
         }
         if (Option.isSome(flags.metrics)) yield* serveMetrics({ ...flags.metrics.value, ...(yield* senderEndpoint) })
-        if (tty) yield* runBoard(board)
-        else if (!flags.quiet) {
+        if (!tty && !flags.quiet) {
           yield* runProgressReports({
             every: flags.progressInterval,
             events: flags.json,
@@ -283,7 +291,11 @@ const sendCommand = Command.make(
         const outcome = yield* Effect.raceFirst(
           Effect.map(send(options), (summary) => ({ _tag: "Done" as const, summary })),
           Effect.map(nextSignal, (signal) => ({ _tag: "Stopped" as const, signal }))
-        ).pipe((work) => printingEvents(flags.json, resultLine, work))
+        ).pipe(
+          (work) => printingEvents(flags.json, resultLine, work, results),
+          // the board is left on screen before the summary, which comes below it
+          (work) => (tty ? Effect.scoped(Effect.zipRight(runBoard(board), work)) : work)
+        )
         const progress = yield* Progress
         const snapshot = yield* SubscriptionRef.get(progress.state)
         const committed = [...snapshot.values()].filter((p) => p.phase === "committed")

@@ -21,10 +21,9 @@ export interface LogStyle {
   readonly debug: boolean
 }
 
-/** Where lines go. `beforeWrite` runs before each one: the CLI erases the live progress board there. */
+/** Where lines go (on a terminal, the CLI prints them above its progress board). */
 export interface LogOutput {
   readonly write: (line: string) => void
-  readonly beforeWrite?: () => void
 }
 
 export const stderrOutput: LogOutput = { write: (line) => void process.stderr.write(line) }
@@ -94,7 +93,6 @@ export const formatEvent = (style: LogStyle, event: LogEvent): string => {
 export const ferryLogger = (style: LogStyle, output: LogOutput = stderrOutput) =>
   Logger.make((options) => {
     const line = formatEvent(style, { ...options, annotations: HashMap.toEntries(options.annotations) })
-    output.beforeWrite?.()
     output.write(`${line}\n`)
   })
 

@@ -118,14 +118,6 @@ describe("log lines", () => {
       const lines = yield* logged({ format: "text", debug: true }, Effect.logDebug("found 2 datasets").pipe(Effect.annotateLogs("dataset", "abc")))
       expect(lines).toEqual(["1970-01-01T00:00:00.000Z DEBUG found 2 datasets dataset=abc\n"])
     }))
-
-  it.effect("the hook runs before every line (the CLI erases the progress board there)", () =>
-    Effect.gen(function*() {
-      const out: Array<string> = []
-      const output = { write: (line: string) => void out.push(line), beforeWrite: () => void out.push("<erase>") }
-      yield* Effect.all([Effect.logInfo("a"), Effect.logInfo("b")]).pipe(Effect.provide(LoggingLive({ format: "text", debug: false }, output)))
-      expect(out).toEqual(["<erase>", "ferry: a\n", "<erase>", "ferry: b\n"])
-    }))
 })
 
 describe("what @effect/cli prints, as ferry shows it", () => {

@@ -10,6 +10,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
@@ -97,10 +98,10 @@ const averageRate = (p: DatasetProgress, now: number) => {
   return elapsed > 0 ? (p.ackedBytes - p.heldBytes) / elapsed : 0
 }
 
-/** One line for a dataset; `rate` in bytes per second (default: the average so far). */
-export const describe = (p: DatasetProgress, now = Date.now(), rate = averageRate(p, now), width = 24): string => {
-  if (p.phase === "waiting") return `${p.dataset}: waiting for ${p.dataset}.done`
-  if (p.phase === "queued") return `${p.dataset}: queued${p.note === "" ? "" : ` (${p.note})`}`
+/** What a row says after the dataset's name; `rate` in bytes per second. */
+const status = (p: DatasetProgress, rate: number, width: number): string => {
+  if (p.phase === "waiting") return `waiting for ${p.dataset}.done`
+  if (p.phase === "queued") return `queued${p.note === "" ? "" : ` (${p.note})`}`
   const fraction = p.pieces === 0 ? 1 : p.ackedPieces / p.pieces
   const eta = rate > 0 ? (p.bytes - p.ackedBytes) / rate : Number.NaN
   const filled = Math.round(fraction * width)
@@ -113,46 +114,140 @@ export const describe = (p: DatasetProgress, now = Date.now(), rate = averageRat
     : p.phase === "committing"
     ? "committing"
     : `failed${p.note === "" ? "" : `: ${p.note}`}`
-  return `${p.dataset} ${bar} ${(fraction * 100).toFixed(1).padStart(5)}% ${pieces} ${mb(p.ackedBytes)} of ${mb(p.bytes)} ${tail}`
+  return `${bar} ${(fraction * 100).toFixed(1).padStart(5)}% ${pieces} ${mb(p.ackedBytes)} of ${mb(p.bytes)} ${tail}`
+}
+
+/** One line for a dataset; `rate` in bytes per second (default: the average so far). */
+export const describe = (p: DatasetProgress, now = Date.now(), rate = averageRate(p, now), width = 24): string =>
+  `${p.dataset}${p.phase === "waiting" || p.phase === "queued" ? ":" : ""} ${status(p, rate, width)}`
+
+export interface TerminalSize {
+  readonly columns: number
+  readonly rows: number
+}
+
+/** A note from a server or the system may hold a line break, which would break the board's count of its lines. */
+const oneLine = (text: string) => text.replace(/[\x00-\x1f\x7f-\x9f]/g, " ")
+
+/** Cuts a line to `width` columns (names and numbers are one column a character). */
+const clip = (text: string, width: number) => {
+  const chars = [...text]
+  return chars.length <= width ? text : chars.slice(0, width).join("")
+}
+
+const PHASES: ReadonlyArray<Phase> = ["waiting", "queued", "sending", "committing", "committed", "failed"]
+
+/**
+ * The board's rows: one a dataset, names in one column, each row shorter than the terminal is
+ * wide (a row that wrapped would leave a copy behind when the board is redrawn), and fewer rows
+ * than the terminal is high (the cursor cannot move back above the top of the screen). When the
+ * datasets do not fit, the finished ones go first, oldest first, and the last row counts those
+ * not shown.
+ */
+export const boardRows = (snapshot: Snapshot, now: number, size: TerminalSize): Array<string> => {
+  const width = Math.max(20, size.columns - 1)
+  const height = Math.max(2, size.rows - 1)
+  let shown = [...snapshot.values()]
+  if (shown.length > height) {
+    let finishedToHide = shown.length - (height - 1)
+    shown = shown.filter((p) => !(finished(p) && finishedToHide-- > 0))
+    shown = shown.slice(0, height - 1)
+  }
+  const hidden = [...snapshot.values()].filter((p) => !shown.includes(p))
+  // a long name is shortened rather than pushing every bar off the screen
+  const nameWidth = Math.min(Math.max(0, ...shown.map((p) => p.dataset.length)), Math.max(8, Math.floor(width / 3)))
+  const name = (n: string) => (n.length > nameWidth ? `${n.slice(0, nameWidth - 1)}~` : n.padEnd(nameWidth))
+  const rows = shown.map((p) => clip(oneLine(`${name(p.dataset)} ${status(p, averageRate(p, now), 24)}`), width))
+  if (hidden.length > 0) {
+    const counts = PHASES.map((phase) => [phase, hidden.filter((p) => p.phase === phase).length] as const).filter(([, n]) => n > 0)
+    rows.push(clip(`(${hidden.length} more: ${counts.map(([phase, n]) => `${n} ${phase}`).join(", ")})`, width))
+  }
+  return rows
 }
 
 /**
- * The live board at the bottom of a terminal. A log line printed meanwhile first erases it (the
- * logger calls `erase`), and the board is drawn again below it on its next tick, so neither
- * overwrites the other. Lines are clipped to the terminal's width, so that a redraw never leaves
- * a wrapped copy behind.
+ * The live board at the bottom of a terminal. It owns the lines under the cursor: whatever else
+ * is printed while it is up (log lines, each dataset's result line) goes through `above`, which
+ * erases the board, prints the lines and draws the board again below them, so nothing is left
+ * half overwritten. Each redraw moves up over the lines drawn last time, rewrites them and erases
+ * what is below, so the board can grow and shrink. `leave` draws it a last time and leaves it on
+ * screen: what is printed after it (the run's summary) comes below.
  */
-export const makeBoard = (write: (s: string) => void, columns: () => number) => {
-  let lines = 0
+export const makeBoard = (write: (s: string) => void, size: () => TerminalSize) => {
+  let drawn = 0 // rows of the board on screen, right above the cursor
+  let painted = "" // what they show
+  let latest: { readonly snapshot: Snapshot; readonly now: number } | undefined
+  let left = false
+  const up = () => (drawn > 0 ? `\x1b[${drawn}A` : "")
+  /** The bytes that bring the screen from what was drawn to the latest board. */
+  const redraw = () => {
+    const rows = latest === undefined ? [] : boardRows(latest.snapshot, latest.now, size())
+    const text = rows.map((r) => `\x1b[2K${r}\n`).join("")
+    if (text === painted) return ""
+    const out = `${up()}${text}\x1b[J`
+    drawn = rows.length
+    painted = text
+    return out
+  }
+  const erase = () => {
+    const out = drawn > 0 ? `${up()}\x1b[J` : ""
+    drawn = 0
+    painted = ""
+    return out
+  }
+  const flush = (out: string) => {
+    if (out !== "") write(out)
+  }
   return {
-    erase: () => {
-      if (lines > 0) write(`\x1b[${lines}A\x1b[0J`)
-      lines = 0
-    },
     draw: (snapshot: Snapshot, now = Date.now()) => {
-      if (snapshot.size === 0) return
-      const width = Math.max(20, columns() - 1)
-      let out = lines > 0 ? `\x1b[${lines}A` : ""
-      for (const p of snapshot.values()) out += `\x1b[2K${describe(p, now).slice(0, width)}\n`
-      lines = snapshot.size
-      write(out)
+      if (left) return
+      latest = { snapshot, now }
+      flush(redraw())
     },
-    /** Leaves what is drawn on screen for good: what follows prints below it. */
-    keep: () => {
-      lines = 0
+    /**
+     * Prints whole lines (ending with a line break) above the board. `to` is where they go, when
+     * not where the board is written: stdout's result lines on the same terminal as stderr's board.
+     */
+    above: (lines: string, to?: (s: string) => void) => {
+      if (left) return (to ?? write)(lines)
+      if (to === undefined) return write(`${erase()}${lines}${redraw()}`)
+      flush(erase())
+      to(lines)
+      flush(redraw())
+    },
+    /** Draws the board a last time and leaves it on screen: what is printed afterwards comes below it. */
+    leave: (snapshot?: Snapshot, now = Date.now()) => {
+      if (left) return
+      if (snapshot !== undefined) latest = { snapshot, now }
+      flush(redraw())
+      left = true
+      drawn = 0
     }
   }
 }
 
 export type Board = ReturnType<typeof makeBoard>
 
-/** Redraws the board every `every` until the scope closes, then once more, and leaves it. */
+/**
+ * Redraws the board every `every` until the scope closes; then stops redrawing, draws it a last
+ * time and leaves it, so that what the program prints next comes below the final board.
+ */
 export const runBoard = (board: Board, every: Duration.DurationInput = "200 millis"): Effect.Effect<void, never, Progress | Scope.Scope> =>
   Effect.gen(function*() {
     const progress = yield* Progress
-    const draw = Effect.flatMap(SubscriptionRef.get(progress.state), (s) => Effect.sync(() => board.draw(s)))
-    yield* draw.pipe(Effect.repeat(Schedule.spaced(every)), Effect.forkScoped)
-    yield* Effect.addFinalizer(() => Effect.zipRight(draw, Effect.sync(() => board.keep())))
+    const current = Effect.zip(SubscriptionRef.get(progress.state), Clock.currentTimeMillis)
+    const ticker = yield* current.pipe(
+      Effect.flatMap(([snapshot, now]) => Effect.sync(() => board.draw(snapshot, now))),
+      Effect.repeat(Schedule.spaced(every)),
+      Effect.forkScoped
+    )
+    // the ticker stops first, so that no redraw comes after the last one
+    yield* Effect.addFinalizer(() =>
+      Fiber.interrupt(ticker).pipe(
+        Effect.zipRight(current),
+        Effect.flatMap(([snapshot, now]) => Effect.sync(() => board.leave(snapshot, now)))
+      )
+    )
   })
 
 /**
