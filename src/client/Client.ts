@@ -12,12 +12,14 @@
 import type * as FileSystem from "@effect/platform/FileSystem"
 import type * as Path from "@effect/platform/Path"
 import * as Data from "effect/Data"
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
+import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -36,7 +38,7 @@ import type { ConnectionOptions, LinkError } from "./Connection.js"
 import { awaitMarker, inventory, nameProblem, readManifest } from "./Folder.js"
 import { Progress } from "./Progress.js"
 import { type DatasetReport, transfer, type TransferOptions } from "./Transfer.js"
-import { isTransient, makeUplink, type ReconnectPolicy, type Uplink, type UplinkState } from "./Uplink.js"
+import { isTransient, makeUplink, type ReconnectPolicy, type Uplink } from "./Uplink.js"
 
 export { autoConnections, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS } from "./Uplink.js"
 export type { DatasetReport } from "./Transfer.js"
@@ -122,17 +124,18 @@ const affinity = (dataset: string, server: string): number => {
  */
 const pickUplink = (uplinks: ReadonlyArray<Uplink>, dataset: string, avoid: ReadonlySet<string>) =>
   Stream.mergeAll(uplinks.map((u) => u.state.changes), { concurrency: "unbounded" }).pipe(
-    Stream.mapEffect(() => Effect.forEach(uplinks, (u) => Effect.map(SubscriptionRef.get(u.state), (s) => [u, s] as const))),
+    Stream.mapEffect(() => Effect.forEach(uplinks, (u) => Effect.all([Effect.succeed(u), SubscriptionRef.get(u.state), Ref.get(u.load)] as const))),
     Stream.map((states): Either.Either<Uplink, LinkError> | undefined => {
+      const load = new Map(states.map(([u, , n]) => [u, n]))
       const up = states.filter(([, s]) => s._tag === "Up").map(([u]) => u)
       if (up.length === 0) {
-        const gone = states.filter((x): x is readonly [Uplink, Extract<UplinkState, { _tag: "Gone" }>] => x[1]._tag === "Gone")
-        return gone.length === states.length ? Either.left(gone[0]![1].error) : undefined
+        const gone = states.flatMap(([, s]) => (s._tag === "Gone" ? [s.error] : []))
+        return gone.length === states.length ? Either.left(gone[0]!) : undefined
       }
       const preferred = up.filter((u) => !avoid.has(u.address))
       const candidates = preferred.length > 0 ? preferred : up
       return Either.right(candidates.reduce((best, u) =>
-        u.load < best.load || (u.load === best.load && affinity(dataset, u.address) > affinity(dataset, best.address)) ? u : best
+        load.get(u)! < load.get(best)! || (load.get(u) === load.get(best) && affinity(dataset, u.address) > affinity(dataset, best.address)) ? u : best
       ))
     }),
     Stream.filter((x): x is Either.Either<Uplink, LinkError> => x !== undefined),
@@ -172,9 +175,9 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const ready = yield* Queue.unbounded<Holdings>()
     // the first scan counts as pending until every dataset it found is taken up: a dataset that fails
     // at once must not end the run (shut the queue) before the others are in it
-    let pending = 1
+    const pending = yield* Ref.make(1)
 
-    const finish = Effect.suspend(() => (--pending === 0 && !options.watch ? Queue.shutdown(ready) : Effect.void))
+    const finish = Effect.flatMap(Ref.updateAndGet(pending, (n) => n - 1), (n) => (n === 0 && !options.watch ? Queue.shutdown(ready) : Effect.void))
 
     const fail = (dataset: string, error: DatasetFailure["error"]) =>
       Effect.gen(function*() {
@@ -201,17 +204,19 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         const manifest = yield* readManifest(dir, holdings)
         const avoid = new Set<string>()
         let stalledSince: { readonly at: number; readonly acked: number } | undefined
-        const stalledTooLong = () => {
-          const now = Date.now()
+        // read on Effect's Clock, so that TestClock can drive --retry-for
+        const stalledTooLong = Effect.map(Clock.currentTimeMillis, (now) => {
           if (stalledSince === undefined || ackedEverywhere() !== stalledSince.acked) stalledSince = { at: now, acked: ackedEverywhere() }
           return !options.watch && now - stalledSince.at > Duration.toMillis(options.retryFor)
-        }
+        })
         const once = Effect.gen(function*() {
           // every server given up on: nothing left to try, whatever the error says
           const uplink = yield* pickUplink(uplinks, name, avoid).pipe(Effect.mapError((error) => new NoServerLeft({ error })))
-          uplink.load++
-          return yield* Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest)).pipe(
-            Effect.ensuring(Effect.sync(() => void uplink.load--)),
+          return yield* Effect.acquireUseRelease(
+            Ref.update(uplink.load, (n) => n + 1),
+            () => Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest)),
+            () => Ref.update(uplink.load, (n) => n - 1)
+          ).pipe(
             Effect.tapError((e) =>
               isDeferred(e)
                 ? Effect.gen(function*() {
@@ -228,7 +233,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         })
         return yield* once.pipe(
           Effect.retry({ while: (e) => e._tag !== "NoServerLeft" && isLinkLost(e) }),
-          Effect.retry({ schedule: deferralSchedule, while: (e) => e._tag !== "NoServerLeft" && isDeferred(e) && !stalledTooLong() }),
+          Effect.retry({ schedule: deferralSchedule, while: (e) => e._tag !== "NoServerLeft" && isDeferred(e) ? Effect.map(stalledTooLong, (stalled) => !stalled) : false }),
           Effect.mapError((e) => (e._tag === "NoServerLeft" ? e.error : e))
         )
       }).pipe(
@@ -259,7 +264,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         const name = holdings.dataset
         if (taken.has(name)) return
         taken.add(name)
-        pending++
+        yield* Ref.update(pending, (n) => n + 1)
         const invalid = nameProblem(name)
         if (invalid !== undefined) {
           yield* fail(name, new DatasetError({ dataset: name, reason: invalid }))

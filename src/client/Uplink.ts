@@ -10,6 +10,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Metric from "effect/Metric"
+import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -81,7 +82,7 @@ export interface Uplink {
   /** A handle for a new dataset transfer (unique on this server's connections). */
   readonly nextHandle: () => number
   /** Datasets being sent to it now, for the choice of the least loaded. */
-  load: number
+  readonly load: Ref.Ref<number>
   /** Pieces acknowledged by this server over the whole run. */
   readonly acked: () => number
 }
@@ -188,7 +189,7 @@ export const makeUplink = (
     return {
       address: name,
       state,
-      load: 0,
+      load: yield* Ref.make(0),
       nextHandle: () => ++handles,
       acked: () => ackedBefore + ackedNow(),
       connections: state.changes.pipe(
