@@ -33,7 +33,8 @@ import type { PieceReader } from "../services/PieceReader.js"
 import type { Address, Transport } from "../services/Transport.js"
 import { cleanUp, finishInterruptedMove, type OnCommit } from "./Cleanup.js"
 import type { ConnectionOptions, LinkError } from "./Connection.js"
-import { awaitMarker, inventory, nameProblem, readManifest } from "./Folder.js"
+import { defaultEarlyTiming, earlyTransfer, type EarlyTiming } from "./Early.js"
+import { awaitMarker, inventory, markerPresent, nameProblem, readManifest } from "./Folder.js"
 import { Progress } from "./Progress.js"
 import { type DatasetReport, transfer, type TransferOptions } from "./Transfer.js"
 import { isTransient, makeUplink, type ReconnectPolicy, type Uplink, type UplinkState } from "./Uplink.js"
@@ -73,6 +74,9 @@ export interface SendOptions extends TransferOptions, ReconnectPolicy {
   readonly markerTimeout: Duration.DurationInput | undefined
   /** What to do with a dataset's files once the server has committed it. */
   readonly onCommit: OnCommit
+  /** Send a dataset's pieces as they appear, before its marker (client/Early.ts), and how often to look. */
+  readonly early: boolean
+  readonly earlyTiming: EarlyTiming
 }
 
 export const defaultSendOptions: Omit<SendOptions, "dir" | "addresses"> = {
@@ -90,7 +94,9 @@ export const defaultSendOptions: Omit<SendOptions, "dir" | "addresses"> = {
   cap: "10 seconds",
   watch: false,
   markerTimeout: undefined,
-  onCommit: { _tag: "Keep" }
+  onCommit: { _tag: "Keep" },
+  early: false,
+  earlyTiming: defaultEarlyTiming
 }
 
 export interface DatasetFailure {
@@ -198,7 +204,9 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const sendOne = (holdings: Holdings) =>
       Effect.gen(function*() {
         const name = holdings.dataset
-        const manifest = yield* readManifest(dir, holdings)
+        // --early: a dataset without its marker is sent as its pieces appear
+        const early = options.early && !(yield* markerPresent(dir, name))
+        const manifest = early ? undefined : yield* readManifest(dir, holdings)
         const avoid = new Set<string>()
         let stalledSince: { readonly at: number; readonly acked: number } | undefined
         const stalledTooLong = () => {
@@ -210,7 +218,10 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
           // every server given up on: nothing left to try, whatever the error says
           const uplink = yield* pickUplink(uplinks, name, avoid).pipe(Effect.mapError((error) => new NoServerLeft({ error })))
           uplink.load++
-          return yield* Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest)).pipe(
+          return yield* Effect.flatMap(uplink.connections, (connections) =>
+            manifest === undefined
+              ? earlyTransfer({ ...options, timing: options.earlyTiming }, connections, uplink.nextHandle(), name)
+              : transfer(options, connections, uplink.nextHandle(), manifest)).pipe(
             Effect.ensuring(Effect.sync(() => void uplink.load--)),
             Effect.tapError((e) =>
               isDeferred(e)
@@ -244,6 +255,11 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
               yield* Metric.increment(committedDatasets)
               yield* publish({ event: "committed", dataset: report.dataset, server: report.server, bytes: report.size, pieces: report.pieces, sent: report.sent, crc32: report.crc32, seconds: report.seconds, alreadyCommitted: report.alreadyCommitted })
               if (options.onCommit._tag !== "Keep") {
+                // sent early: the pieces were counted before they were all there
+                if (options.early) {
+                  const now = (yield* Effect.orElseSucceed(inventory(dir), () => undefined))?.datasets.get(report.dataset)
+                  if (now !== undefined) holdings = now
+                }
                 const cleaned = yield* Effect.either(cleanUp(dir, { dataset: report.dataset, first: holdings.lowest === Infinity ? 0 : holdings.lowest, count: holdings.pieces }, options.onCommit))
                 if (Either.isLeft(cleaned)) yield* Effect.logWarning(`${report.dataset}: committed, but ${cleaned.left.message}`)
                 else yield* publish({ event: "cleaned", dataset: report.dataset, action: options.onCommit._tag === "Move" ? "move" : "delete", to: options.onCommit._tag === "Move" ? options.onCommit.to : null })
@@ -265,7 +281,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
           yield* fail(name, new DatasetError({ dataset: name, reason: invalid }))
           return yield* finish
         }
-        if (markerThere) {
+        if (markerThere || options.early) {
           yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: "" }))
           return yield* Queue.offer(ready, holdings)
         }
