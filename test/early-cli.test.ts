@@ -13,6 +13,21 @@ import { freePort, heldPieces, linesOf, makeFake, startJsonServer, until } from 
 const dirs = tempDirs()
 afterAll(() => dirs.cleanup())
 
+/** `ferry serve --json` on a given port (to be started again on it). */
+const serveOn = async (dest: string, port: string) => {
+  const server = spawnFerry(["serve", "--port", port, "--host", "127.0.0.1", "--dest", dest, "--json"])
+  const m = await server.waitFor(/"event":"listening".*?"address":"([^"]+)"/)
+  return {
+    ...server,
+    address: m[1]!,
+    events: () => linesOf(server.output().stdout).map((l) => JSON.parse(l) as Record<string, unknown>),
+    stop: async () => {
+      if (server.child.exitCode === null) server.child.kill("SIGTERM")
+      return server.exited
+    }
+  }
+}
+
 const pieceName = (name: string, i: number) => `${name}-${String(i).padStart(7, "0")}.gz`
 
 describe("send --early", () => {
@@ -23,7 +38,7 @@ describe("send --early", () => {
     const made = await makeFake(staging, "ea", ["--size", "400000", "--slice", "4KiB", "--seed", "91"]) // 98 pieces, the last of 2688 bytes
     const move = (i: number) => renameSync(join(staging, pieceName("ea", i)), join(src, pieceName("ea", i)))
     const port = String(await freePort())
-    let server = await startJsonServer(dest, ["--port", port])
+    let server = await serveOn(dest, port)
     const address = server.address
     const senders: Array<ReturnType<typeof spawnFerry>> = []
     try {
@@ -40,7 +55,7 @@ describe("send --early", () => {
       for (let i = 41; i <= 60; i++) writeFileSync(join(src, pieceName("ea", i)), whole(i).subarray(0, whole(i).length >> 1))
       server.child.kill("SIGKILL")
       await server.exited
-      server = await startJsonServer(dest, ["--port", port])
+      server = await serveOn(dest, port)
       const second = spawnFerry(["send", "--path", src, "--address", address, "--quiet"], { env: { FERRY_EARLY: "1" } })
       senders.push(second)
       await until(() => server.events().some((e) => e.event === "dataset-opened" && e.dataset === "ea"), 30_000, "the dataset opened again")
