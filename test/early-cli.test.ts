@@ -109,4 +109,22 @@ describe("send --early", () => {
       rmSync(src, { recursive: true, force: true })
     }
   }, 120_000)
+
+  it("a marker that disagrees with the pieces sent early fails the dataset by name, exit 1, no .done", async () => {
+    const src = dirs.make("src")
+    const dest = dirs.make("dest")
+    await makeFake(src, "dx", ["--size", "40960", "--slice", "4KiB", "--seed", "93", "--no-marker"]) // 10 whole slices
+    const server = await startJsonServer(dest)
+    try {
+      const sender = spawnFerry(["send", "--early", "--path", src, "--address", server.address, "--quiet"])
+      await until(() => heldPieces(dest, "dx") >= 10, 30_000, "10 pieces on the server")
+      writeFileSync(join(src, "dx.done"), "38000\n")
+      expect(await sender.exited).toBe(1)
+      expect(sender.output().stdout).toContain("dx: failed (BadManifest): dataset dx: server refused it (BadManifest): dx.done says 38000 bytes, so the last piece dx-0000009.gz must hold 1136 bytes, but it was sent and verified with 4096")
+      expect(readdirSync(dest)).not.toContain("dx.done")
+      expect(readdirSync(dest)).not.toContain("dx")
+    } finally {
+      await server.stop()
+    }
+  }, 60_000)
 })
