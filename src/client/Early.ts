@@ -113,6 +113,21 @@ export const earlyTransfer = (options: TransferOptions & { readonly timing: Earl
     const reopen = new Set<number>()
     let fatal: DatasetRejected | LinkError | undefined
     const looks = new Map<number, PieceLook>()
+    /** The slice CRC32 of every piece read to be sent (from its trailer): the seal needs them, and they need not be read again. */
+    let known = new Uint32Array(1024)
+    const knownBits = new PieceBitmap(bound)
+    const learn = (indices: Uint32Array, crcs: Uint32Array) => {
+      const top = indices[indices.length - 1]!
+      if (top >= known.length) {
+        const grown = new Uint32Array(Math.min(bound, Math.max(top + 1, known.length * 2)))
+        grown.set(known)
+        known = grown
+      }
+      for (let k = 0; k < indices.length; k++) {
+        known[indices[k]!] = crcs[k]!
+        knownBits.set(indices[k]!)
+      }
+    }
     yield* progress.update(dataset, (p) => ({ ...p, phase: "sending", pieces: 0, bytes: 0, ackedPieces: acked, ackedBytes: acked * S, heldBytes: acked * S, startedAt: started, server, note: "early" }))
 
     /** Batches of a connection whose dataset failed go back to be sent again (their pieces were not recorded). */
@@ -177,6 +192,7 @@ export const earlyTransfer = (options: TransferOptions & { readonly timing: Earl
             for (const i of indices) claimed.bits[i >>> 3]! &= ~(1 << (i & 7))
             return
           }
+          learn(indices, frame.right.crcs)
           inFlight.set(seq, { indices, on })
           seq++
           sent += indices.length
@@ -198,10 +214,13 @@ export const earlyTransfer = (options: TransferOptions & { readonly timing: Earl
         const ready: Array<number> = []
         for (const index of yield* piecesPresent(dir, dataset)) {
           if (index >= bound || claimed.has(index)) continue
-          const now = yield* lookAt(dir, dataset, index, at)
-          if (Option.isNone(now)) continue
           const before = looks.get(index)
-          looks.set(index, now.value)
+          const now = yield* lookAt(dir, dataset, index, at, (size, mtimeMs) =>
+            before !== undefined && before.size === size && before.mtimeMs === mtimeMs && at - before.at >= settle)
+          if (Option.isNone(now)) continue
+          // still since `before`: keep the time it has been still since
+          const still = before !== undefined && before.size === now.value.size && before.mtimeMs === now.value.mtimeMs
+          looks.set(index, still ? { ...now.value, at: before.at } : now.value)
           const suspect = suspects.get(index)
           if (suspect !== undefined) {
             if (suspect.size === now.value.size && suspect.mtimeMs === now.value.mtimeMs) continue
@@ -240,7 +259,8 @@ export const earlyTransfer = (options: TransferOptions & { readonly timing: Earl
     const marked = yield* connections[0]!.ask(handle, new Marker({ handle, size: manifest.size }))
     // replies that came while the marker was on its way (none is expected) are no news now
     yield* Effect.forEach(boxes, (box) => Queue.takeAll(box), { discard: true })
-    return yield* sendOpened(options, connections, handle, manifest, boxes, marked, { started, sentBefore: sent })
+    const crcOf = (index: number) => (index < bound && knownBits.has(index) ? known[index] : undefined)
+    return yield* sendOpened(options, connections, handle, manifest, boxes, marked, { started, sentBefore: sent, crcOf })
   }).pipe(Effect.scoped)
 
 export type EarlyEnvironment = FileSystem.FileSystem | Path.Path | DatasetScanner | PieceReader | Progress

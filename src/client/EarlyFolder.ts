@@ -22,8 +22,18 @@ export interface PieceLook extends Look {
   readonly isize: number
 }
 
-/** Looks at one piece: None when it cannot be read now (gone, or not yet there). */
-export const lookAt = (dir: string, dataset: string, index: number, at: number): Effect.Effect<Option.Option<PieceLook>, never, FileSystem.FileSystem | Path.Path> =>
+/**
+ * Looks at one piece: None when it cannot be read now (gone, or not yet there). Its first and last
+ * bytes are read only when `read` says so (its size and time held still since the last look):
+ * most looks are one stat.
+ */
+export const lookAt = (
+  dir: string,
+  dataset: string,
+  index: number,
+  at: number,
+  read: (size: number, mtimeMs: number) => boolean = () => true
+): Effect.Effect<Option.Option<PieceLook>, never, FileSystem.FileSystem | Path.Path> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
@@ -32,7 +42,7 @@ export const lookAt = (dir: string, dataset: string, index: number, at: number):
     const size = Number(info.size)
     const mtimeMs = Option.match(info.mtime, { onNone: () => 0, onSome: (d) => d.getTime() })
     // a gzip member is at least 18 bytes (10 of header, an empty block, 8 of trailer)
-    if (size < 18) return Option.some<PieceLook>({ size, mtimeMs, at, magic: false, isize: -1 })
+    if (size < 18 || !read(size, mtimeMs)) return Option.some<PieceLook>({ size, mtimeMs, at, magic: false, isize: -1 })
     const [head, tail] = yield* Effect.scoped(Effect.gen(function*() {
       const handle = yield* fs.open(file, { flag: "r" })
       const head = yield* handle.readAlloc(2)

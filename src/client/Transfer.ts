@@ -119,6 +119,31 @@ const addTrailers = (dir: string, m: Manifest, runs: Iterable<readonly [number, 
       return Effect.map(reader.trailers(dir, m, indices), (crcs) => addRun(crc, m, indices, crcs))
     }, { discard: true }))
 
+/**
+ * The held pieces' slice CRCs into the file's CRC: those known already (read while sending early)
+ * from `crcOf`, the others from their trailers.
+ */
+const addHeld = (dir: string, m: Manifest, held: PieceBitmap, crc: ContentCrc, crcOf: ((index: number) => number | undefined) | undefined) =>
+  Effect.gen(function*() {
+    if (crcOf === undefined) return yield* addTrailers(dir, m, held.heldRuns(), crc)
+    const unknown: Array<readonly [number, number]> = []
+    for (const [a, b] of held.heldRuns()) {
+      let k = a
+      while (k < b) {
+        const start = k
+        if (crcOf(m.first + k) === undefined) {
+          while (k < b && crcOf(m.first + k) === undefined) k++
+          unknown.push([start, k])
+        } else {
+          while (k < b && crcOf(m.first + k) !== undefined) k++
+          const indices = Uint32Array.from({ length: k - start }, (_, j) => m.first + start + j)
+          addRun(crc, m, indices, Uint32Array.from(indices, (i) => crcOf(i)!))
+        }
+      }
+    }
+    yield* addTrailers(dir, m, unknown, crc)
+  })
+
 const heldBytes = (m: Manifest, held: PieceBitmap): number => {
   let bytes = 0
   for (const [a, b] of held.heldRuns()) for (let i = a; i < b; i++) bytes += lengthOf(m, m.first + i)
@@ -152,7 +177,7 @@ export const sendOpened = (
   manifest: Manifest,
   boxes: ReadonlyArray<Queue.Dequeue<Reply>>,
   first: Opened,
-  since: { readonly started: number; readonly sentBefore: number }
+  since: { readonly started: number; readonly sentBefore: number; readonly crcOf?: (index: number) => number | undefined }
 ) =>
   Effect.gen(function*() {
     const reader = yield* PieceReader
@@ -177,7 +202,7 @@ export const sendOpened = (
     const missing = manifest.count - held.held
     if (held.held > 0) {
       yield* Effect.logInfo(`${name}: server already holds ${held.held} of ${manifest.count} pieces; sending the other ${missing}`)
-      yield* addTrailers(options.dir, manifest, held.heldRuns(), crc)
+      yield* addHeld(options.dir, manifest, held, crc, since.crcOf)
     }
     const already = heldBytes(manifest, held)
     yield* progress.update(name, (p) => ({ ...p, phase: missing === 0 ? "committing" : "sending", pieces: manifest.count, bytes: manifest.size, ackedPieces: held.held, ackedBytes: already, heldBytes: already, startedAt: started, server, note: "" }))
