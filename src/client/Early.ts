@@ -184,19 +184,18 @@ export const earlyTransfer = (options: TransferOptions & { readonly timing: Earl
 
       const sendRun = (indices: Uint32Array) =>
         Effect.gen(function*() {
-          const c = roomiest()
-          const on = connections.indexOf(c)
-          const frame = yield* Effect.either(reader.read({ dir, geometry, handle, seq, indices, maxPieceBytes: serverMax - 64, expectBytes: pieceBytes * indices.length }))
+          const mine = seq++
+          const frame = yield* Effect.either(reader.read({ dir, geometry, handle, seq: mine, indices, maxPieceBytes: serverMax - 64, expectBytes: pieceBytes * indices.length }))
           if (frame._tag === "Left") {
             // changed or gone since it looked finished: looked at again later
             for (const i of indices) claimed.bits[i >>> 3]! &= ~(1 << (i & 7))
             return
           }
           learn(indices, frame.right.crcs)
-          inFlight.set(seq, { indices, on })
-          seq++
+          const c = roomiest()
+          inFlight.set(mine, { indices, on: connections.indexOf(c) })
           sent += indices.length
-          yield* c.sendBatch(handle, frame.right.seq, indices.length, frame.right.frame, frame.right.release)
+          yield* c.sendBatch(handle, mine, indices.length, frame.right.frame, frame.right.release)
           yield* Metric.incrementBy(sentPieces, indices.length)
           yield* Metric.incrementBy(sentBytes, frame.right.pieceBytes)
         })
@@ -212,32 +211,42 @@ export const earlyTransfer = (options: TransferOptions & { readonly timing: Earl
         const markerThere = yield* markerPresent(dir, dataset)
         const at = yield* Clock.currentTimeMillis
         const ready: Array<number> = []
-        for (const index of yield* piecesPresent(dir, dataset)) {
-          if (index >= bound || claimed.has(index)) continue
+        const unclaimed = (yield* piecesPresent(dir, dataset)).filter((index) => index < bound && !claimed.has(index))
+        // looks go in parallel: each is a stat, or a stat and two small reads (file system calls, not CPU)
+        yield* Effect.forEach(unclaimed, (index) => {
           const before = looks.get(index)
-          const now = yield* lookAt(dir, dataset, index, at, (size, mtimeMs) =>
-            before !== undefined && before.size === size && before.mtimeMs === mtimeMs && at - before.at >= settle)
-          if (Option.isNone(now)) continue
-          // still since `before`: keep the time it has been still since
-          const still = before !== undefined && before.size === now.value.size && before.mtimeMs === now.value.mtimeMs
-          looks.set(index, still ? { ...now.value, at: before.at } : now.value)
-          const suspect = suspects.get(index)
-          if (suspect !== undefined) {
-            if (suspect.size === now.value.size && suspect.mtimeMs === now.value.mtimeMs) continue
-            suspects.delete(index)
-          }
-          if (readiness(before, now.value, settle, now.value.isize, S, now.value.magic) === "ready") ready.push(index)
-        }
-        // runs of consecutive pieces, cut to batches
+          return Effect.map(
+            lookAt(dir, dataset, index, at, (size, mtimeMs) => before !== undefined && before.size === size && before.mtimeMs === mtimeMs && at - before.at >= settle),
+            (now) => {
+              if (Option.isNone(now)) return
+              // still since `before`: keep the time it has been still since
+              const still = before !== undefined && before.size === now.value.size && before.mtimeMs === now.value.mtimeMs
+              looks.set(index, still ? { ...now.value, at: before.at } : now.value)
+              const suspect = suspects.get(index)
+              if (suspect !== undefined) {
+                if (suspect.size === now.value.size && suspect.mtimeMs === now.value.mtimeMs) return
+                suspects.delete(index)
+              }
+              if (readiness(before, now.value, settle, now.value.isize, S, now.value.magic) === "ready") ready.push(index)
+            }
+          )
+        }, { concurrency: 32, discard: true })
+        ready.sort((a, b) => a - b)
+        // runs of consecutive pieces, cut to batches, read ahead and sent as the connections have room
+        const runs: Array<Uint32Array> = []
         for (let k = 0; k < ready.length;) {
           let end = k + 1
           while (end < ready.length && end - k < per && ready[end] === ready[end - 1]! + 1) end++
           const indices = Uint32Array.from(ready.slice(k, end))
           for (const i of indices) claimed.set(i)
-          yield* sendRun(indices)
+          runs.push(indices)
           k = end
         }
-        if (markerThere && ready.length === 0) break
+        yield* Effect.forEach(runs, sendRun, { concurrency: Math.max(2, options.readAhead), discard: true })
+        if (markerThere && ready.length === 0) {
+          yield* Effect.logDebug(`${dataset}: ${markerFileName(dataset)} is there; ${sent} pieces sent early, ${acked} acknowledged`)
+          break
+        }
         yield* sleep(look)
       }
       // the marker is there: every batch acknowledged (or given back) before its size goes to the server
