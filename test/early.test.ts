@@ -10,6 +10,7 @@ import * as zlib from "node:zlib"
 import { markerFileName, pieceFileName } from "../src/domain/Dataset.js"
 import { highestHeld } from "../src/services/store/Growing.js"
 import { PieceBitmap } from "../src/domain/Bitmap.js"
+import { GrowingSpec, growingBound, markerDisagreement, readiness } from "../src/domain/Growing.js"
 import { make, sendAll, sha256, startServer, world } from "./support/world.js"
 import type { MemoryFileSystemHandle } from "./support/MemoryFileSystem.js"
 
@@ -146,6 +147,27 @@ describe("send --early", () => {
       expect(memory.files.list("/dest/.ferry/delta").filter((n) => n.startsWith("epoch."))).toEqual([])
       expect(memory.files.list("/dest/.ferry/omega").filter((n) => n.startsWith("epoch."))).toEqual([])
     }).pipe(Effect.provide(layer))
+  })
+
+  it("the readiness rule and what a marker must agree with", () => {
+    const look = (size: number, mtimeMs: number, at: number) => ({ size, mtimeMs, at })
+    // unseen, grown, touched, or not still long enough: not yet; still, whole slice: ready; smaller: waits for the marker
+    expect(readiness(undefined, look(100, 1, 0), 200, 1000, 1000, true)).toBe("unsettled")
+    expect(readiness(look(90, 1, 0), look(100, 1, 300), 200, 1000, 1000, true)).toBe("unsettled")
+    expect(readiness(look(100, 1, 0), look(100, 2, 300), 200, 1000, 1000, true)).toBe("unsettled")
+    expect(readiness(look(100, 1, 0), look(100, 1, 100), 200, 1000, 1000, true)).toBe("unsettled")
+    expect(readiness(look(100, 1, 0), look(100, 1, 300), 200, 1000, 1000, true)).toBe("ready")
+    expect(readiness(look(100, 1, 0), look(100, 1, 300), 200, 400, 1000, true)).toBe("short")
+    expect(readiness(look(100, 1, 0), look(100, 1, 300), 200, 1000, 1000, false)).toBe("not-gzip")
+    const spec = new GrowingSpec({ dataset: "abc", sliceSize: 1000, first: 0, firstSliceCrc: 0 })
+    expect(growingBound(spec, 10_000_000, 2 ** 44)).toBe(10_000_000)
+    expect(growingBound(spec, 10_000_000, 5_500)).toBe(5)
+    expect(markerDisagreement(spec, 100, 10_000, 9, true)).toBeUndefined()
+    expect(markerDisagreement(spec, 100, 9_500, 8, false)).toBeUndefined()
+    expect(markerDisagreement(spec, 100, 9_500, 9, true)).toMatch(/last piece abc-0000009.gz must hold 500 bytes/)
+    expect(markerDisagreement(spec, 100, 5_000, 9, false)).toMatch(/makes 5 pieces .* but abc-0000009.gz was sent/)
+    expect(markerDisagreement(spec, 100, 200_000, 9, false)).toMatch(/needs 200 pieces, over this server's limit of 100/)
+    expect(markerDisagreement(spec, 100, 0, 0, false)).toMatch(/says 0 bytes/)
   })
 
   it("highestHeld finds the last bit", () => {
