@@ -218,6 +218,7 @@ const sendCommand = Command.make(
     path: setting("path", Text, "DIR", "Folder holding NAME-NNNNNNN.gz pieces and NAME.done markers.").required,
     address: setting("address", AddressListText, "HOST:PORT[,HOST:PORT...]", "Server to send to; with several, datasets are spread over them and move to another when one goes away.").required,
     watch: flag("watch", "Keep watching --path and send every dataset whose marker appears, until stopped (SIGTERM or Ctrl-C)."),
+    early: flag("early", "Send a dataset's pieces as they appear, before its marker (each once it looks finished); commit once the marker is there, as without it."),
     onCommit: setting("on-commit", OnCommitText, "keep|delete|move:DIR", "What to do with a dataset's files once the server has committed it.").withDefault({ _tag: "Keep" }),
     json: flag("json", "Events on stdout as JSON lines (see the README), instead of one line per dataset."),
     allowEmpty: flag("allow-empty", "A folder with no dataset is not an error (exit 0, not 4)."),
@@ -276,6 +277,7 @@ const sendCommand = Command.make(
           tls: flags.tls || ca !== undefined ? { ca, servername: Option.getOrUndefined(flags.tlsServername) } : undefined,
           handshakeTimeout: flags.handshakeTimeout,
           watch: flags.watch,
+          early: flags.early,
           markerTimeout: Option.getOrUndefined(flags.markerTimeout),
           onCommit: flags.onCommit
         }

@@ -35,7 +35,8 @@ import type { PieceReader } from "../services/PieceReader.js"
 import type { Address, Transport } from "../services/Transport.js"
 import { cleanUp, finishInterruptedMove, type OnCommit } from "./Cleanup.js"
 import type { ConnectionOptions, LinkError } from "./Connection.js"
-import { awaitMarker, inventory, nameProblem, readManifest } from "./Folder.js"
+import { defaultEarlyTiming, earlyTransfer, type EarlyTiming } from "./Early.js"
+import { awaitMarker, inventory, markerPresent, nameProblem, readManifest } from "./Folder.js"
 import { Progress } from "./Progress.js"
 import { type DatasetReport, transfer, type TransferOptions } from "./Transfer.js"
 import { isTransient, makeUplink, type ReconnectPolicy, type Uplink } from "./Uplink.js"
@@ -75,6 +76,9 @@ export interface SendOptions extends TransferOptions, ReconnectPolicy {
   readonly markerTimeout: Duration.DurationInput | undefined
   /** What to do with a dataset's files once the server has committed it. */
   readonly onCommit: OnCommit
+  /** Send a dataset's pieces as they appear, before its marker (client/Early.ts), and how often to look. */
+  readonly early: boolean
+  readonly earlyTiming: EarlyTiming
 }
 
 export const defaultSendOptions: Omit<SendOptions, "dir" | "addresses"> = {
@@ -92,7 +96,9 @@ export const defaultSendOptions: Omit<SendOptions, "dir" | "addresses"> = {
   cap: "10 seconds",
   watch: false,
   markerTimeout: undefined,
-  onCommit: { _tag: "Keep" }
+  onCommit: { _tag: "Keep" },
+  early: false,
+  earlyTiming: defaultEarlyTiming
 }
 
 export interface DatasetFailure {
@@ -201,7 +207,9 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const sendOne = (holdings: Holdings) =>
       Effect.gen(function*() {
         const name = holdings.dataset
-        const manifest = yield* readManifest(dir, holdings)
+        // --early: a dataset without its marker is sent as its pieces appear
+        const early = options.early && !(yield* markerPresent(dir, name))
+        const manifest = early ? undefined : yield* readManifest(dir, holdings)
         const avoid = new Set<string>()
         let stalledSince: { readonly at: number; readonly acked: number } | undefined
         // read on Effect's Clock, so that TestClock can drive --retry-for
@@ -214,7 +222,11 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
           const uplink = yield* pickUplink(uplinks, name, avoid).pipe(Effect.mapError((error) => new NoServerLeft({ error })))
           return yield* Effect.acquireUseRelease(
             Ref.update(uplink.load, (n) => n + 1),
-            () => Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest)),
+            () =>
+              Effect.flatMap(uplink.connections, (connections) =>
+                manifest === undefined
+                  ? earlyTransfer({ ...options, timing: options.earlyTiming }, connections, uplink.nextHandle(), name)
+                  : transfer(options, connections, uplink.nextHandle(), manifest)),
             () => Ref.update(uplink.load, (n) => n - 1)
           ).pipe(
             Effect.tapError((e) =>
@@ -249,6 +261,11 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
               yield* Metric.increment(committedDatasets)
               yield* publish({ event: "committed", dataset: report.dataset, server: report.server, bytes: report.size, pieces: report.pieces, sent: report.sent, crc32: report.crc32, seconds: report.seconds, alreadyCommitted: report.alreadyCommitted })
               if (options.onCommit._tag !== "Keep") {
+                // sent early: the pieces were counted before they were all there
+                if (options.early) {
+                  const now = (yield* Effect.orElseSucceed(inventory(dir), () => undefined))?.datasets.get(report.dataset)
+                  if (now !== undefined) holdings = now
+                }
                 const cleaned = yield* Effect.either(cleanUp(dir, { dataset: report.dataset, first: holdings.lowest === Infinity ? 0 : holdings.lowest, count: holdings.pieces }, options.onCommit))
                 if (Either.isLeft(cleaned)) yield* Effect.logWarning(`${report.dataset}: committed, but ${cleaned.left.message}`)
                 else yield* publish({ event: "cleaned", dataset: report.dataset, action: options.onCommit._tag === "Move" ? "move" : "delete", to: options.onCommit._tag === "Move" ? options.onCommit.to : null })
@@ -270,7 +287,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
           yield* fail(name, new DatasetError({ dataset: name, reason: invalid }))
           return yield* finish
         }
-        if (markerThere) {
+        if (markerThere || options.early) {
           yield* progress.update(name, (p) => ({ ...p, phase: "queued", note: "" }))
           return yield* Queue.offer(ready, holdings)
         }

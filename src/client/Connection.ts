@@ -17,7 +17,7 @@ import { proofFor } from "../domain/Auth.js"
 import type { Manifest } from "../domain/Dataset.js"
 import { DatasetRejected, PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
 import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
-import { Close, type ControlMessage, decodeControl, encodeControl, encodeHi, Hello, Hi, Open, type Opened, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
+import { Close, type ControlMessage, decodeControl, encodeControl, encodeHi, Hello, Hi, type Marker, Open, type Opened, type OpenGrowing, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
 import { VERSION } from "../domain/Version.js"
 import { Throttle } from "../services/Throttle.js"
 import { type Address, type Link, type TlsClient, Transport } from "../services/Transport.js"
@@ -44,6 +44,8 @@ export interface Connection {
   /** The replies for a handle, from now until the scope closes (when the handle is forgotten here). */
   readonly mailbox: (handle: number) => Effect.Effect<Queue.Dequeue<Reply>, never, Scope.Scope>
   readonly open: (handle: number, manifest: Manifest) => Effect.Effect<Opened, LinkError | DatasetRejected>
+  /** Sends another request the server answers with Opened (a growing dataset's open, or its marker: see client/Early.ts). */
+  readonly ask: (handle: number, message: OpenGrowing | Marker) => Effect.Effect<Opened, LinkError | DatasetRejected>
   /** Sends a pieces frame once the window has room; its ack frees the room; `onFlushed` runs when the socket is done with the bytes. */
   readonly sendBatch: (handle: number, seq: number, pieces: number, frame: Buffer, onFlushed?: () => void) => Effect.Effect<void, LinkError>
   readonly seal: (handle: number, crc32: string) => Effect.Effect<void, LinkError>
@@ -243,6 +245,14 @@ export const connect = (address: Address, options: ConnectionOptions): Effect.Ef
     )
 
     const whileUp = <A, E>(effect: Effect.Effect<A, E>) => Effect.raceFirst(effect, Deferred.await(lost))
+    const ask = (handle: number, message: Open | OpenGrowing | Marker) =>
+      Effect.gen(function*() {
+        const d = yield* Deferred.make<Opened, DatasetRejected>()
+        opening.set(handle, d)
+        if (!held.has(handle)) held.set(handle, new Map())
+        yield* link.send(encodeControl(message))
+        return yield* whileUp(Deferred.await(d))
+      })
 
     return {
       peer,
@@ -255,14 +265,8 @@ export const connect = (address: Address, options: ConnectionOptions): Effect.Ef
           Effect.tap(Queue.unbounded<Reply>(), (box) => Effect.sync(() => mailboxes.set(handle, box))),
           () => Effect.sync(() => mailboxes.delete(handle))
         ),
-      open: (handle, manifest) =>
-        Effect.gen(function*() {
-          const d = yield* Deferred.make<Opened, DatasetRejected>()
-          opening.set(handle, d)
-          held.set(handle, new Map())
-          yield* link.send(encodeControl(new Open({ handle, manifest })))
-          return yield* whileUp(Deferred.await(d))
-        }),
+      open: (handle, manifest) => Effect.zipRight(Effect.sync(() => held.delete(handle)), ask(handle, new Open({ handle, manifest }))),
+      ask,
       sendBatch: (handle, seq, pieces, frame, onFlushed) =>
         Effect.uninterruptibleMask((restore) =>
           Effect.gen(function*() {

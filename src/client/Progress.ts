@@ -102,8 +102,9 @@ const averageRate = (p: DatasetProgress, now: number) => {
 const status = (p: DatasetProgress, rate: number, width: number): string => {
   if (p.phase === "waiting") return `waiting for ${p.dataset}.done`
   if (p.phase === "queued") return `queued${p.note === "" ? "" : ` (${p.note})`}`
-  const fraction = p.pieces === 0 ? 1 : p.ackedPieces / p.pieces
-  const eta = rate > 0 ? (p.bytes - p.ackedBytes) / rate : Number.NaN
+  // sent early, before its marker, a dataset's total is not known (0): no fraction, no ETA
+  const fraction = p.pieces === 0 ? (p.phase === "sending" ? 0 : 1) : p.ackedPieces / p.pieces
+  const eta = rate > 0 && p.bytes > 0 ? (p.bytes - p.ackedBytes) / rate : Number.NaN
   const filled = Math.round(fraction * width)
   const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}]`
   const pieces = `${p.ackedPieces.toLocaleString("en-US")}/${p.pieces.toLocaleString("en-US")} pieces`
@@ -274,7 +275,7 @@ export const runProgressReports = (options: {
         const seconds = (now - before.at) / 1000
         const rate = seconds > 0 ? Math.max(0, p.ackedBytes - before.bytes) / seconds : 0
         previous.set(p.dataset, { at: now, bytes: p.ackedBytes })
-        const eta = rate > 0 ? (p.bytes - p.ackedBytes) / rate : null
+        const eta = rate > 0 && p.bytes > 0 ? (p.bytes - p.ackedBytes) / rate : null
         if (options.line !== undefined) yield* options.line(`${new Date(now).toISOString()} ${describe(p, now, rate)}`)
         if (options.events === true) {
           yield* publish({ event: "progress", dataset: p.dataset, ackedPieces: p.ackedPieces, pieces: p.pieces, ackedBytes: p.ackedBytes, bytes: p.bytes, rate: Math.round(rate), eta: eta === null ? null : Math.round(eta) })

@@ -9,11 +9,13 @@ import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import type * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import { PieceBitmap } from "../domain/Bitmap.js"
 import { ContentCrc, formatCrc } from "../domain/Crc32.js"
 import { lengthOf, type Manifest, offsetOf } from "../domain/Dataset.js"
 import { DatasetRejected, ProtocolError } from "../domain/Errors.js"
+import type { Opened } from "../domain/Protocol.js"
 import { PieceReader } from "../services/PieceReader.js"
 import type { Connection, LinkError, Reply } from "./Connection.js"
 import { pieceFileBytes } from "./Folder.js"
@@ -117,6 +119,31 @@ const addTrailers = (dir: string, m: Manifest, runs: Iterable<readonly [number, 
       return Effect.map(reader.trailers(dir, m, indices), (crcs) => addRun(crc, m, indices, crcs))
     }, { discard: true }))
 
+/**
+ * The held pieces' slice CRCs into the file's CRC: those known already (read while sending early)
+ * from `crcOf`, the others from their trailers.
+ */
+const addHeld = (dir: string, m: Manifest, held: PieceBitmap, crc: ContentCrc, crcOf: ((index: number) => number | undefined) | undefined) =>
+  Effect.gen(function*() {
+    if (crcOf === undefined) return yield* addTrailers(dir, m, held.heldRuns(), crc)
+    const unknown: Array<readonly [number, number]> = []
+    for (const [a, b] of held.heldRuns()) {
+      let k = a
+      while (k < b) {
+        const start = k
+        if (crcOf(m.first + k) === undefined) {
+          while (k < b && crcOf(m.first + k) === undefined) k++
+          unknown.push([start, k])
+        } else {
+          while (k < b && crcOf(m.first + k) !== undefined) k++
+          const indices = Uint32Array.from({ length: k - start }, (_, j) => m.first + start + j)
+          addRun(crc, m, indices, Uint32Array.from(indices, (i) => crcOf(i)!))
+        }
+      }
+    }
+    yield* addTrailers(dir, m, unknown, crc)
+  })
+
 const heldBytes = (m: Manifest, held: PieceBitmap): number => {
   let bytes = 0
   for (const [a, b] of held.heldRuns()) for (let i = a; i < b; i++) bytes += lengthOf(m, m.first + i)
@@ -131,15 +158,33 @@ const allHeld = (count: number) => {
 
 export const transfer = (options: TransferOptions, connections: ReadonlyArray<Connection>, handle: number, manifest: Manifest) =>
   Effect.gen(function*() {
-    const reader = yield* PieceReader
-    const progress = yield* Progress
     const started = yield* Clock.currentTimeMillis
-    const name = manifest.dataset
-    const server = connections[0]!.peer
     const boxes = yield* Effect.forEach(connections, (c) => c.mailbox(handle))
     yield* Effect.addFinalizer(() => Effect.forEach(connections, (c) => c.close(handle), { discard: true }))
     const opened = yield* Effect.forEach(connections, (c) => c.open(handle, manifest), { concurrency: "unbounded" })
-    const first = opened[0]!
+    return yield* sendOpened(options, connections, handle, manifest, boxes, opened[0]!, { started, sentBefore: 0 })
+  }).pipe(Effect.scoped)
+
+/**
+ * The rest of a transfer once the dataset is open on every connection (`first` is the server's
+ * answer): what it already holds, the missing pieces, the seal, the commit. An early transfer
+ * (client/Early.ts) joins here once the marker has appeared, counting the pieces it sent before.
+ */
+export const sendOpened = (
+  options: TransferOptions,
+  connections: ReadonlyArray<Connection>,
+  handle: number,
+  manifest: Manifest,
+  boxes: ReadonlyArray<Queue.Dequeue<Reply>>,
+  first: Opened,
+  since: { readonly started: number; readonly sentBefore: number; readonly crcOf?: (index: number) => number | undefined }
+) =>
+  Effect.gen(function*() {
+    const reader = yield* PieceReader
+    const progress = yield* Progress
+    const started = since.started
+    const name = manifest.dataset
+    const server = connections[0]!.peer
     const crc = new ContentCrc(manifest.size, manifest.sliceSize)
 
     if (first.committed !== null) {
@@ -157,7 +202,7 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
     const missing = manifest.count - held.held
     if (held.held > 0) {
       yield* Effect.logInfo(`${name}: server already holds ${held.held} of ${manifest.count} pieces; sending the other ${missing}`)
-      yield* addTrailers(options.dir, manifest, held.heldRuns(), crc)
+      yield* addHeld(options.dir, manifest, held, crc, since.crcOf)
     }
     const already = heldBytes(manifest, held)
     yield* progress.update(name, (p) => ({ ...p, phase: missing === 0 ? "committing" : "sending", pieces: manifest.count, bytes: manifest.size, ackedPieces: held.held, ackedBytes: already, heldBytes: already, startedAt: started, server, note: "" }))
@@ -217,5 +262,5 @@ export const transfer = (options: TransferOptions, connections: ReadonlyArray<Co
     yield* connections[0]!.seal(handle, formatCrc(crc.value))
     const done = yield* Deferred.await(outcome)
     yield* progress.update(name, (p) => ({ ...p, phase: "committed" }))
-    return { dataset: name, server, size: done.size, pieces: manifest.count, sent: missing, alreadyCommitted: false, crc32: done.crc32, seconds: ((yield* Clock.currentTimeMillis) - started) / 1000 } satisfies DatasetReport
-  }).pipe(Effect.scoped)
+    return { dataset: name, server, size: done.size, pieces: manifest.count, sent: missing + since.sentBefore, alreadyCommitted: false, crc32: done.crc32, seconds: ((yield* Clock.currentTimeMillis) - started) / 1000 } satisfies DatasetReport
+  })

@@ -10,6 +10,7 @@ import * as Schema from "effect/Schema"
 import { DatasetFailureCode, RefusalCode } from "./Codes.js"
 import { DatasetName, Manifest } from "./Dataset.js"
 import { encodeFrame, FrameKind } from "./Frame.js"
+import { GrowingSpec } from "./Growing.js"
 
 export const PROTOCOL_VERSION = 2
 
@@ -56,7 +57,28 @@ export class Opened extends Schema.TaggedClass<Opened>()("Opened", {
   held: Schema.Number,
   bitmap: Schema.NullOr(Schema.String),
   /** The CRC32 of the committed file when the dataset was already committed, else null. */
-  committed: Schema.NullOr(Crc32Hex)
+  committed: Schema.NullOr(Crc32Hex),
+  /** The pieces the bitmap covers, when it is not the manifest's count (a growing dataset: the server's bound). */
+  pieces: Schema.optional(Schema.Number.pipe(Schema.int(), Schema.nonNegative()))
+}) {}
+
+/**
+ * Client -> server (`send --early`): start (or resume) a dataset whose size is not known yet.
+ * Answered by `Opened`, whose bitmap covers `pieces` (the most the server allows this dataset).
+ */
+export class OpenGrowing extends Schema.TaggedClass<OpenGrowing>()("OpenGrowing", {
+  handle: Handle,
+  spec: GrowingSpec
+}) {}
+
+/**
+ * Client -> server: the marker of a growing dataset appeared and says this size. The server checks
+ * it against the pieces it holds and answers `Opened` with the bitmap over the real count (the
+ * dataset is then an ordinary one: the rest of its pieces, then `Seal`), or `Failed`.
+ */
+export class Marker extends Schema.TaggedClass<Marker>()("Marker", {
+  handle: Handle,
+  size: Schema.Number.pipe(Schema.int(), Schema.nonNegative())
 }) {}
 
 /**
@@ -99,7 +121,7 @@ export class Refused extends Schema.TaggedClass<Refused>()("Refused", {
   message: Schema.String
 }) {}
 
-export const ControlMessage = Schema.Union(Hi, Welcome, Hello, Ready, Open, Opened, Seal, Committed, Failed, Close, Ping, Refused)
+export const ControlMessage = Schema.Union(Hi, Welcome, Hello, Ready, Open, OpenGrowing, Marker, Opened, Seal, Committed, Failed, Close, Ping, Refused)
 export type ControlMessage = typeof ControlMessage.Type
 
 const fromJson = Schema.parseJson(ControlMessage)

@@ -17,6 +17,7 @@ import * as Stream from "effect/Stream"
 import { newNonce, proofMatches } from "../domain/Auth.js"
 import { isDeferral, type RefusalCode } from "../domain/Codes.js"
 import type { Manifest } from "../domain/Dataset.js"
+import { GrowingSpec } from "../domain/Growing.js"
 import { ProtocolError, StoreError, type TransportError } from "../domain/Errors.js"
 import { decodePieces, encodeAck, FrameKind, pieceBytesOf, type RawFrame } from "../domain/Frame.js"
 import {
@@ -122,16 +123,17 @@ export const serveConnection = (
         yield* send(encodeControl(new Failed({ handle, dataset: e.dataset, code: e.code, message: e.reason })))
       })
 
-    const open = (handle: number, manifest: Manifest) =>
+    const open = (handle: number, asked: Manifest | GrowingSpec) =>
       Effect.gen(function*() {
         if (sessions.has(handle)) return yield* refuse("HandleInUse", `handle ${handle} is already open`)
         const sessionScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
-        const opened = yield* Effect.either(Scope.extend(store.open(manifest), sessionScope))
+        const opened = yield* Effect.either(Scope.extend(asked instanceof GrowingSpec ? store.openGrowing(asked) : store.open(asked), sessionScope))
         if (Either.isLeft(opened)) {
           yield* Scope.close(sessionScope, Exit.void)
           return yield* fail(handle, opened.left)
         }
         const session = opened.right
+        const manifest = session.manifest
         sessions.set(handle, { session, scope: sessionScope })
         dropped.delete(handle)
         yield* Effect.logDebug(`${peer}: opened ${manifest.dataset} as handle ${handle} (${session.held}/${manifest.count} held)`)
@@ -142,10 +144,22 @@ export const serveConnection = (
             handle,
             held: session.held,
             bitmap: session.held > 0 && committed === undefined ? session.heldBitmap() : null,
-            committed: committed === undefined ? null : committed.crc32 === "" ? "00000000" : committed.crc32
+            committed: committed === undefined ? null : committed.crc32 === "" ? "00000000" : committed.crc32,
+            ...(asked instanceof GrowingSpec ? { pieces: manifest.count } : {})
           })
         ))
         if (committed !== undefined) yield* close(handle)
+      })
+
+    /** A growing dataset's marker: answered with what is held over its real count, as a second Opened. */
+    const marker = (handle: number, size: number) =>
+      Effect.gen(function*() {
+        const open = sessions.get(handle)
+        if (open === undefined) return dropped.has(handle) ? undefined : yield* refuse("UnknownHandle", `marker for handle ${handle}, which is not open`)
+        const marked = yield* Effect.either(open.session.marker(size))
+        if (Either.isLeft(marked)) return yield* fail(handle, marked.left)
+        const { bitmap, held } = marked.right
+        yield* send(encodeControl(new Opened({ handle, held, bitmap: held > 0 ? bitmap : null, committed: null })))
       })
 
     /** The sender vouches for its content: answer Committed once the store has committed exactly that. */
@@ -220,6 +234,10 @@ export const serveConnection = (
             return stage === "ready" ? yield* open(message.handle, message.manifest) : yield* refuse("NotReady", "Open before the handshake")
           case "Seal":
             return stage === "ready" ? yield* seal(message.handle, message.crc32) : yield* refuse("NotReady", "Seal before the handshake")
+          case "OpenGrowing":
+            return stage === "ready" ? yield* open(message.handle, message.spec) : yield* refuse("NotReady", "OpenGrowing before the handshake")
+          case "Marker":
+            return stage === "ready" ? yield* marker(message.handle, message.size) : yield* refuse("NotReady", "Marker before the handshake")
           case "Close":
             return stage === "ready" ? yield* close(message.handle) : yield* refuse("NotReady", "Close before the handshake")
           case "Ping":

@@ -29,7 +29,8 @@ import * as Scope from "effect/Scope"
 import { admit, remainingBytes, stateBytes } from "../domain/Admission.js"
 import { checkBatch, pick } from "../domain/Batch.js"
 import { formatCrc } from "../domain/Crc32.js"
-import { type Manifest, manifestDifference, sameManifest } from "../domain/Dataset.js"
+import { expectedCount, type Manifest, manifestDifference, sameManifest } from "../domain/Dataset.js"
+import { growingBound, type GrowingSpec, markerDisagreement, provisionalManifest, sameSpec, sealedManifest } from "../domain/Growing.js"
 import { StoreError } from "../domain/Errors.js"
 import type { PieceBatch } from "../domain/Frame.js"
 import { defaultStoreLimits, limitProblem, type StoreLimits } from "../domain/Limits.js"
@@ -39,6 +40,7 @@ import { type Active, DatasetKey, failAll, flushBehind, letGo, type Status, type
 import { checkOnDisk, type Commit, committedOf, publishCommit, refuse } from "./store/Commit.js"
 import { Leases, STATE_FOLDER } from "./store/Leases.js"
 import { badPieces, batchesWritten, batchSeconds, datasetsCommitted, datasetsInProgress, datasetsOpened, piecesVerified, writtenBytes } from "./store/Metrics.js"
+import { createGrowing, highestHeld, resumeGrowing, sealGrowing } from "./store/Growing.js"
 import { checkDestination } from "./store/StateFolder.js"
 import { createState, fileCrc, ioToStore, outOfDescriptors, record, resumeState, type StateFiles } from "./store/StateFiles.js"
 
@@ -68,11 +70,18 @@ export interface Session {
    * every piece is held and the file's CRC32 is this one; fails with Conflict when it is not.
    */
   readonly seal: (crc32: number) => Effect.Effect<Commit, StoreError>
+  /**
+   * A growing dataset's marker says this size: checked against the pieces held, then the dataset
+   * is cut down to it and goes on as an ordinary one. Answers what is held, over the real count.
+   */
+  readonly marker: (size: number) => Effect.Effect<{ readonly held: number; readonly bitmap: string }, StoreError>
 }
 
 export class PieceStore extends Context.Tag("ferry/PieceStore")<PieceStore, {
   readonly dest: string
   readonly open: (manifest: Manifest) => Effect.Effect<Session, StoreError, Scope.Scope>
+  /** Opens a dataset whose size is not known yet (`send --early`); its session's manifest is provisional until `marker`. */
+  readonly openGrowing: (spec: GrowingSpec) => Effect.Effect<Session, StoreError, Scope.Scope>
   /** Datasets in progress now. */
   readonly inProgress: Effect.Effect<number>
 }>() {}
@@ -110,26 +119,39 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
           return yield* refuse(name, "Busy", `the server already has ${HashMap.size(active)} datasets in progress, its limit; try again later`)
         }
         // "never" before "not now": a dataset bigger than the whole filesystem is not worth waiting for
-        const need = manifest.size + stateBytes(manifest)
+        // (a growing one's size is not known: its state files only, until its marker)
+        const growing = key.growing
+        const need = (growing === undefined ? manifest.size : 0) + stateBytes(manifest)
         const capacity = yield* dest.capacity
         if (need > capacity) {
           return yield* refuse(name, "TooLarge", `needs ${need} bytes, more than the whole filesystem of ${dest.root} holds (${capacity} bytes): it can never fit there`)
         }
         const leftover = (yield* dest.kind(name).pipe(Effect.mapError(ioToStore(name, "StateUnusable")))) !== "none"
         const lease = yield* onDestination(leases.acquire(name))
-        const resumed = lease.resumable ? yield* onDestination(resumeState(lease.folder, manifest)) : Option.none<StateFiles>()
-        let reserved = 0
-        for (const other of HashMap.values(active)) reserved += remainingBytes(other.geometry, other.state.bitmap.held)
+        const resumed = !lease.resumable
+          ? Option.none<StateFiles>()
+          : growing === undefined
+          ? yield* onDestination(resumeState(lease.folder, manifest))
+          : yield* onDestination(resumeGrowing(lease.folder, growing.spec, growing.bound))
         // admitted before any file is made: a refusal leaves nothing behind
-        const verdict = admit(remainingBytes(manifest, Option.isSome(resumed) ? resumed.value.bitmap.held : 0), yield* dest.available, reserved)
+        const verdict = admit(
+          growing === undefined ? remainingBytes(manifest, Option.isSome(resumed) ? resumed.value.bitmap.held : 0) : stateBytes(manifest),
+          yield* dest.available,
+          reservedByOthers(active, name)
+        )
         if (verdict._tag === "Refused") {
           if (Option.isNone(resumed)) yield* dest.remove(`${STATE_FOLDER}/${name}`).pipe(Effect.ignore)
           return yield* refuse(name, "NoSpace", `${verdict.reason} in ${dest.root}`)
         }
-        const state = Option.isSome(resumed) ? resumed.value : yield* onDestination(createState(lease.folder, manifest))
+        const state = Option.isSome(resumed)
+          ? resumed.value
+          : growing === undefined
+          ? yield* onDestination(createState(lease.folder, manifest))
+          : yield* onDestination(createGrowing(lease.folder, growing.spec, growing.bound))
         const entry: Active = {
           key,
           manifest,
+          growing,
           geometry: { dataset: name, size: manifest.size, sliceSize: manifest.sliceSize, first: manifest.first, count: manifest.count },
           state,
           lease,
@@ -157,6 +179,18 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
       }))
 
     const datasets = yield* RcMap.make({ lookup })
+
+    /**
+     * What the datasets in progress (but `name`) may still write. A growing dataset promises
+     * nothing: its size is unknown, and what it wrote is already off the free space.
+     */
+    const reservedByOthers = (active: HashMap.HashMap<string, Active>, name: string): number => {
+      let reserved = 0
+      for (const other of HashMap.values(active)) {
+        if (other.growing === undefined && other.manifest.dataset !== name) reserved += remainingBytes(other.geometry, other.state.bitmap.held)
+      }
+      return reserved
+    }
 
     // Out of descriptors is said once, until a dataset can be taken up again; each sender is told Busy.
     const shortOfDescriptors = yield* Ref.make(false)
@@ -298,29 +332,91 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
         return yield* Deferred.await(reply)
       })
 
+    /** A growing dataset's marker: checked against its pieces, admitted for the rest, then the state cut down to it. */
+    const marker = (entry: Active) => (size: number): Effect.Effect<{ readonly held: number; readonly bitmap: string }, StoreError> =>
+      entry.settling.withPermits(1)(Effect.gen(function*() {
+        const { failure } = yield* Ref.get(entry.status)
+        if (Option.isSome(failure)) return yield* Effect.fail(failure.value)
+        const name = entry.manifest.dataset
+        const growing = entry.growing
+        if (growing === undefined) {
+          // another session of it brought the marker first
+          if (entry.manifest.size === size) return { held: entry.state.bitmap.held, bitmap: entry.state.bitmap.toBase64() }
+          return yield* refuse(name, "Conflict", `${name}.done says ${size} bytes, but another sender's marker said ${entry.manifest.size}`)
+        }
+        const { spec, bound } = growing
+        const count = expectedCount(size, spec.sliceSize)
+        const bitmap = entry.state.bitmap
+        const disagreement = markerDisagreement(spec, bound, size, highestHeld(bitmap), count >= 1 && count <= bound && bitmap.has(count - 1))
+        const problem = disagreement ?? limitProblem(sealedManifest(spec, size), limits)?.reason
+        if (problem !== undefined) {
+          // no sender can vouch for these pieces: the state goes when the last user lets go
+          yield* Ref.update(entry.status, (s) => ({ ...s, discard: true }))
+          const error = new StoreError({ dataset: name, code: "BadManifest", reason: problem })
+          yield* failAll(entry, error)
+          return yield* Effect.fail(error)
+        }
+        const sealed = sealedManifest(spec, size)
+        yield* admission.withPermits(1)(Effect.gen(function*() {
+          const verdict = admit(remainingBytes(sealed, bitmap.held), yield* dest.available, reservedByOthers(yield* Ref.get(inProgress), name))
+          if (verdict._tag === "Refused") return yield* refuse(name, "NoSpace", `${verdict.reason} in ${dest.root}`)
+          entry.state = yield* onDestination(sealGrowing(entry.state, spec, size)).pipe(Effect.mapError(ioToStore(name, "StateUnusable")))
+          entry.manifest = sealed
+          entry.geometry = { dataset: name, size, sliceSize: sealed.sliceSize, first: sealed.first, count: sealed.count }
+          entry.growing = undefined
+        }))
+        yield* Effect.logDebug(`${name}: its marker says ${size} bytes (${sealed.count} pieces, ${entry.state.bitmap.held} held)`)
+        return { held: entry.state.bitmap.held, bitmap: entry.state.bitmap.toBase64() }
+      }))
+
+    const notGrowing = () => Effect.die(new Error("a marker for a dataset that is not growing"))
+
     const committedSession = (manifest: Manifest, commit: Commit): Session => ({
       manifest,
       held: manifest.count,
       heldBitmap: () => "",
       committed: Option.some(commit),
       write: () => Effect.succeed<WriteOutcome>("dropped"),
-      seal: () => Effect.succeed(commit)
+      seal: () => Effect.succeed(commit),
+      marker: notGrowing
     })
 
-    const open = (manifest: Manifest): Effect.Effect<Session, StoreError, Scope.Scope> =>
+    const openGrowing = (spec: GrowingSpec): Effect.Effect<Session, StoreError, Scope.Scope> =>
       Effect.gen(function*() {
+        const bound = growingBound(spec, limits.maxPieces, limits.maxDatasetSize)
+        const name = spec.dataset
+        if (spec.sliceSize > limits.maxSliceSize) return yield* refuse(name, "TooLarge", `slices of ${spec.sliceSize} bytes are over this server's limit of ${limits.maxSliceSize}`)
+        if (bound < 1) return yield* refuse(name, "TooManyPieces", `pieces from ${spec.first} with slices of ${spec.sliceSize} bytes leave no room under this server's limits`)
+        return yield* session(new DatasetKey(provisionalManifest(spec, bound), { spec, bound }))
+      })
+
+    const open = (manifest: Manifest): Effect.Effect<Session, StoreError, Scope.Scope> =>
+      Effect.suspend(() => {
         const problem = limitProblem(manifest, limits)
-        if (problem !== undefined) return yield* Effect.fail(problem)
+        return problem !== undefined ? Effect.fail(problem) : session(new DatasetKey(manifest))
+      })
+
+    const session = (key: DatasetKey): Effect.Effect<Session, StoreError, Scope.Scope> =>
+      Effect.gen(function*() {
+        const manifest = key.manifest
         // a reference to the dataset for as long as the session's scope is open
-        const taken = yield* reference(new DatasetKey(manifest)).pipe(Effect.tapError(sayShortOfDescriptors))
+        const taken = yield* reference(key).pipe(Effect.tapError(sayShortOfDescriptors))
         const name = manifest.dataset
         if (taken._tag === "Committed") {
-          if (taken.commit.size === manifest.size) return committedSession(manifest, taken.commit)
+          if (key.growing !== undefined || taken.commit.size === manifest.size) return committedSession(manifest, taken.commit)
           return yield* refuse(name, "Conflict", `${name} is already committed on the server with a different size (${taken.commit.size} bytes, not ${manifest.size})`)
         }
         const entry = taken.entry
-        if (!sameManifest(entry.manifest, manifest)) {
-          return yield* refuse(name, "Conflict", `another transfer of ${name} is in progress with ${manifestDifference(entry.manifest, manifest)}`)
+        const same = key.growing === undefined
+          ? entry.growing === undefined && sameManifest(entry.manifest, manifest)
+          : entry.growing !== undefined && sameSpec(entry.growing.spec, key.growing.spec)
+        if (!same) {
+          const what = entry.growing !== undefined
+            ? "its size not known yet (sent with --early)"
+            : key.growing !== undefined
+            ? `its size known (${entry.manifest.size} bytes)`
+            : manifestDifference(entry.manifest, manifest)
+          return yield* refuse(name, "Conflict", `another transfer of ${name} is in progress with ${what}`)
         }
         const { failure } = yield* Ref.get(entry.status)
         if (Option.isSome(failure)) return yield* Effect.fail(failure.value)
@@ -337,13 +433,15 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
               Effect.flatMap(Fiber.await),
               Effect.flatMap((exit) => (interruptedOnly(exit) ? Effect.succeed<WriteOutcome>("dropped") : exit))
             ),
-          seal: seal(entry)
+          seal: seal(entry),
+          marker: marker(entry)
         } satisfies Session
       })
 
     return {
       dest: dest.root,
       open,
+      openGrowing,
       inProgress: Effect.map(Ref.get(inProgress), HashMap.size)
     }
   })

@@ -14,6 +14,7 @@ import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import type { Manifest } from "../../domain/Dataset.js"
 import type { StoreError } from "../../domain/Errors.js"
+import type { GrowingSpec } from "../../domain/Growing.js"
 import type { Geometry } from "../../domain/Layout.js"
 import type { Commit } from "./Commit.js"
 import type { Lease } from "./Leases.js"
@@ -36,11 +37,19 @@ export interface Status {
   readonly discard: boolean
 }
 
+/** A dataset whose size is not known yet (`send --early`): what is known, and the pieces it may reach here. */
+export interface Growing {
+  readonly spec: GrowingSpec
+  readonly bound: number
+}
+
 export interface Active {
   readonly key: DatasetKey
-  readonly manifest: Manifest
-  readonly geometry: Geometry
-  readonly state: StateFiles
+  /** These four change once, when a growing dataset's marker arrives (under `settling`), and never after. */
+  manifest: Manifest
+  geometry: Geometry
+  state: StateFiles
+  growing: Growing | undefined
   readonly lease: Lease
   /** A file was at `DEST/NAME` when the dataset was taken up: a crashed commit's, ferry's to replace. */
   readonly leftover: boolean
@@ -63,7 +72,7 @@ export type Taken = { readonly _tag: "Committed"; readonly commit: Commit } | { 
  * takes it up, and every later opener's is compared with the one in force.
  */
 export class DatasetKey implements Equal.Equal {
-  constructor(readonly manifest: Manifest) {}
+  constructor(readonly manifest: Manifest, readonly growing?: Growing) {}
   [Equal.symbol](that: Equal.Equal): boolean {
     return that instanceof DatasetKey && that.manifest.dataset === this.manifest.dataset
   }
