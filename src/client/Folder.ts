@@ -35,6 +35,14 @@ export const inventory = (dir: string): Effect.Effect<Inventory, FolderError, Da
 export const nameProblem = (name: string): string | undefined =>
   name.length > MAX_NAME_LENGTH ? `its name is longer than ${MAX_NAME_LENGTH} characters` : undefined
 
+/** Whether `NAME.done` is there now. */
+export const markerPresent = (dir: string, dataset: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    return yield* fs.exists(path.join(dir, markerFileName(dataset))).pipe(Effect.orElseSucceed(() => false))
+  })
+
 /** Waits until `NAME.done` exists (DatasetScanner.appears: events about it, and a poll for it). */
 export const awaitMarker = (dir: string, dataset: string): Effect.Effect<void, never, DatasetScanner> =>
   Effect.flatMap(DatasetScanner, (scanner) => scanner.appears(dir, markerFileName(dataset)))
