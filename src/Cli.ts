@@ -19,7 +19,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Stream from "effect/Stream"
+import * as Queue from "effect/Queue"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -181,14 +181,13 @@ const printingEvents = <A, E, R>(
       const text = json ? encodeEvent(event) : line(event)
       return text === undefined ? Effect.void : out(text)
     }
-    return yield* Effect.scoped(
-      Effect.gen(function*() {
-        const printer = yield* events.pipe(Stream.runForEach(print), Effect.fork)
-        return yield* program.pipe(
-          // let the printer catch up with what the program published, then stop it
-          Effect.ensuring(Effect.zipRight(Effect.yieldNow(), Effect.zipRight(Effect.sleep("20 millis"), Fiber.interrupt(printer))))
-        )
-      })
+    // an event taken is always printed: only the wait for the next one can be interrupted
+    const printNext = Effect.uninterruptibleMask((restore) => Effect.flatMap(restore(Queue.take(events)), print))
+    const printer = yield* Effect.fork(Effect.forever(printNext))
+    return yield* program.pipe(
+      // once the program is done, the printer stops and what it has not taken yet is printed here;
+      // the subscription closes with the scope
+      Effect.ensuring(Effect.zipRight(Fiber.interrupt(printer), Effect.flatMap(Queue.takeAll(events), (rest) => Effect.forEach(rest, print, { discard: true }))))
     )
   }).pipe(Effect.scoped)
 

@@ -8,7 +8,6 @@ export {
   defaultSendOptions,
   exitCodeOf,
   send,
-  SendExit,
   watchPolicy,
   type DatasetFailure,
   type DatasetReport,
@@ -30,3 +29,4 @@ export * from "./domain/Errors.js"
 export * from "./domain/Codes.js"
 export * as Events from "./domain/Events.js"
 export { cli, exitCode } from "./Cli.js"
+export { ExitCode } from "./domain/ExitCode.js"

@@ -185,7 +185,7 @@ describe("showing progress", () => {
       expect(lines[0]).toMatch(/^1970-01-01T00:00:05\.000Z abc .* 1\.0 MB\/s ETA 0:11$/)
       // the second interval moved 2 MB in 5 s: 0.4 MB/s, and the 9.4 MB left take 0:23 at that rate
       expect(lines[1]).toMatch(/^1970-01-01T00:00:10\.000Z abc .* 0\.4 MB\/s ETA 0:23$/)
-      const collected = yield* events.pipe(Stream.take(2), Stream.runCollect)
+      const collected = yield* Stream.fromQueue(events).pipe(Stream.take(2), Stream.runCollect)
       expect([...collected].map((e) => e.event === "progress" && [e.rate, e.eta])).toEqual([[1_000_000, 11], [400_000, 23]])
     }))
 })

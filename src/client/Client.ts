@@ -26,6 +26,7 @@ import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import { isDeferral } from "../domain/Codes.js"
 import { markerFileName, parseEntry } from "../domain/Dataset.js"
+import { ExitCode } from "../domain/ExitCode.js"
 import { DatasetError, type DatasetRejected, type FolderError } from "../domain/Errors.js"
 import type { Holdings } from "../domain/Inventory.js"
 import { DEFAULT_MAX_FRAME } from "../domain/Frame.js"
@@ -357,12 +358,11 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
 export const watchPolicy: ReconnectPolicy = { retries: Number.MAX_SAFE_INTEGER, retryFor: Duration.infinity, cap: "30 seconds" }
 
 /** Exit codes of `ferry send`: see the README. */
-export const SendExit = { Ok: 0, DataFailed: 1, Unreachable: 3, NothingToSend: 4 } as const
-
-export const exitCodeOf = (summary: SendSummary, allowEmpty: boolean): number => {
-  if (summary.found === 0 && summary.committed.length === 0 && summary.failed.length === 0) return allowEmpty ? SendExit.Ok : SendExit.NothingToSend
+/** How a `send` run ends, as an exit code of the one table (domain/ExitCode.ts). */
+export const exitCodeOf = (summary: SendSummary, allowEmpty: boolean): ExitCode => {
+  if (summary.found === 0 && summary.committed.length === 0 && summary.failed.length === 0) return allowEmpty ? ExitCode.Ok : ExitCode.NothingToSend
   const onData = summary.failed.some((f) => f.error._tag === "DatasetError" || f.error._tag === "DatasetRejected")
-  if (onData) return SendExit.DataFailed
-  if (summary.unreachable !== undefined || summary.failed.length > 0) return SendExit.Unreachable
-  return SendExit.Ok
+  if (onData) return ExitCode.Failed
+  if (summary.unreachable !== undefined || summary.failed.length > 0) return ExitCode.Unreachable
+  return ExitCode.Ok
 }

@@ -8,25 +8,25 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as PubSub from "effect/PubSub"
+import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import { type EventBody, type FerryEvent, stamp } from "../domain/Events.js"
 
 export interface MonitorService {
   readonly publish: (body: EventBody) => Effect.Effect<void>
-  /** Events from now on, for as long as the scope lasts. */
-  readonly subscribe: Effect.Effect<Stream.Stream<FerryEvent>, never, Scope.Scope>
+  /** Events from now on, for as long as the scope lasts: a queue of its own, drained by its reader. */
+  readonly subscribe: Effect.Effect<Queue.Dequeue<FerryEvent>, never, Scope.Scope>
 }
 
 export class Monitor extends Context.Reference<Monitor>()("ferry/Monitor", {
-  defaultValue: (): MonitorService => ({ publish: () => Effect.void, subscribe: Effect.succeed(Stream.empty) })
+  defaultValue: (): MonitorService => ({ publish: () => Effect.void, subscribe: Queue.unbounded<FerryEvent>() })
 }) {}
 
 /** Events go to every subscriber; a subscriber that falls behind by more than `capacity` loses the oldest. */
 export const makeMonitor = (capacity = 4096) =>
   Effect.map(PubSub.sliding<FerryEvent>(capacity), (hub): MonitorService => ({
     publish: (body) => PubSub.publish(hub, stamp(body)).pipe(Effect.asVoid),
-    subscribe: Effect.map(PubSub.subscribe(hub), (queue) => Stream.fromQueue(queue))
+    subscribe: PubSub.subscribe(hub)
   }))
 
 export const MonitorLive = Layer.effect(Monitor, makeMonitor())
