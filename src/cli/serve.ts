@@ -1,0 +1,147 @@
+/** `ferry serve`: its options, and the run, handed to the server pipeline (server/Server.ts). */
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as Path from "@effect/platform/Path"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import { type FerryEvent } from "../domain/Events.js"
+import { choice, flag, optionalFile, setting, usageError } from "../CliOptions.js"
+import {
+  ByteSize,
+  DurationText,
+  formatByteSize,
+  Port,
+  PositiveByteSize,
+  PositiveCount,
+} from "../domain/Units.js"
+import { ServerLive } from "../Layers.js"
+import { serverEndpoint, type ServerPhase } from "../server/Metrics.js"
+import { defaultServeOptions, frameLimit, largestSliceIn, serve } from "../server/Server.js"
+import { MonitorLive } from "../services/Monitor.js"
+import { defaultStoreLimits } from "../services/PieceStore.js"
+import { DEFAULT_LEASE_TIME } from "../services/store/Leases.js"
+import { handshakeTimeout, logging, metricsOption, nextSignal, printingEvents, run, serveMetrics, Text, tokenOption } from "./common.js"
+
+/**
+ * --max-frame, --max-slice and --connection-memory agree: by default a frame fits one piece of
+ * the largest slice accepted; a --max-frame given smaller lowers the largest slice to what fits;
+ * and a connection's memory holds at least one frame.
+ */
+const frames = Options.all({
+  maxFrame: setting("max-frame", PositiveByteSize, "BYTES", `Largest frame accepted (64KiB until a client has passed the handshake). Default: ${formatByteSize(frameLimit(defaultServeOptions.maxFrame))}, enough for one piece of --max-slice; a smaller one lowers --max-slice to what fits.`)
+    .optional,
+  connectionMemory: setting("connection-memory", PositiveByteSize, "BYTES", "Frame bytes of one connection being verified and written at once.")
+    .withDefault(defaultServeOptions.connectionMemory),
+  maxSlice: setting("max-slice", PositiveByteSize, "BYTES", "Largest slice (what one piece decompresses to).").withDefault(defaultStoreLimits.maxSliceSize)
+}).pipe(
+  Options.mapEffect((f) => {
+    const maxFrame = Option.isSome(f.maxFrame) ? f.maxFrame.value : frameLimit(defaultServeOptions.maxFrame, f.maxSlice)
+    const maxSlice = Option.isSome(f.maxFrame) ? Math.min(f.maxSlice, largestSliceIn(maxFrame)) : f.maxSlice
+    return maxFrame > f.connectionMemory
+      ? Effect.fail(usageError(`--max-frame (${maxFrame}) cannot be larger than --connection-memory (${f.connectionMemory})`))
+      : Effect.succeed({ connectionMemory: f.connectionMemory, maxFrame, maxSlice })
+  })
+)
+
+/** --tls-cert and --tls-key: both or neither. */
+const serverTls = Options.all({
+  cert: optionalFile("tls-cert", "TLS certificate (PEM); with --tls-key, clients must use TLS."),
+  key: optionalFile("tls-key", "TLS private key (PEM).")
+}).pipe(
+  Options.mapEffect(({ cert, key }) =>
+    Option.isSome(cert) && Option.isSome(key)
+      ? Effect.succeed({ cert: cert.value, key: key.value })
+      : Option.isSome(cert) || Option.isSome(key)
+      ? Effect.fail(usageError("--tls-cert and --tls-key go together"))
+      : Effect.succeed(undefined)
+  )
+)
+
+/** stdout of `serve`: its address, and with --json every event. */
+const serveLine = (event: FerryEvent): string | undefined => (event.event === "listening" ? `listening on ${event.address}` : undefined)
+
+export const serveCommand = Command.make(
+  "serve",
+  {
+    port: setting("port", Port, "PORT", "TCP port to listen on (0 picks a free one).").required,
+    dest: setting("dest", Text, "DIR", "Folder where rebuilt files and their .done markers appear.").required,
+    host: setting("host", Text, "ADDR", "Address to listen on.").withDefault(defaultServeOptions.host),
+    json: flag("json", "Events on stdout as JSON lines (see the README)."),
+    token: tokenOption,
+    tls: serverTls,
+    frames,
+    maxConnections: setting("max-connections", PositiveCount, "N", "Connections past the handshake, at most.").withDefault(defaultServeOptions.maxConnections),
+    maxPending: setting("max-pending", PositiveCount, "N", "Connections still in the handshake, at most (past it, the oldest is dropped).").withDefault(defaultServeOptions.maxPending),
+    maxDatasets: setting("max-datasets", PositiveCount, "N", "Datasets in progress at once.").withDefault(defaultStoreLimits.maxDatasets),
+    maxDatasetSize: setting("max-dataset-size", ByteSize, "BYTES", "Largest original file accepted.").withDefault(defaultStoreLimits.maxDatasetSize),
+    maxPieces: setting("max-pieces", PositiveCount, "N", "Most pieces in one dataset.").withDefault(defaultStoreLimits.maxPieces),
+    handshakeTimeout: handshakeTimeout(true),
+    idleTimeout: setting("idle-timeout", DurationText, "SECONDS", "Silence after which a connection is dropped, in seconds or as \"2 minutes\".")
+      .withDefault(Duration.decode(defaultServeOptions.idleTimeout)),
+    leaseTime: setting("lease-time", DurationText, "DURATION", "With several servers on one --dest: a dataset whose server has stopped renewing its lease this long may be taken over.")
+      .withDefault(Duration.decode(DEFAULT_LEASE_TIME)),
+    workers: setting("workers", PositiveCount, "N", "Gunzip threads (default: one per core).").optional,
+    inflater: setting("inflater", choice(["isal", "zlib"]), "isal|zlib", "Gunzip with the ISA-L addon when it is built (about 1.6x faster), or always with zlib.").withDefault("isal"),
+    drainTimeout: setting("drain-timeout", DurationText, "DURATION", "On SIGTERM or Ctrl-C, how long batches already received may take to finish writing.")
+      .withDefault(Duration.decode(defaultServeOptions.drainTimeout)),
+    metrics: metricsOption,
+    ...logging
+  },
+  (flags) => {
+    const limits = {
+      maxDatasets: flags.maxDatasets,
+      maxPieces: flags.maxPieces,
+      maxDatasetSize: flags.maxDatasetSize,
+      maxSliceSize: flags.frames.maxSlice
+    }
+    return run(
+      flags,
+      Effect.gen(function*() {
+        const dest = (yield* Path.Path).resolve(flags.dest)
+        // why the server stops, for its stopping and stopped events: the signal
+        const stopReason = yield* Ref.make("interrupted")
+        const serving = Effect.gen(function*() {
+          const phase = yield* Ref.make<ServerPhase>("starting")
+          // the endpoint starts first and so stops last: it answers (503, stopping) while the server drains
+          if (Option.isSome(flags.metrics)) yield* serveMetrics({ ...flags.metrics.value, ...(yield* serverEndpoint(phase)) })
+          yield* serve({
+            ...defaultServeOptions,
+            host: flags.host,
+            port: flags.port,
+            maxFrame: flags.frames.maxFrame,
+            connectionMemory: flags.frames.connectionMemory,
+            token: flags.token,
+            tls: flags.tls,
+            maxConnections: flags.maxConnections,
+            maxPending: flags.maxPending,
+            handshakeTimeout: flags.handshakeTimeout,
+            idleTimeout: flags.idleTimeout,
+            drainTimeout: flags.drainTimeout,
+            stopReason: Ref.get(stopReason)
+          })
+          yield* Ref.set(phase, "listening")
+          // finalizers run last first: this one runs before the server's drain
+          yield* Effect.addFinalizer(() => Ref.set(phase, "stopping"))
+          return yield* Effect.never
+        }).pipe(Effect.scoped)
+        const signal = yield* Effect.raceFirst(serving, Effect.tap(nextSignal, (s) => Ref.set(stopReason, s))).pipe((work) => printingEvents(flags.json, serveLine, work))
+        yield* Effect.logInfo(`stopped by ${signal}; datasets in progress are kept in ${dest}/.ferry for their senders to resume`)
+      }).pipe(
+        Effect.provide(Layer.merge(
+          ServerLive({
+            dest: flags.dest,
+            limits,
+            leaseMs: Duration.toMillis(flags.leaseTime),
+            maxConnections: flags.maxConnections,
+            ...(Option.isSome(flags.workers) ? { workers: flags.workers.value } : {}),
+            ...(flags.inflater === "zlib" ? { nativeAddon: null } : {})
+          }),
+          MonitorLive
+        ))
+      )
+    )
+  }
+).pipe(Command.withDescription("Receive datasets, gunzip them and rebuild the original files in --dest."))
