@@ -19,8 +19,12 @@ export class BufferPool {
     /** Smaller requests are plain allocations: not worth pooling. */
     readonly minBytes = 64 * 1024,
     /** Buffers kept for reuse at most. */
-    readonly keep = 24
+    readonly keep = 24,
+    /** Bytes kept for reuse at most: after a peak of large frames, the rest is left to the collector. */
+    readonly keepBytes = 64 * 1024 * 1024
   ) {}
+
+  private kept = 0
 
   /** A buffer of exactly `size` bytes, over a pooled ArrayBuffer that may be larger. */
   take(size: number): Buffer {
@@ -29,6 +33,7 @@ export class BufferPool {
       const ab = this.free[i]!
       if (ab.byteLength >= size && ab.byteLength <= size * 2 + GRAIN) {
         this.free.splice(i, 1)
+        this.kept -= ab.byteLength
         return Buffer.from(ab, 0, size)
       }
     }
@@ -38,9 +43,15 @@ export class BufferPool {
 
   /** Gives a buffer back; one that was moved to another thread (detached) is ignored. */
   give(ab: ArrayBufferLike): void {
-    if (!(ab instanceof ArrayBuffer) || ab.byteLength < this.minBytes) return
-    if (this.free.length >= this.keep) this.free.shift()
+    if (!(ab instanceof ArrayBuffer) || ab.byteLength < this.minBytes || ab.byteLength > this.keepBytes) return
     this.free.push(ab)
+    this.kept += ab.byteLength
+    while (this.free.length > this.keep || this.kept > this.keepBytes) this.kept -= this.free.shift()!.byteLength
+  }
+
+  /** Bytes kept for reuse now. */
+  get keptBytes(): number {
+    return this.kept
   }
 
   get size(): number {
@@ -52,3 +63,79 @@ export class BufferPool {
 export class FramePool extends Context.Tag("ferry/FramePool")<FramePool, BufferPool>() {}
 
 export const FramePoolLive = Layer.sync(FramePool, () => new BufferPool())
+
+/** What a budget asks of a connection whose frame is still arriving when room must be made. */
+export interface BudgetHolder {
+  /** Bytes of its frame still arriving (allocated, not complete): what dropping it would give back. */
+  readonly arriving: () => number
+  /** Drops the connection, giving back everything it holds, before returning. */
+  readonly evict: (reason: string) => void
+}
+
+/**
+ * Frame memory of one server, across all its connections (--memory). A frame's body is taken
+ * from it at the frame's header, before it is allocated, and given back once the frame has been
+ * handled, so the bodies of every connection together never pass `bytes`. A connection that
+ * finds no room waits (its socket is not read) until there is; and when frames still arriving
+ * hold the room, the connection with the largest of them is dropped for it: a client that
+ * starts large frames and never finishes them cannot hold the server's memory, nor lock others out.
+ */
+export class FrameBudget {
+  private used = 0
+  private readonly waiting: Array<{ readonly holder: BudgetHolder; readonly bytes: number; readonly wake: () => void }> = []
+  private readonly holders = new Set<BudgetHolder>()
+
+  constructor(readonly bytes: number) {}
+
+  /** Bytes taken now. */
+  get taken(): number {
+    return this.used
+  }
+
+  /** Takes `n` bytes if there is room now, and no one waits before. */
+  tryTake(n: number): boolean {
+    if (this.waiting.length > 0 || this.used + n > this.bytes) return false
+    this.used += n
+    return true
+  }
+
+  give(n: number): void {
+    this.used = Math.max(0, this.used - n)
+    while (this.waiting.length > 0 && this.used + this.waiting[0]!.bytes <= this.bytes) {
+      const w = this.waiting.shift()!
+      this.used += w.bytes
+      w.wake()
+    }
+  }
+
+  /** A connection that may hold a frame still arriving; `leave` once it is gone. */
+  join(holder: BudgetHolder): void {
+    this.holders.add(holder)
+  }
+
+  leave(holder: BudgetHolder): void {
+    this.holders.delete(holder)
+    const i = this.waiting.findIndex((w) => w.holder === holder)
+    if (i >= 0) this.waiting.splice(i, 1)
+    this.give(0)
+  }
+
+  /**
+   * Waits for `n` bytes: `wake` runs once they are taken for the holder. Meanwhile, the connections
+   * whose frames still arriving hold the room are dropped, the largest first, until it fits.
+   */
+  wait(holder: BudgetHolder, n: number, wake: () => void): void {
+    this.waiting.push({ holder, bytes: n, wake })
+    let arrivingElsewhere = 0
+    for (const h of this.holders) if (h !== holder) arrivingElsewhere += h.arriving()
+    while (this.waiting.length > 0 && this.waiting.some((w) => w.holder === holder) && this.used + n > this.bytes && arrivingElsewhere > 0) {
+      let largest: BudgetHolder | undefined
+      for (const h of this.holders) if (h !== holder && h.arriving() > (largest?.arriving() ?? 0)) largest = h
+      if (largest === undefined) break
+      arrivingElsewhere -= largest.arriving()
+      this.holders.delete(largest)
+      largest.evict(`the server's frame memory (--memory ${this.bytes}) is full; dropped this connection, whose unfinished frame was the largest`)
+    }
+    this.give(0)
+  }
+}
