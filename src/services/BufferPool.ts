@@ -1,5 +1,7 @@
 import * as Context from "effect/Context"
 import * as Layer from "effect/Layer"
+import * as v8 from "node:v8"
+import * as vm from "node:vm"
 
 /**
  * Reused memory for piece frames. A batch frame is about a megabyte; making a
@@ -84,8 +86,35 @@ export class FrameBudget {
   private used = 0
   private readonly waiting: Array<{ readonly holder: BudgetHolder; readonly bytes: number; readonly wake: () => void }> = []
   private readonly holders = new Set<BudgetHolder>()
+  /** Over half the budget was taken since the last collection. */
+  private high = false
+  private collecting: ReturnType<typeof setTimeout> | undefined
+  private gc: (() => void) | undefined
 
   constructor(readonly bytes: number) {}
+
+  /**
+   * Frame bodies live outside V8's heap, and V8 only weighs them when it next allocates: an idle
+   * server after a peak (connections dropped, or gone) would keep them all. So once most of a
+   * peak has been given back, or a connection dropped for room, a full collection is run, once,
+   * a moment later: it costs tens of milliseconds, after an event that is rare.
+   */
+  private collectSoon(): void {
+    if (this.collecting !== undefined) return
+    this.collecting = setTimeout(() => {
+      this.collecting = undefined
+      try {
+        if (this.gc === undefined) {
+          v8.setFlagsFromString("--expose-gc")
+          this.gc = vm.runInNewContext("gc") as () => void
+        }
+        this.gc()
+      } catch {
+        // no collection on demand here: V8 collects in its own time
+      }
+    }, 1_000)
+    this.collecting.unref()
+  }
 
   /** Bytes taken now. */
   get taken(): number {
@@ -96,14 +125,20 @@ export class FrameBudget {
   tryTake(n: number): boolean {
     if (this.waiting.length > 0 || this.used + n > this.bytes) return false
     this.used += n
+    if (this.used > this.bytes / 2) this.high = true
     return true
   }
 
   give(n: number): void {
     this.used = Math.max(0, this.used - n)
+    if (this.high && this.used <= this.bytes / 8) {
+      this.high = false
+      this.collectSoon()
+    }
     while (this.waiting.length > 0 && this.used + this.waiting[0]!.bytes <= this.bytes) {
       const w = this.waiting.shift()!
       this.used += w.bytes
+      if (this.used > this.bytes / 2) this.high = true
       w.wake()
     }
   }
@@ -134,6 +169,7 @@ export class FrameBudget {
       if (largest === undefined) break
       arrivingElsewhere -= largest.arriving()
       this.holders.delete(largest)
+      this.collectSoon()
       largest.evict(`the server's frame memory (--memory ${this.bytes}) is full; dropped this connection, whose unfinished frame was the largest`)
     }
     this.give(0)

@@ -140,6 +140,7 @@ const READ_BUFFER = 256 * 1024
 const ownReadBuffer = () => {
   const buffer = Buffer.allocUnsafeSlow(READ_BUFFER)
   let sink: ((chunk: Buffer) => void) | undefined
+  let detached = false
   const early: Array<Buffer> = []
   const input: Input = {
     attach: (s) => {
@@ -148,6 +149,7 @@ const ownReadBuffer = () => {
     },
     detach: () => {
       sink = undefined
+      detached = true
     }
   }
   const onread = {
@@ -155,7 +157,8 @@ const ownReadBuffer = () => {
     callback: (n: number, buf: Uint8Array) => {
       const chunk = Buffer.from(buf.buffer, buf.byteOffset, n)
       if (sink !== undefined) sink(chunk)
-      else early.push(Buffer.from(chunk))
+      // once the link has stopped listening, what still comes (while the socket closes) is dropped, not kept
+      else if (!detached) early.push(Buffer.from(chunk))
       return true
     }
   }
