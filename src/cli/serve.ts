@@ -35,14 +35,19 @@ const frames = Options.all({
     .optional,
   connectionMemory: setting("connection-memory", PositiveByteSize, "BYTES", "Frame bytes of one connection being verified and written at once.")
     .withDefault(defaultServeOptions.connectionMemory),
+  memory: setting("memory", PositiveByteSize, "BYTES", `Frame bytes all connections together may hold; a connection waits for room, and when unfinished frames fill it the largest is dropped. Default: a quarter of RAM, at most 512MiB (here ${formatByteSize(defaultServeOptions.memory)}), and at least one frame.`)
+    .optional,
   maxSlice: setting("max-slice", PositiveByteSize, "BYTES", "Largest slice (what one piece decompresses to).").withDefault(defaultStoreLimits.maxSliceSize)
 }).pipe(
   Options.mapEffect((f) => {
     const maxFrame = Option.isSome(f.maxFrame) ? f.maxFrame.value : frameLimit(defaultServeOptions.maxFrame, f.maxSlice)
     const maxSlice = Option.isSome(f.maxFrame) ? Math.min(f.maxSlice, largestSliceIn(maxFrame)) : f.maxSlice
+    const memory = Option.getOrElse(f.memory, () => Math.max(defaultServeOptions.memory, maxFrame))
     return maxFrame > f.connectionMemory
       ? Effect.fail(usageError(`--max-frame (${maxFrame}) cannot be larger than --connection-memory (${f.connectionMemory})`))
-      : Effect.succeed({ connectionMemory: f.connectionMemory, maxFrame, maxSlice })
+      : maxFrame > memory
+      ? Effect.fail(usageError(`--memory (${memory}) must hold one frame of --max-frame (${maxFrame})`))
+      : Effect.succeed({ connectionMemory: f.connectionMemory, maxFrame, maxSlice, memory })
   })
 )
 
@@ -75,6 +80,8 @@ export const serveCommand = Command.make(
     frames,
     maxConnections: setting("max-connections", PositiveCount, "N", "Connections past the handshake, at most.").withDefault(defaultServeOptions.maxConnections),
     maxPending: setting("max-pending", PositiveCount, "N", "Connections still in the handshake, at most (past it, the oldest is dropped).").withDefault(defaultServeOptions.maxPending),
+    maxHandles: setting("max-handles", PositiveCount, "N", "Datasets one connection may have open at once (past it, the connection is refused as TooManyHandles).")
+      .withDefault(defaultServeOptions.maxHandles),
     maxDatasets: setting("max-datasets", PositiveCount, "N", "Datasets in progress at once.").withDefault(defaultStoreLimits.maxDatasets),
     maxDatasetSize: setting("max-dataset-size", ByteSize, "BYTES", "Largest original file accepted.").withDefault(defaultStoreLimits.maxDatasetSize),
     maxPieces: setting("max-pieces", PositiveCount, "N", "Most pieces in one dataset.").withDefault(defaultStoreLimits.maxPieces),
@@ -113,6 +120,8 @@ export const serveCommand = Command.make(
             port: flags.port,
             maxFrame: flags.frames.maxFrame,
             connectionMemory: flags.frames.connectionMemory,
+            memory: flags.frames.memory,
+            maxHandles: flags.maxHandles,
             token: flags.token,
             tls: flags.tls,
             maxConnections: flags.maxConnections,

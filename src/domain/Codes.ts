@@ -24,7 +24,11 @@ export const RefusalCode = Schema.Literal(
   "TruncatedFrame",
   "HandshakeTimeout",
   "IdleTimeout",
-  "ShuttingDown"
+  "ShuttingDown",
+  /** The server's frame memory (--memory) was full, and this connection's unfinished frame the largest. */
+  "MemoryFull",
+  /** More datasets open on one connection than the server allows (--max-handles). */
+  "TooManyHandles"
 )
 export type RefusalCode = typeof RefusalCode.Type
 
@@ -66,4 +70,4 @@ export const isDeferral = (code: DatasetFailureCode): boolean =>
 /** Refusals that a reconnection may cure (the server is busy or was slow), as opposed to a mismatch. */
 export const isTransientRefusal = (code: RefusalCode): boolean =>
   code === "HandshakeTimeout" || code === "IdleTimeout" || code === "TooManyConnections" ||
-  code === "TooManyPending" || code === "ShuttingDown"
+  code === "TooManyPending" || code === "ShuttingDown" || code === "MemoryFull"

@@ -13,6 +13,8 @@ export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind]
 export const HEADER_BYTES = 5
 /** Default ceiling on one frame: a batch of pieces, or a control message. */
 export const DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+/** Ceiling on a control or ack frame a server accepts: they carry no piece data, so a large one is abuse. */
+export const MAX_CONTROL_FRAME = 1024 * 1024
 
 export interface RawFrame {
   readonly kind: FrameKind
@@ -21,7 +23,7 @@ export interface RawFrame {
 }
 
 export type FrameProblem =
-  | { readonly _tag: "FrameTooLarge"; readonly length: number; readonly max: number }
+  | { readonly _tag: "FrameTooLarge"; readonly length: number; readonly max: number; readonly control?: boolean }
   | { readonly _tag: "UnknownFrameKind"; readonly kind: number }
   | { readonly _tag: "EmptyFrame" }
   | { readonly _tag: "TruncatedFrame"; readonly missing: number }
@@ -29,7 +31,9 @@ export type FrameProblem =
 export const describeFrameProblem = (p: FrameProblem): string => {
   switch (p._tag) {
     case "FrameTooLarge":
-      return `frame of ${p.length} bytes is over the limit of ${p.max}`
+      return p.control === true
+        ? `control message of ${p.length} bytes is over the limit of ${p.max} (control messages carry no piece data)`
+        : `frame of ${p.length} bytes is over the limit of ${p.max}`
     case "UnknownFrameKind":
       return `unknown frame kind ${p.kind}`
     case "EmptyFrame":
@@ -53,6 +57,10 @@ export const encodeFrame = (kind: FrameKind, body: Uint8Array): Buffer => {
  * Incremental decoder: feed it the socket's chunks, split anywhere, and it
  * returns the whole frames they complete. It never throws; it answers a
  * problem instead, after which the connection must be dropped.
+ *
+ * A body is allocated at its header, through `allocate`, which may answer
+ * undefined (no room for it now): the decoder then holds what it was given
+ * past the header, takes nothing more into a frame, and `resume` tries again.
  */
 export class FrameDecoder {
   private readonly header = Buffer.alloc(HEADER_BYTES)
@@ -60,11 +68,15 @@ export class FrameDecoder {
   private body: Buffer | undefined = undefined
   private bodyFill = 0
   private kind: FrameKind = FrameKind.Control
+  /** Bytes received while waiting for room for the next body (copied: the socket's buffer is reused). */
+  private held: Array<Uint8Array> | undefined = undefined
 
   constructor(
     public maxFrame: number = DEFAULT_MAX_FRAME,
-    /** Where frame bodies are allocated: the caller may pool them. */
-    private readonly allocate: (size: number, kind: FrameKind) => Buffer = (size) => Buffer.allocUnsafeSlow(size)
+    /** Where frame bodies are allocated: the caller may pool them, or answer undefined until there is room. */
+    private readonly allocate: (size: number, kind: FrameKind) => Buffer | undefined = (size) => Buffer.allocUnsafeSlow(size),
+    /** Largest control or ack frame: they carry no piece data. */
+    public maxControl: number = Number.MAX_SAFE_INTEGER
   ) {}
 
   /** Bytes held for a frame that has not completed yet. */
@@ -72,23 +84,75 @@ export class FrameDecoder {
     return this.headerFill + this.bodyFill
   }
 
+  /** Waiting for room for a body (see `resume`). */
+  get stalled(): boolean {
+    return this.held !== undefined
+  }
+
+  /** Bytes of the body being received, allocated and not complete yet (0 between frames). */
+  get arriving(): number {
+    return this.body === undefined ? 0 : this.body.length
+  }
+
+  /** Forgets the frame in progress and anything held: the connection is being dropped. */
+  abandon(): void {
+    this.body = undefined
+    this.held = undefined
+  }
+
   push(chunk: Uint8Array): Array<RawFrame> | FrameProblem {
+    if (this.held !== undefined) {
+      this.held.push(Buffer.from(chunk))
+      return []
+    }
     const frames: Array<RawFrame> = []
+    const problem = this.take(chunk, frames)
+    return problem ?? frames
+  }
+
+  /** Tries again to allocate the body it waits for; on room, decodes what it held meanwhile. */
+  resume(): Array<RawFrame> | FrameProblem {
+    const held = this.held
+    if (held === undefined) return []
+    this.held = undefined
+    const frames: Array<RawFrame> = []
+    for (let i = 0; i < held.length; i++) {
+      const problem = this.take(held[i]!, frames)
+      if (problem !== undefined) return problem
+      const stalledAgain = this.held as Array<Uint8Array> | undefined
+      if (stalledAgain !== undefined) {
+        // stalled again, on a later frame: keep the rest, in order
+        stalledAgain.push(...held.slice(i + 1))
+        break
+      }
+    }
+    return frames
+  }
+
+  private take(chunk: Uint8Array, frames: Array<RawFrame>): FrameProblem | undefined {
     let at = 0
-    while (at < chunk.length) {
+    while (at < chunk.length || (this.body === undefined && this.headerFill === HEADER_BYTES)) {
       if (this.body === undefined) {
-        const take = Math.min(HEADER_BYTES - this.headerFill, chunk.length - at)
-        this.header.set(chunk.subarray(at, at + take), this.headerFill)
-        this.headerFill += take
-        at += take
-        if (this.headerFill < HEADER_BYTES) break
+        if (this.headerFill < HEADER_BYTES) {
+          const take = Math.min(HEADER_BYTES - this.headerFill, chunk.length - at)
+          this.header.set(chunk.subarray(at, at + take), this.headerFill)
+          this.headerFill += take
+          at += take
+          if (this.headerFill < HEADER_BYTES) break
+        }
         const length = this.header.readUInt32BE(0)
         const kind = this.header[4]!
         if (length === 0) return { _tag: "EmptyFrame" }
         if (length > this.maxFrame) return { _tag: "FrameTooLarge", length, max: this.maxFrame }
         if (!isKind(kind)) return { _tag: "UnknownFrameKind", kind }
+        if (kind !== FrameKind.Pieces && length > this.maxControl) return { _tag: "FrameTooLarge", length, max: this.maxControl, control: true }
+        const body = this.allocate(length - 1, kind)
+        if (body === undefined) {
+          this.held = [Buffer.from(chunk.subarray(at))]
+          return undefined
+        }
         this.kind = kind
-        this.body = this.allocate(length - 1, kind)
+        this.body = body
         this.bodyFill = 0
       }
       const take = Math.min(this.body.length - this.bodyFill, chunk.length - at)
@@ -102,7 +166,7 @@ export class FrameDecoder {
         this.headerFill = 0
       }
     }
-    return frames
+    return undefined
   }
 
   /** Call at end of stream: a half-received frame is a problem. */

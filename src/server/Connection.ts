@@ -126,6 +126,9 @@ export const serveConnection = (
     const open = (handle: number, asked: Manifest | GrowingSpec) =>
       Effect.gen(function*() {
         if (sessions.has(handle)) return yield* refuse("HandleInUse", `handle ${handle} is already open`)
+        if (sessions.size >= options.maxHandles) {
+          return yield* refuse("TooManyHandles", `${sessions.size} datasets are open on this connection, the server's limit (--max-handles); close one first`)
+        }
         const sessionScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
         const opened = yield* Effect.either(Scope.extend(asked instanceof GrowingSpec ? store.openGrowing(asked) : store.open(asked), sessionScope))
         if (Either.isLeft(opened)) {
@@ -313,7 +316,7 @@ export const serveConnection = (
       // taken finish writing
       Stream.interruptWhen(gate.stopping),
       Stream.interruptWhen(Deferred.await(ending)),
-      Stream.mapEffect((frame) => Effect.catchAll(onFrame(frame), end), { concurrency: options.batchesInFlight, unordered: true }),
+      Stream.mapEffect((frame) => Effect.catchAll(onFrame(frame), end).pipe(Effect.ensuring(Effect.sync(() => link.release(frame)))), { concurrency: options.batchesInFlight, unordered: true }),
       Stream.runDrain,
       Effect.raceFirst(handshakeDeadline),
       Effect.either
@@ -326,6 +329,10 @@ export const serveConnection = (
       else if (e._tag === "ProtocolError" && e.code !== "TooManyPending") {
         yield* countRefusal(e.code)
         yield* Effect.logWarning(`${peer}: dropped: ${e.reason}`).pipe(Effect.annotateLogs({ code: e.code }))
+        // a frame the transport would not read (too large, of no known kind, memory full): the client hears why
+        if (e.code === "FrameTooLarge" || e.code === "UnknownFrameKind" || e.code === "EmptyFrame" || e.code === "MemoryFull") {
+          yield* send(encodeControl(new Refused({ code: e.code, message: e.reason }))).pipe(Effect.ignore)
+        }
       }
       else yield* Effect.logDebug(`${peer}: ${e.message}`)
     } else if (yield* gate.isStopping) {

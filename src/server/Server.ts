@@ -11,8 +11,10 @@ import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
-import { piecesFrameBytes } from "../domain/Frame.js"
+import * as os from "node:os"
+import { MAX_CONTROL_FRAME, piecesFrameBytes } from "../domain/Frame.js"
 import type { TransportError } from "../domain/Errors.js"
+import { FrameBudget } from "../services/BufferPool.js"
 import { publish } from "../services/Monitor.js"
 import { defaultStoreLimits, PieceStore } from "../services/PieceStore.js"
 import { type Address, formatAddress, type TlsServer, Transport } from "../services/Transport.js"
@@ -39,10 +41,19 @@ export interface ServeOptions {
   readonly maxPending: number
   /** Bytes of frames one connection may hold in memory (read ahead plus being written). */
   readonly connectionMemory: number
+  /** Bytes of frames all connections together may hold (raised to one frame of `maxFrame` if below). */
+  readonly memory: number
+  /** Datasets one connection may have open at once. */
+  readonly maxHandles: number
   /** On shutdown, how long batches already received may take to finish writing. */
   readonly drainTimeout: Duration.DurationInput
   /** Why the server stops, read when it does (the CLI's: the signal), for the stopping and stopped events. */
   readonly stopReason?: Effect.Effect<string>
+}
+
+/** Frame memory of a server by default: a quarter of the machine's RAM, at most 512 MiB. */
+export function defaultMemory(): number {
+  return Math.min(512 * 1024 * 1024, Math.floor(os.totalmem() / 4))
 }
 
 export const defaultServeOptions: ServeOptions = {
@@ -57,6 +68,8 @@ export const defaultServeOptions: ServeOptions = {
   maxConnections: 256,
   maxPending: 64,
   connectionMemory: 128 * 1024 * 1024,
+  memory: defaultMemory(),
+  maxHandles: 64,
   drainTimeout: "10 seconds"
 }
 
@@ -163,12 +176,16 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
     const transport = yield* Transport
     const store = yield* PieceStore
     const { gate, stop } = yield* makeGate(options)
+    // one budget for the frames of every connection: a server's memory does not grow with its clients
+    const budget = new FrameBudget(Math.max(options.memory, options.maxFrame))
     const address = yield* transport.listen(
       {
         host: options.host,
         port: options.port,
         maxFrame: Math.min(HANDSHAKE_FRAME, options.maxFrame),
         readAhead: Math.min(2 * 1024 * 1024, Math.floor(options.connectionMemory / 4)),
+        maxControl: MAX_CONTROL_FRAME,
+        budget,
         tls: options.tls,
         handshakeTimeout: options.handshakeTimeout
       },

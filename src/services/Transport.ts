@@ -17,8 +17,8 @@ import * as net from "node:net"
 import * as tls from "node:tls"
 import { Duplex } from "node:stream"
 import { PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
-import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, isFrameProblem, type RawFrame } from "../domain/Frame.js"
-import { type BufferPool, FramePool } from "./BufferPool.js"
+import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, type FrameProblem, isFrameProblem, type RawFrame } from "../domain/Frame.js"
+import { type BudgetHolder, type BufferPool, type FrameBudget, FramePool } from "./BufferPool.js"
 
 export interface Address {
   readonly host: string
@@ -38,6 +38,8 @@ export interface Link {
   readonly end: Effect.Effect<void>
   /** Changes the largest frame accepted from now on (small until a peer has authenticated). */
   readonly limitFrames: (maxFrame: number) => void
+  /** Gives a frame's bytes back to the link's budget, once the frame has been handled (nothing without a budget). */
+  readonly release: (frame: RawFrame) => void
   /**
    * On a dialled link, the milliseconds the TCP connection took to set up (after any name
    * lookup): one network round trip, plus however late this event loop noticed it (a few
@@ -52,6 +54,10 @@ export interface LinkOptions {
   readonly maxFrame?: number
   /** Decoded frames a link holds before it stops reading the socket. */
   readonly readAhead?: number
+  /** Largest control or ack frame accepted (a server's: they carry no piece data). */
+  readonly maxControl?: number
+  /** Memory shared by every link of a server: each frame's body is taken from it before it is allocated. */
+  readonly budget?: FrameBudget | undefined
 }
 
 /** TLS for a client: the server is verified against `ca` (PEM) or the system's roots, and must carry `servername`. */
@@ -139,6 +145,7 @@ const READ_BUFFER = 256 * 1024
 const ownReadBuffer = () => {
   const buffer = Buffer.allocUnsafeSlow(READ_BUFFER)
   let sink: ((chunk: Buffer) => void) | undefined
+  let detached = false
   const early: Array<Buffer> = []
   const input: Input = {
     attach: (s) => {
@@ -147,6 +154,7 @@ const ownReadBuffer = () => {
     },
     detach: () => {
       sink = undefined
+      detached = true
     }
   }
   const onread = {
@@ -154,7 +162,8 @@ const ownReadBuffer = () => {
     callback: (n: number, buf: Uint8Array) => {
       const chunk = Buffer.from(buf.buffer, buf.byteOffset, n)
       if (sink !== undefined) sink(chunk)
-      else early.push(Buffer.from(chunk))
+      // once the link has stopped listening, what still comes (while the socket closes) is dropped, not kept
+      else if (!detached) early.push(Buffer.from(chunk))
       return true
     }
   }
@@ -163,10 +172,33 @@ const ownReadBuffer = () => {
 
 export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}, pool?: BufferPool, input: Input = dataEvents(socket)): Link => {
   let first = new Uint8Array(0)
-  const decoder = new FrameDecoder(
-    options.maxFrame ?? DEFAULT_MAX_FRAME,
-    (size, kind) => (kind === FrameKind.Pieces && pool !== undefined ? pool.take(size) : Buffer.allocUnsafeSlow(size))
-  )
+  const budget = options.budget
+  /** Bytes of this link's frames in the budget: complete and not yet released, or arriving. */
+  let held = 0
+  /** Bytes the budget took for the next body while this link waited for room. */
+  let granted = 0
+  let onRoom: () => void = () => {}
+  let onEvicted: (reason: string) => void = () => {}
+  const holder: BudgetHolder = {
+    arriving: () => decoder.arriving,
+    evict: (reason) => onEvicted(reason)
+  }
+  const allocate = (size: number, kind: FrameKind): Buffer | undefined => {
+    if (budget !== undefined) {
+      if (granted === size) granted = 0
+      else if (!budget.tryTake(size)) {
+        budget.wait(holder, size, () => {
+          granted = size
+          // the decoder is in the middle of a push when room is made at once: go on after it
+          queueMicrotask(() => onRoom())
+        })
+        return undefined
+      }
+      held += size
+    }
+    return kind === FrameKind.Pieces && pool !== undefined ? pool.take(size) : Buffer.allocUnsafeSlow(size)
+  }
+  const decoder = new FrameDecoder(options.maxFrame ?? DEFAULT_MAX_FRAME, allocate, options.maxControl)
   const readAhead = options.readAhead ?? READ_AHEAD
   const frames = Stream.suspend(() => {
     const queue: Array<RawFrame> = []
@@ -177,10 +209,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
       finished ??= outcome
       wake?.()
     }
-    const onData = (chunk: Buffer) => {
-      if (first.length < 64) first = Buffer.concat([first, chunk.subarray(0, 64 - first.length)])
-      if (finished !== undefined) return
-      const r = decoder.push(chunk)
+    const decoded = (r: Array<RawFrame> | FrameProblem) => {
       if (isFrameProblem(r)) {
         socket.pause()
         return finish(Effect.fail(Option.some(new ProtocolError({ peer, code: r._tag, reason: describeFrameProblem(r) }))))
@@ -189,9 +218,29 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
         queue.push(f)
         queued += f.body.length
       }
-      if (queued > readAhead) socket.pause()
+      if (queued > readAhead || decoder.stalled) socket.pause()
       if (queue.length > 0) wake?.()
     }
+    const onData = (chunk: Buffer) => {
+      if (first.length < 64) first = Buffer.concat([first, chunk.subarray(0, 64 - first.length)])
+      if (finished !== undefined) return
+      decoded(decoder.push(chunk))
+    }
+    onRoom = () => {
+      if (finished !== undefined) return
+      decoded(decoder.resume())
+      if (finished === undefined && !decoder.stalled && queued <= readAhead && socket.isPaused()) socket.resume()
+    }
+    onEvicted = (reason) => {
+      const arriving = decoder.arriving
+      decoder.abandon()
+      held -= arriving
+      budget?.give(arriving + granted)
+      granted = 0
+      socket.pause()
+      finish(Effect.fail(Option.some(new ProtocolError({ peer, code: "MemoryFull", reason }))))
+    }
+    budget?.join(holder)
     const onEnd = () => {
       const p = decoder.finish()
       finish(p === undefined ? Effect.fail(Option.none()) : Effect.fail(Option.some(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) }))))
@@ -207,7 +256,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
         if (queue.length > 0) {
           const out = queue.splice(0)
           queued = 0
-          if (finished === undefined && socket.isPaused()) socket.resume()
+          if (finished === undefined && !decoder.stalled && socket.isPaused()) socket.resume()
           resume(Effect.succeed(Chunk.unsafeFromArray(out)))
           return true
         }
@@ -232,9 +281,23 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
         socket.off("end", onEnd)
         socket.off("error", onError)
         socket.off("close", onClose)
+        if (budget !== undefined) {
+          // whatever this link still holds goes back: frames not handled, the one arriving, room granted
+          decoder.abandon()
+          budget.leave(holder)
+          budget.give(held + granted)
+          held = 0
+          granted = 0
+        }
       }))
     )
   })
+  const release = (frame: RawFrame) => {
+    if (budget === undefined || held === 0) return
+    const n = Math.min(frame.body.length, held)
+    held -= n
+    budget.give(n)
+  }
   const send = (bytes: Uint8Array, onFlushed?: () => void) =>
     Effect.async<void, TransportError>((resume) => {
       if (socket.destroyed || socket.writableEnded) {
@@ -258,7 +321,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
   const end = Effect.sync(() => {
     if (!socket.destroyed) socket.end()
   })
-  return { peer, frames, send, end, limitFrames: (maxFrame) => void (decoder.maxFrame = maxFrame), firstBytes: () => first }
+  return { peer, frames, send, end, limitFrames: (maxFrame) => void (decoder.maxFrame = maxFrame), release, firstBytes: () => first }
 }
 
 const reasonOf = (e: unknown): string => {
