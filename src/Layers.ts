@@ -20,7 +20,8 @@ import { PieceReaderInProcess, PieceReaderLive } from "./services/PieceReader.js
 import { defaultStoreLimits, FLUSH_BEHIND, PieceStoreLayer, type StoreLimits } from "./services/PieceStore.js"
 import { SampleMakerInProcess, SampleMakerLive } from "./services/SampleMaker.js"
 import { LeasesLive } from "./services/store/Leases.js"
-import { MemoryTransport, TcpTransport } from "./services/Transport.js"
+import { MemoryTransport } from "./services/transport/Memory.js"
+import { TcpTransport } from "./services/transport/Tcp.js"
 
 export interface ServerLayerOptions {
   /** The destination folder (`serve --dest`). */

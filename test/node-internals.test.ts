@@ -3,7 +3,10 @@
  * fail when a Node release changes them, so that a fallback is never taken silently.
  */
 import { describe, expect, it } from "vitest"
+import * as net from "node:net"
+import * as tls from "node:tls"
 import * as zlib from "node:zlib"
+import { adoptWithOwnBuffer, rawSocketOf } from "../src/services/node/Sockets.js"
 import { openZlibHandle } from "../src/services/node/ZlibHandle.js"
 
 describe("zlib's native handle behind a Gunzip stream (node/ZlibHandle.ts)", () => {
@@ -26,5 +29,37 @@ describe("zlib's native handle behind a Gunzip stream (node/ZlibHandle.ts)", () 
     const next = zlib.gzipSync(Buffer.from("hello"))
     engine!.handle.writeSync(zlib.constants.Z_FINISH, next, 0, next.length, out, 0, 6)
     expect(out.subarray(0, 5).toString()).toBe("hello")
+  })
+})
+
+describe("sockets (node/Sockets.ts)", () => {
+  it("an accepted connection's handle moves to a socket that reads into our own buffer", async () => {
+    const own = Buffer.alloc(64 * 1024)
+    const got: Array<string> = []
+    let adopted: net.Socket | undefined
+    const server = net.createServer({ pauseOnConnect: true }, (accepted) => {
+      adopted = adoptWithOwnBuffer(accepted, { buffer: own, callback: (n, buf) => (got.push(Buffer.from(buf.subarray(0, n)).toString()), true) })
+    })
+    await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok))
+    const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1")
+    await new Promise<void>((ok) => client.once("connect", () => ok()))
+    client.write("hello through our buffer")
+    await new Promise<void>((ok) => {
+      const check = () => (got.join("") === "hello through our buffer" ? ok() : setTimeout(check, 5))
+      check()
+    })
+    expect(adopted, `Node ${process.version} has no _handle on an accepted socket`).toBeDefined()
+    // it was moved, not used as it was: the data came through `onread`, into `own`
+    expect(own.subarray(0, 5).toString()).toBe("hello")
+    client.destroy()
+    adopted!.destroy()
+    await new Promise<void>((ok) => server.close(() => ok()))
+  })
+
+  it("a TLS socket made over a raw one keeps it as its parent", () => {
+    const raw = new net.Socket()
+    const secure = new tls.TLSSocket(raw, { isServer: false })
+    expect(rawSocketOf(secure), `Node ${process.version} no longer keeps _parent on a TLS socket`).toBe(raw)
+    secure.destroy()
   })
 })

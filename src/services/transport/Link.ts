@@ -1,0 +1,258 @@
+/** A socket (or any Duplex) as a framed link: frames in with backpressure and the memory budget, large coalesced writes out. */
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
+import { Duplex } from "node:stream"
+import { ProtocolError, TransportError } from "../../domain/Errors.js"
+import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, type FrameProblem, isFrameProblem, type RawFrame } from "../../domain/Frame.js"
+import { type BudgetHolder, type BufferPool } from "../BufferPool.js"
+import { type Link, type LinkOptions } from "../Transport.js"
+
+export const READ_AHEAD = 4 * 1024 * 1024
+
+/**
+ * Frames over any Node duplex: a TCP socket or an in-memory pair. Chunks are
+ * decoded as they arrive (one copy, into pooled frame bodies); once
+ * READ_AHEAD bytes of frames wait for the consumer, the socket is paused, so
+ * a slow consumer (a busy disk) slows the sender instead of growing memory.
+ */
+/** Where a link's incoming bytes come from: the socket's 'data' events, or a read buffer of its own. */
+export interface Input {
+  readonly attach: (sink: (chunk: Buffer) => void) => void
+  readonly detach: () => void
+}
+
+export const dataEvents = (socket: Duplex): Input => {
+  let attached: ((chunk: Buffer) => void) | undefined
+  return {
+    attach: (sink) => {
+      attached = sink
+      socket.on("data", sink)
+    },
+    detach: () => {
+      if (attached !== undefined) socket.off("data", attached)
+    }
+  }
+}
+
+/** Bytes a plain TCP socket reads at once into its own buffer. */
+const READ_BUFFER = 256 * 1024
+
+/**
+ * A plain TCP socket that reads into one buffer of its own for its whole life
+ * (net's `onread`), instead of a fresh 64 KiB Buffer per read that becomes
+ * garbage: on a large dataset that is a gigabyte of garbage less for the
+ * receiver's main thread to collect. What arrives before the link listens is
+ * copied aside.
+ */
+export const ownReadBuffer = () => {
+  const buffer = Buffer.allocUnsafeSlow(READ_BUFFER)
+  let sink: ((chunk: Buffer) => void) | undefined
+  let detached = false
+  const early: Array<Buffer> = []
+  const input: Input = {
+    attach: (s) => {
+      sink = s
+      for (const chunk of early.splice(0)) s(chunk)
+    },
+    detach: () => {
+      sink = undefined
+      detached = true
+    }
+  }
+  const onread = {
+    buffer,
+    callback: (n: number, buf: Uint8Array) => {
+      const chunk = Buffer.from(buf.buffer, buf.byteOffset, n)
+      if (sink !== undefined) sink(chunk)
+      // once the link has stopped listening, what still comes (while the socket closes) is dropped, not kept
+      else if (!detached) early.push(Buffer.from(chunk))
+      return true
+    }
+  }
+  return { onread, input }
+}
+
+export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOptions = {}, pool?: BufferPool, input: Input = dataEvents(socket)): Link => {
+  let first = new Uint8Array(0)
+  const budget = options.budget
+  /** Bytes of this link's frames in the budget: complete and not yet released, or arriving. */
+  let held = 0
+  /** Bytes the budget took for the next body while this link waited for room. */
+  let granted = 0
+  let onRoom: () => void = () => {}
+  let onEvicted: (reason: string) => void = () => {}
+  const holder: BudgetHolder = {
+    arriving: () => decoder.arriving,
+    evict: (reason) => onEvicted(reason)
+  }
+  const allocate = (size: number, kind: FrameKind): Buffer | undefined => {
+    if (budget !== undefined) {
+      if (granted === size) granted = 0
+      else if (!budget.tryTake(size)) {
+        budget.wait(holder, size, () => {
+          granted = size
+          // the decoder is in the middle of a push when room is made at once: go on after it
+          queueMicrotask(() => onRoom())
+        })
+        return undefined
+      }
+      held += size
+    }
+    return kind === FrameKind.Pieces && pool !== undefined ? pool.take(size) : Buffer.allocUnsafeSlow(size)
+  }
+  const decoder = new FrameDecoder(options.maxFrame ?? DEFAULT_MAX_FRAME, allocate, options.maxControl)
+  const readAhead = options.readAhead ?? READ_AHEAD
+  const frames = Stream.suspend(() => {
+    const queue: Array<RawFrame> = []
+    let queued = 0
+    let finished: Effect.Effect<never, Option.Option<ProtocolError | TransportError>> | undefined
+    let wake: (() => void) | undefined
+    const finish = (outcome: Effect.Effect<never, Option.Option<ProtocolError | TransportError>>) => {
+      finished ??= outcome
+      wake?.()
+    }
+    const decoded = (r: Array<RawFrame> | FrameProblem) => {
+      if (isFrameProblem(r)) {
+        socket.pause()
+        return finish(Effect.fail(Option.some(new ProtocolError({ peer, code: r._tag, reason: describeFrameProblem(r) }))))
+      }
+      for (const f of r) {
+        queue.push(f)
+        queued += f.body.length
+      }
+      if (queued > readAhead || decoder.stalled) socket.pause()
+      if (queue.length > 0) wake?.()
+    }
+    const onData = (chunk: Buffer) => {
+      if (first.length < 64) first = Buffer.concat([first, chunk.subarray(0, 64 - first.length)])
+      if (finished !== undefined) return
+      decoded(decoder.push(chunk))
+    }
+    onRoom = () => {
+      if (finished !== undefined) return
+      decoded(decoder.resume())
+      if (finished === undefined && !decoder.stalled && queued <= readAhead && socket.isPaused()) socket.resume()
+    }
+    onEvicted = (reason) => {
+      const arriving = decoder.arriving
+      decoder.abandon()
+      held -= arriving
+      budget?.give(arriving + granted)
+      granted = 0
+      socket.pause()
+      finish(Effect.fail(Option.some(new ProtocolError({ peer, code: "MemoryFull", reason }))))
+    }
+    budget?.join(holder)
+    const onEnd = () => {
+      const p = decoder.finish()
+      finish(p === undefined ? Effect.fail(Option.none()) : Effect.fail(Option.some(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) }))))
+    }
+    const onError = (e: unknown) => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: reasonOf(e) }))))
+    const onClose = () => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: "connection closed" }))))
+    input.attach(onData)
+    socket.once("end", onEnd)
+    socket.on("error", onError)
+    socket.once("close", onClose)
+    const pull = Effect.async<Chunk.Chunk<RawFrame>, Option.Option<ProtocolError | TransportError>>((resume) => {
+      const attempt = (): boolean => {
+        if (queue.length > 0) {
+          const out = queue.splice(0)
+          queued = 0
+          if (finished === undefined && !decoder.stalled && socket.isPaused()) socket.resume()
+          resume(Effect.succeed(Chunk.unsafeFromArray(out)))
+          return true
+        }
+        if (finished !== undefined) {
+          resume(finished)
+          return true
+        }
+        return false
+      }
+      if (!attempt()) {
+        wake = () => {
+          if (attempt()) wake = undefined
+        }
+      }
+      return Effect.sync(() => {
+        wake = undefined
+      })
+    })
+    return Stream.repeatEffectChunkOption(pull).pipe(
+      Stream.ensuring(Effect.sync(() => {
+        input.detach()
+        socket.off("end", onEnd)
+        socket.off("error", onError)
+        socket.off("close", onClose)
+        if (budget !== undefined) {
+          // whatever this link still holds goes back: frames not handled, the one arriving, room granted
+          decoder.abandon()
+          budget.leave(holder)
+          budget.give(held + granted)
+          held = 0
+          granted = 0
+        }
+      }))
+    )
+  })
+  const release = (frame: RawFrame) => {
+    if (budget === undefined || held === 0) return
+    const n = Math.min(frame.body.length, held)
+    held -= n
+    budget.give(n)
+  }
+  const send = (bytes: Uint8Array, onFlushed?: () => void) =>
+    Effect.async<void, TransportError>((resume) => {
+      if (socket.destroyed || socket.writableEnded) {
+        resume(Effect.fail(new TransportError({ address: peer, reason: "connection closed" })))
+        return
+      }
+      if (socket.write(bytes, onFlushed === undefined ? undefined : () => onFlushed())) resume(Effect.void)
+      else {
+        const onDrain = () => {
+          socket.off("close", onClose)
+          resume(Effect.void)
+        }
+        const onClose = () => {
+          socket.off("drain", onDrain)
+          resume(Effect.fail(new TransportError({ address: peer, reason: "connection closed" })))
+        }
+        socket.once("drain", onDrain)
+        socket.once("close", onClose)
+      }
+    })
+  const end = Effect.sync(() => {
+    if (!socket.destroyed) socket.end()
+  })
+  return { peer, frames, send, end, limitFrames: (maxFrame) => void (decoder.maxFrame = maxFrame), release, firstBytes: () => first }
+}
+
+/** A socket error as a reason a user can read. */
+export const reasonOf = (e: unknown): string => {
+  if (e instanceof Error) {
+    const code = (e as NodeJS.ErrnoException).code
+    if (code === "ECONNREFUSED") return "connection refused (is `ferry serve` running there?)"
+    if (code === "ECONNRESET") return "connection reset by peer"
+    if (code === "EPIPE") return "connection closed by peer"
+    if (code === "ETIMEDOUT") return "connection timed out"
+    if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "host not found"
+    return code !== undefined ? `${code}: ${e.message}` : e.message
+  }
+  return String(e)
+}
+
+/** Destroys the socket when the scope closes. */
+export const scopedSocket = (socket: Duplex) =>
+  Effect.addFinalizer(() =>
+    Effect.async<void>((resume) => {
+      if (socket.destroyed) return resume(Effect.void)
+      socket.once("close", () => resume(Effect.void))
+      socket.end()
+      // nobody reads any more: let the peer's end-of-stream through so the socket can close
+      socket.resume()
+      // a peer that never reads must not hold us: give it a moment, then cut
+      const timer = setTimeout(() => socket.destroy(), 2_000)
+      timer.unref()
+    })
+  )
