@@ -17,13 +17,11 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Metric from "effect/Metric"
-import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as SubscriptionRef from "effect/SubscriptionRef"
 import { isDeferral } from "../domain/Codes.js"
 import { markerFileName, parseEntry } from "../domain/Dataset.js"
 import { ExitCode } from "../domain/ExitCode.js"
@@ -40,6 +38,7 @@ import { defaultEarlyTiming, earlyTransfer, type EarlyTiming } from "./Early.js"
 import { awaitMarker, inventory, markerPresent, nameProblem, readManifest } from "./Folder.js"
 import { Progress } from "./Progress.js"
 import { type DatasetReport, transfer, type TransferOptions } from "./Transfer.js"
+import { pickUplink } from "./Choice.js"
 import { isTransient, makeUplink, type ReconnectPolicy, type Uplink } from "./Uplink.js"
 
 export { autoConnections, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS } from "./Uplink.js"
@@ -117,38 +116,6 @@ export interface SendSummary {
 }
 
 export type SendEnvironment = Transport | PieceReader | DatasetScanner | FileSystem.FileSystem | Path.Path | Progress
-
-/** A stable order of servers for one dataset (rendezvous hashing): ties go to the dataset's own favourite. */
-const affinity = (dataset: string, server: string): number => {
-  let h = 0x811c9dc5
-  for (const c of `${dataset}@${server}`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0
-  return h
-}
-
-/**
- * Waits until a server is up and answers the least loaded (ties by affinity), preferring those
- * not in `avoid`; fails when every server has been given up on.
- */
-const pickUplink = (uplinks: ReadonlyArray<Uplink>, dataset: string, avoid: ReadonlySet<string>) =>
-  Stream.mergeAll(uplinks.map((u) => u.state.changes), { concurrency: "unbounded" }).pipe(
-    Stream.mapEffect(() => Effect.forEach(uplinks, (u) => Effect.all([Effect.succeed(u), SubscriptionRef.get(u.state), Ref.get(u.load)] as const))),
-    Stream.map((states): Either.Either<Uplink, LinkError> | undefined => {
-      const load = new Map(states.map(([u, , n]) => [u, n]))
-      const up = states.filter(([, s]) => s._tag === "Up").map(([u]) => u)
-      if (up.length === 0) {
-        const gone = states.flatMap(([, s]) => (s._tag === "Gone" ? [s.error] : []))
-        return gone.length === states.length ? Either.left(gone[0]!) : undefined
-      }
-      const preferred = up.filter((u) => !avoid.has(u.address))
-      const candidates = preferred.length > 0 ? preferred : up
-      return Either.right(candidates.reduce((best, u) =>
-        load.get(u)! < load.get(best)! || (load.get(u) === load.get(best) && affinity(dataset, u.address) > affinity(dataset, best.address)) ? u : best
-      ))
-    }),
-    Stream.filter((x): x is Either.Either<Uplink, LinkError> => x !== undefined),
-    Stream.runHead,
-    Effect.flatMap((x) => (Option.isSome(x) ? x.value : Effect.die(new Error("no server state")))),
-  )
 
 /** How long a dataset a server could not take waits before it goes again: 1 s doubling to 30 s, jittered. */
 const deferralSchedule = Schedule.exponential("1 second").pipe(Schedule.union(Schedule.spaced("30 seconds")), Schedule.jittered)
