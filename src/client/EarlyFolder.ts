@@ -10,11 +10,9 @@ import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import * as Stream from "effect/Stream"
 import * as zlib from "node:zlib"
-import { parseEntry, pieceFileName } from "../domain/Dataset.js"
+import {  pieceFileName } from "../domain/Dataset.js"
 import { type Look } from "../domain/Growing.js"
-import { DatasetScanner } from "../services/DatasetScanner.js"
 
 /** What one look at a piece file saw: its size and time, and its first and last bytes. */
 export interface PieceLook extends Look {
@@ -64,21 +62,3 @@ export const sliceOf = (dir: string, dataset: string, index: number): Effect.Eff
     return Option.some<Uint8Array>(zlib.gunzipSync(bytes))
   }).pipe(Effect.catchAllDefect(() => Effect.succeed(Option.none())), Effect.orElseSucceed(() => Option.none()))
 
-/** The piece numbers of one dataset present in the folder now (sorted). */
-export const piecesPresent = (dir: string, dataset: string): Effect.Effect<Array<number>, never, DatasetScanner> =>
-  Effect.gen(function*() {
-    const scanner = yield* DatasetScanner
-    const found: Array<number> = []
-    yield* scanner.list(dir).pipe(
-      Stream.runForEach((names) =>
-        Effect.sync(() => {
-          for (const n of names) {
-            const e = parseEntry(n)
-            if (e._tag === "Piece" && e.dataset === dataset) found.push(e.index)
-          }
-        })
-      ),
-      Effect.orElse(() => Effect.void)
-    )
-    return found.sort((a, b) => a - b)
-  })

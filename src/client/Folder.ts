@@ -81,7 +81,7 @@ export const readManifest = (
       return yield* Effect.fail(bad(`${markerFileName(name)} says ${size} bytes but there are no pieces`))
     }
     if (!isContiguous(holdings)) {
-      const present = yield* indicesOf(dir, name)
+      const present = yield* piecesPresent(dir, name)
       return yield* Effect.fail(bad(`piece ${firstGap(name, holdings.lowest, present)} is missing (found ${holdings.pieces} pieces numbered ${holdings.lowest} to ${holdings.highest})`))
     }
     const firstName = pieceFileName(name, holdings.lowest)
@@ -99,8 +99,8 @@ export const readManifest = (
     return manifest
   })
 
-/** All piece numbers of one dataset: only needed to name a gap. */
-const indicesOf = (dir: string, dataset: string) =>
+/** The piece numbers of one dataset present in the folder now, sorted (naming a gap; --early's looks). */
+export const piecesPresent = (dir: string, dataset: string): Effect.Effect<Array<number>, never, DatasetScanner> =>
   Effect.gen(function*() {
     const scanner = yield* DatasetScanner
     const found: Array<number> = []
@@ -115,7 +115,7 @@ const indicesOf = (dir: string, dataset: string) =>
       ),
       Effect.orElse(() => Effect.void)
     )
-    return found
+    return found.sort((a, b) => a - b)
   })
 
 /** Compressed size of one piece, a hint for sizing read buffers. */
