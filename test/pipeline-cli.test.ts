@@ -357,10 +357,11 @@ describe("a peer that is not what the client expects: one clear line, exit 3, no
 })
 
 describe("send --bwlimit", () => {
-  // The one timing assertion: the feature is a rate. On a machine shared with other work, a process starved
-  // of CPU for a moment loses that time for good (a limiter only lets a short burst catch up), so a run can
-  // come out slower than the rate; never faster. One more run is allowed for that.
-  it("1MiB/s: about 5 MB of pieces take their size over the rate, within 5%", { retry: 1 }, async () => {
+  // The feature is a rate. Its exact arithmetic is checked on Effect's TestClock (test/timetable.test.ts: a
+  // constant rate waits exactly its time). Here, through a real process: never faster than the rate (within
+  // the first burst), and not grossly slower. A process starved of CPU on a loaded machine loses that time for
+  // good (a limiter lets only a short burst catch up), so the upper bound is loose on purpose.
+  it("1MiB/s: about 5 MB of pieces take their size over the rate, never less", async () => {
     const src = dirs.make("src")
     const m = await makeFake(src, "rate", ["--size", "8MiB", "--slice", "16KiB", "--seed", "89"])
     const wire = pieceBytes(src, "rate")
@@ -384,7 +385,8 @@ describe("send --bwlimit", () => {
       const done = progress.find((e) => e.event === "progress" && e.ackedPieces === e.pieces)
       expect(done).toBeDefined()
       const sending = (Date.parse(done!.time) - Date.parse(progress[0]!.time)) / 1000
-      expect(Math.abs(sending - expected) / expected, `${sending.toFixed(3)} s to send, ${expected.toFixed(3)} s expected`).toBeLessThan(0.05)
+      expect(sending, `${sending.toFixed(3)} s to send, ${expected.toFixed(3)} s expected`).toBeGreaterThan(expected * 0.95)
+      expect(sending, `${sending.toFixed(3)} s to send, ${expected.toFixed(3)} s expected`).toBeLessThan(expected * 1.5)
       // from the outside: never faster than the rate allows
       expect(wall).toBeGreaterThan(expected)
       expect(sha256File(join(dest, "rate"))).toBe(m.sha)
