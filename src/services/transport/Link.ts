@@ -81,6 +81,8 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
   let held = 0
   /** Bytes the budget took for the next body while this link waited for room. */
   let granted = 0
+  /** What each frame still unreleased was charged to the budget. */
+  const charged = new WeakMap<RawFrame, number>()
   let onRoom: () => void = () => {}
   let onEvicted: (reason: string) => void = () => {}
   const holder: BudgetHolder = {
@@ -121,6 +123,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
       for (const f of r) {
         queue.push(f)
         queued += f.body.length
+        charged.set(f, f.body.length)
       }
       if (queued > readAhead || decoder.stalled) socket.pause()
       if (queue.length > 0) wake?.()
@@ -198,7 +201,9 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
   })
   const release = (frame: RawFrame) => {
     if (budget === undefined || held === 0) return
-    const n = Math.min(frame.body.length, held)
+    // the size it was charged, read as it arrived: a body handed to a gunzip thread is detached here (length 0)
+    const n = Math.min(charged.get(frame) ?? frame.body.length, held)
+    charged.delete(frame)
     held -= n
     budget.give(n)
   }
