@@ -11,6 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import type * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
+import { dispatch } from "./Dispatch.js"
 import { PieceBitmap } from "../domain/Bitmap.js"
 import { ContentCrc, formatCrc } from "../domain/Crc32.js"
 import { lengthOf, type Manifest, offsetOf } from "../domain/Dataset.js"
@@ -236,8 +237,7 @@ export const sendOpened = (
     const pieceBytes = yield* pieceFileBytes(options.dir, name, manifest.first)
     const serverMax = Math.min(...connections.map((c) => c.maxFrame))
     const batches = planBatches(manifest, held, piecesPerBatch(manifest.sliceSize, pieceBytes, options.batchBytes, serverMax))
-    const roomiest = () => connections.reduce((best, c) => (c.inflight() < best.inflight() ? c : best))
-    const pump = Stream.fromIterable({ [Symbol.iterator]: () => batches }).pipe(
+    const reads = Stream.fromIterable({ [Symbol.iterator]: () => batches }).pipe(
       Stream.tap((batch) => Effect.sync(() => inFlight.set(batch.seq, { pieces: batch.indices.length, bytes: batch.bytes }))),
       Stream.mapEffect(
         (batch) =>
@@ -246,17 +246,20 @@ export const sendOpened = (
             (frame) => ({ batch, frame })
           ),
         { concurrency: options.readAhead }
-      ),
-      Stream.mapEffect(({ batch, frame }) =>
+      )
+    )
+    const pump = dispatch(reads, {
+      ready: options.readAhead,
+      connections,
+      send: (connection, { batch, frame }) =>
         Effect.suspend(() => {
           addRun(crc, manifest, batch.indices, frame.crcs)
-          return roomiest().sendBatch(handle, frame.seq, batch.indices.length, frame.frame, frame.release).pipe(
+          return connection.sendBatch(handle, frame.seq, batch.indices.length, frame.frame, frame.release).pipe(
             Effect.zipRight(Metric.incrementBy(sentPieces, batch.indices.length)),
             Effect.zipRight(Metric.incrementBy(sentBytes, frame.pieceBytes))
           )
-        }), { concurrency: connections.length, unordered: true }),
-      Stream.runDrain
-    )
+        })
+    })
     // a failure the server reports while we still send ends the pump at once
     yield* Effect.raceFirst(pump, Effect.zipRight(Deferred.await(outcome), Effect.never))
     yield* connections[0]!.seal(handle, formatCrc(crc.value))

@@ -6,9 +6,11 @@
  * a SubscriptionRef, so transfers wait for it to be up, and one line is
  * logged per change of state, not per attempt.
  */
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -111,17 +113,25 @@ export const makeUplink = (
     let wasUp = false
     const ackedNow = () => current.reduce((n, c) => n + c.acked(), 0)
 
-    /** Dials the first connection, then the others it calls for; carries on with those the server accepts. */
+    /**
+     * Dials the first connection and, as soon as its TCP set-up time is known (for "auto"), the
+     * others it calls for, while the first one's handshake goes on; carries on with those the
+     * server accepts.
+     */
     const connectAll = Effect.gen(function*() {
-      const first = yield* connect(address, options)
-      const wanted = count === "auto" ? autoConnections(first.roundTrip) : Math.max(1, count)
+      const roundTrip = yield* Deferred.make<number | undefined>()
+      // its outcome is read below, in either case: a fork that fails on its own would be logged as unhandled
+      const first = yield* Effect.fork(Effect.either(connect(address, options, (rtt) => Deferred.succeed(roundTrip, rtt))))
+      const measured = yield* Effect.raceFirst(Deferred.await(roundTrip), Effect.flatMap(Fiber.join(first), (c) => Effect.map(c, (c) => c.roundTrip)))
+      const wanted = count === "auto" ? autoConnections(measured ?? 0) : Math.max(1, count)
       const others = yield* Effect.forEach(Array.from({ length: wanted - 1 }), () => Effect.either(connect(address, options)), { concurrency: "unbounded" })
+      const connected = yield* Effect.flatten(Fiber.join(first))
       const refused = others.filter(Either.isLeft)
       if (refused.length > 0) {
         yield* Effect.logDebug(`${name}: ${wanted - refused.length} of ${wanted} connections accepted (${refused[0]!.left.message}); carrying on with those`)
       }
-      yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${first.roundTrip.toFixed(2)} ms)` : ""}`)
-      return [first, ...others.filter(Either.isRight).map((r) => r.right)]
+      yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${(measured ?? 0).toFixed(2)} ms)` : ""}`)
+      return [connected, ...others.filter(Either.isRight).map((r) => r.right)]
     })
 
     /** One spell of being connected: up until a connection breaks. */
