@@ -116,15 +116,18 @@ export const makeUplink = (
     /**
      * Dials the first connection and, as soon as its TCP set-up time is known (for "auto"), the
      * others it calls for, while the first one's handshake goes on; carries on with those the
-     * server accepts.
+     * server accepts. The connections close side by side: each waits a round trip for the
+     * server's end of the stream, and one after another that was a second at the end of a run on
+     * a 200 ms link.
      */
+    const dial = (dialed?: (roundTripMs: number | undefined) => Effect.Effect<void>) => Effect.sequentialFinalizers(connect(address, options, dialed))
     const connectAll = Effect.gen(function*() {
       const roundTrip = yield* Deferred.make<number | undefined>()
       // its outcome is read below, in either case: a fork that fails on its own would be logged as unhandled
-      const first = yield* Effect.fork(Effect.either(connect(address, options, (rtt) => Deferred.succeed(roundTrip, rtt))))
+      const first = yield* Effect.fork(Effect.either(dial((rtt) => Deferred.succeed(roundTrip, rtt))))
       const measured = yield* Effect.raceFirst(Deferred.await(roundTrip), Effect.flatMap(Fiber.join(first), (c) => Effect.map(c, (c) => c.roundTrip)))
       const wanted = count === "auto" ? autoConnections(measured ?? 0) : Math.max(1, count)
-      const others = yield* Effect.forEach(Array.from({ length: wanted - 1 }), () => Effect.either(connect(address, options)), { concurrency: "unbounded" })
+      const others = yield* Effect.forEach(Array.from({ length: wanted - 1 }), () => Effect.either(dial()), { concurrency: "unbounded" })
       const connected = yield* Effect.flatten(Fiber.join(first))
       const refused = others.filter(Either.isLeft)
       if (refused.length > 0) {
@@ -132,7 +135,7 @@ export const makeUplink = (
       }
       yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${(measured ?? 0).toFixed(2)} ms)` : ""}`)
       return [connected, ...others.filter(Either.isRight).map((r) => r.right)]
-    })
+    }).pipe(Effect.parallelFinalizers)
 
     /** One spell of being connected: up until a connection breaks. */
     const session = Effect.scoped(
