@@ -191,10 +191,9 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
           return yield* Effect.acquireUseRelease(
             Ref.update(uplink.load, (n) => n + 1),
             () =>
-              Effect.flatMap(uplink.connections, (connections) =>
-                manifest === undefined
-                  ? earlyTransfer({ ...options, timing: options.earlyTiming }, connections, uplink.nextHandle(), name)
-                  : transfer(options, connections, uplink.nextHandle(), manifest)),
+              manifest === undefined
+                ? Effect.flatMap(uplink.settledConnections, (connections) => earlyTransfer({ ...options, timing: options.earlyTiming }, connections, uplink.nextHandle(), name))
+                : Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest, uplink.joining(connections))),
             () => Ref.update(uplink.load, (n) => n - 1)
           ).pipe(
             Effect.tapError((e) =>

@@ -21,7 +21,7 @@ export const dispatch = <A, C, E, R, E2, R2>(
     readonly ready: number
     readonly connections: ReadonlyArray<C>
     /** Connections that join later, as they come; the stream may never end. */
-    readonly joining?: Stream.Stream<C>
+    readonly joining?: Stream.Stream<C> | undefined
     readonly send: (connection: C, batch: A) => Effect.Effect<void, E2, R2>
   }
 ): Effect.Effect<void, E | E2, R | R2> =>

@@ -9,7 +9,9 @@ import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import type * as Queue from "effect/Queue"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { dispatch } from "./Dispatch.js"
 import { PieceBitmap } from "../domain/Bitmap.js"
@@ -157,13 +159,20 @@ const allHeld = (count: number) => {
   return held
 }
 
-export const transfer = (options: TransferOptions, connections: ReadonlyArray<Connection>, handle: number, manifest: Manifest) =>
+export const transfer = (
+  options: TransferOptions,
+  connections: ReadonlyArray<Connection>,
+  handle: number,
+  manifest: Manifest,
+  /** Connections to the same server that join while it runs ("auto" growing): each opens the dataset and takes batches too. */
+  joining?: Stream.Stream<Connection>
+) =>
   Effect.gen(function*() {
     const started = yield* Clock.currentTimeMillis
     const boxes = yield* Effect.forEach(connections, (c) => c.mailbox(handle))
     yield* Effect.addFinalizer(() => Effect.forEach(connections, (c) => c.close(handle), { discard: true }))
     const opened = yield* Effect.forEach(connections, (c) => c.open(handle, manifest), { concurrency: "unbounded" })
-    return yield* sendOpened(options, connections, handle, manifest, boxes, opened[0]!, { started, sentBefore: 0 })
+    return yield* sendOpened(options, connections, handle, manifest, boxes, opened[0]!, { started, sentBefore: 0, joining })
   }).pipe(Effect.scoped)
 
 /**
@@ -178,7 +187,12 @@ export const sendOpened = (
   manifest: Manifest,
   boxes: ReadonlyArray<Queue.Dequeue<Reply>>,
   first: Opened,
-  since: { readonly started: number; readonly sentBefore: number; readonly crcOf?: (index: number) => number | undefined }
+  since: {
+    readonly started: number
+    readonly sentBefore: number
+    readonly crcOf?: (index: number) => number | undefined
+    readonly joining?: Stream.Stream<Connection> | undefined
+  }
 ) =>
   Effect.gen(function*() {
     const reader = yield* PieceReader
@@ -248,9 +262,23 @@ export const sendOpened = (
         { concurrency: options.readAhead }
       )
     )
+    // a connection that joins opens the dataset, and is closed with the others: only after the commit
+    const scope = yield* Effect.scope
+    const join = (c: Connection) =>
+      Effect.gen(function*() {
+        const box = yield* c.mailbox(handle)
+        yield* Effect.addFinalizer(() => c.close(handle))
+        yield* c.open(handle, manifest)
+        yield* Stream.fromQueue(box).pipe(Stream.runForEach(onReply), Effect.forkScoped)
+        return Option.some(c)
+      }).pipe(
+        Scope.extend(scope),
+        Effect.catchAll((e) => Effect.as(Effect.logDebug(`${name}: a connection that joined could not take part (${e.message})`), Option.none<Connection>()))
+      )
     const pump = dispatch(reads, {
       ready: options.readAhead,
       connections,
+      joining: since.joining?.pipe(Stream.mapEffect(join), Stream.filterMap((c) => c)),
       send: (connection, { batch, frame }) =>
         Effect.suspend(() => {
           addRun(crc, manifest, batch.indices, frame.crcs)

@@ -6,6 +6,7 @@
  * a SubscriptionRef, so transfers wait for it to be up, and one line is
  * logged per change of state, not per attempt.
  */
+import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -18,7 +19,9 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import { isTransientRefusal } from "../domain/Codes.js"
+import { MAX_AUTO_CONNECTIONS, nextGrowthStep, probeInterval } from "../domain/Growth.js"
 import { PeerMismatch, TransportError } from "../domain/Errors.js"
+import { formatBytes } from "../domain/Units.js"
 import { publish } from "../services/Monitor.js"
 import { type Address, formatAddress, type Transport } from "../services/Transport.js"
 import { connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
@@ -49,7 +52,8 @@ export const autoConnections = (roundTripMs: number): number => (roundTripMs < N
 
 export type UplinkState =
   | { readonly _tag: "Connecting" }
-  | { readonly _tag: "Up"; readonly connections: ReadonlyArray<Connection> }
+  /** Settled: every connection of the first dialing is up or refused (more may join while "auto" grows). */
+  | { readonly _tag: "Up"; readonly connections: ReadonlyArray<Connection>; readonly settled: boolean }
   | { readonly _tag: "Down"; readonly error: LinkError }
   /** Given up on: out of retries, or not a server we can talk to. */
   | { readonly _tag: "Gone"; readonly error: LinkError }
@@ -81,6 +85,10 @@ export interface Uplink {
   readonly state: SubscriptionRef.SubscriptionRef<UplinkState>
   /** The live connections, waiting while the server is being reached; fails once it is given up on. */
   readonly connections: Effect.Effect<ReadonlyArray<Connection>, LinkError>
+  /** The same once every connection of the first dialing is up or refused (for a transfer that cannot take joiners). */
+  readonly settledConnections: Effect.Effect<ReadonlyArray<Connection>, LinkError>
+  /** Connections that join after `known` ("auto" growing), while this spell of being connected lasts. */
+  readonly joining: (known: ReadonlyArray<Connection>) => Stream.Stream<Connection>
   /** A handle for a new dataset transfer (unique on this server's connections). */
   readonly nextHandle: () => number
   /** Datasets being sent to it now, for the choice of the least loaded. */
@@ -112,36 +120,82 @@ export const makeUplink = (
     let lastLogged: "up" | "down" | undefined
     let wasUp = false
     const ackedNow = () => current.reduce((n, c) => n + c.acked(), 0)
+    const ackedBytesNow = () => current.reduce((n, c) => n + c.ackedBytes(), 0)
+
+    const dial = (dialed?: (roundTripMs: number | undefined) => Effect.Effect<void>) => Effect.sequentialFinalizers(connect(address, options, dialed))
 
     /**
-     * Dials the first connection and, as soon as its TCP set-up time is known (for "auto"), the
-     * others it calls for, while the first one's handshake goes on; carries on with those the
-     * server accepts. The connections close side by side: each waits a round trip for the
-     * server's end of the stream, and one after another that was a second at the end of a run on
-     * a 200 ms link.
+     * "auto" to a far server: one more connection while the bytes acknowledged per second still grow
+     * (domain/Growth.ts). A connection the server refuses ends the growth; the others carry on.
      */
-    const dial = (dialed?: (roundTripMs: number | undefined) => Effect.Effect<void>) => Effect.sequentialFinalizers(connect(address, options, dialed))
-    const connectAll = Effect.gen(function*() {
-      const roundTrip = yield* Deferred.make<number | undefined>()
-      // its outcome is read below, in either case: a fork that fails on its own would be logged as unhandled
-      const first = yield* Effect.fork(Effect.either(dial((rtt) => Deferred.succeed(roundTrip, rtt))))
-      const measured = yield* Effect.raceFirst(Deferred.await(roundTrip), Effect.flatMap(Fiber.join(first), (c) => Effect.map(c, (c) => c.roundTrip)))
-      const wanted = count === "auto" ? autoConnections(measured ?? 0) : Math.max(1, count)
-      const others = yield* Effect.forEach(Array.from({ length: wanted - 1 }), () => Effect.either(dial()), { concurrency: "unbounded" })
-      const connected = yield* Effect.flatten(Fiber.join(first))
-      const refused = others.filter(Either.isLeft)
-      if (refused.length > 0) {
-        yield* Effect.logDebug(`${name}: ${wanted - refused.length} of ${wanted} connections accepted (${refused[0]!.left.message}); carrying on with those`)
-      }
-      yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${(measured ?? 0).toFixed(2)} ms)` : ""}`)
-      return [connected, ...others.filter(Either.isRight).map((r) => r.right)]
-    }).pipe(Effect.parallelFinalizers)
+    const grow = (roundTrip: number, watch: (c: Connection) => Effect.Effect<void, never, Scope.Scope>) =>
+      Effect.gen(function*() {
+        const every = probeInterval(roundTrip)
+        let before = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+        let previous: number | undefined
+        while (true) {
+          yield* Effect.sleep(every)
+          const now = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+          const rate = ((now.bytes - before.bytes) * 1000) / Math.max(1, now.at - before.at)
+          before = now
+          const busy = current.some((c) => c.inflight() > 0)
+          const step = nextGrowthStep({ rate, previous, connections: current.length, max: MAX_AUTO_CONNECTIONS, busy })
+          if (busy) previous = rate
+          if (step === "wait") continue
+          if (step === "stop") {
+            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, no longer growing)`)
+          }
+          const added = yield* Effect.either(dial())
+          if (Either.isLeft(added)) return yield* Effect.logDebug(`${name}: no connection beyond ${current.length} (${added.left.message})`)
+          yield* watch(added.right)
+          current = [...current, added.right]
+          yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s and still growing)`)
+          yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
+          // the probe starts again once it takes part: its set-up time is no measure of the link
+          before = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+        }
+      })
 
-    /** One spell of being connected: up until a connection breaks. */
+    /**
+     * One spell of being connected: up until a connection breaks. The connections close side by
+     * side: each waits a round trip for the server's end of the stream, and one after another that
+     * was a second at the end of a run on a 200 ms link.
+     */
     const session = Effect.scoped(
       Effect.gen(function*() {
-        const connections = yield* connectAll
-        current = connections
+        // The first connection is dialed; as soon as its TCP set-up time is known (for "auto") the
+        // others it calls for are too, while its handshake goes on. Transfers start on the first
+        // and the others join as they come: on a lossy link a lost SYN costs a connection a second.
+        const broken = yield* Deferred.make<LinkError>()
+        const watch = (c: Connection) => Effect.asVoid(Effect.forkScoped(Effect.flatMap(Effect.flip(c.lost), (e) => Deferred.succeed(broken, e))))
+        const up = yield* Ref.make(false)
+        const join = (c: Connection) =>
+          Effect.zipRight(
+            watch(c),
+            Effect.flatMap(Ref.get(up), (isUp) => {
+              current = [...current, c]
+              return isUp ? SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: false }) : Effect.void
+            })
+          )
+        const roundTrip = yield* Deferred.make<number | undefined>()
+        // its outcome is read below, in either case: a fork that fails on its own would be logged as unhandled
+        const dialing = yield* Effect.fork(Effect.either(dial((rtt) => Deferred.succeed(roundTrip, rtt))))
+        const measured = (yield* Effect.raceFirst(Deferred.await(roundTrip), Effect.flatMap(Fiber.join(dialing), (c) => Effect.map(c, (c) => c.roundTrip)))) ?? 0
+        const wanted = count === "auto" ? autoConnections(measured) : Math.max(1, count)
+        const others = Effect.gen(function*() {
+          const dialed = yield* Effect.forEach(Array.from({ length: wanted - 1 }), () => Effect.tap(Effect.either(dial()), (r) => Either.isRight(r) ? join(r.right) : Effect.void), {
+            concurrency: "unbounded"
+          })
+          const refused = dialed.filter(Either.isLeft)
+          if (refused.length > 0) {
+            yield* Effect.logDebug(`${name}: ${wanted - refused.length} of ${wanted} connections accepted (${refused[0]!.left.message}); carrying on with those`)
+          }
+          yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms)` : ""}`)
+        })
+        const othersDone = yield* Effect.forkScoped(others)
+        const first = yield* Effect.flatten(Fiber.join(dialing))
+        yield* watch(first)
+        current = [first, ...current]
         // one line per change of state: the first connection is not news, a reconnection is
         if (lastLogged === "down") yield* Effect.logInfo(`connected to ${name} again`)
         else yield* Effect.logDebug(`connected to ${name}`)
@@ -151,13 +205,19 @@ export const makeUplink = (
         lastLogged = "up"
         wasUp = true
         yield* publish({ event: "link", server: name, state: "up", message: "connected" })
-        yield* SubscriptionRef.set(state, { _tag: "Up", connections })
-        // up until the first connection breaks (raceAll takes the first success: hence the flips);
-        // from that moment no new transfer may take these connections, even while they close
-        const broken = yield* Effect.raceAll(connections.map((c) => Effect.flip(c.lost)))
-        yield* SubscriptionRef.set(state, { _tag: "Down", error: broken })
-        return yield* Effect.fail(broken)
-      })
+        yield* Ref.set(up, true)
+        yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: false })
+        // up until the first connection breaks; from that moment no new transfer may take these
+        // connections, even while they close
+        yield* Effect.forkScoped(Effect.gen(function*() {
+          yield* Fiber.join(othersDone)
+          yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
+          if (count === "auto" && measured >= NEAR_ROUND_TRIP_MS) yield* grow(measured, watch)
+        }))
+        const error = yield* Deferred.await(broken)
+        yield* SubscriptionRef.set(state, { _tag: "Down", error })
+        return yield* Effect.fail(error)
+      }).pipe(Effect.parallelFinalizers)
     ).pipe(
       Effect.mapError((error): SessionEnd => {
         const progressed = ackedNow() > 0
@@ -165,7 +225,6 @@ export const makeUplink = (
         current = []
         return { error, progressed }
       }),
-      Effect.tap(() => Effect.void),
       Effect.tapError((end) => SubscriptionRef.set(state, { _tag: "Down", error: end.error })),
       Effect.tapError((end) =>
         Effect.gen(function*() {
@@ -199,14 +258,10 @@ export const makeUplink = (
     )
     yield* Effect.forkScoped(run)
 
-    return {
-      address: name,
-      state,
-      load: yield* Ref.make(0),
-      nextHandle: () => ++handles,
-      acked: () => ackedBefore + ackedNow(),
-      connections: state.changes.pipe(
-        Stream.filter((s) => s._tag === "Up" || s._tag === "Gone"),
+    /** The connections once the state is Up and `ready` says so; fails once the server is given up on. */
+    const upWith = (ready: (s: Extract<UplinkState, { _tag: "Up" }>) => boolean) =>
+      state.changes.pipe(
+        Stream.filter((s) => (s._tag === "Up" && ready(s)) || s._tag === "Gone"),
         Stream.take(1),
         Stream.runHead,
         Effect.flatMap((s) =>
@@ -215,5 +270,22 @@ export const makeUplink = (
             : Effect.fail(s._tag === "Some" && s.value._tag === "Gone" ? s.value.error : new PeerMismatch({ peer: name, reason: "no connection" }))
         )
       )
+
+    return {
+      address: name,
+      state,
+      load: yield* Ref.make(0),
+      nextHandle: () => ++handles,
+      acked: () => ackedBefore + ackedNow(),
+      joining: (known) => {
+        const seen = new Set(known)
+        return state.changes.pipe(
+          Stream.takeWhile((s) => s._tag === "Up" && s.connections.includes(known[0]!)),
+          Stream.flatMap((s) => Stream.fromIterable(s._tag === "Up" ? s.connections.filter((c) => !seen.has(c)) : [])),
+          Stream.tap((c) => Effect.sync(() => seen.add(c)))
+        )
+      },
+      connections: upWith(() => true),
+      settledConnections: upWith((s) => s.settled)
     } satisfies Uplink
   })
