@@ -19,6 +19,7 @@ import { DatasetRejected, PeerMismatch, ProtocolError, TransportError } from "..
 import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
 import { Close, type ControlMessage, decodeControl, encodeControl, encodeHi, Hello, Hi, type Marker, Open, type Opened, type OpenGrowing, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
 import { VERSION } from "../domain/Version.js"
+import { Credentials } from "../services/Credentials.js"
 import { Throttle } from "../services/Throttle.js"
 import { type Address, type Link, type TlsClient, Transport } from "../services/Transport.js"
 
@@ -123,16 +124,27 @@ const expectControl = (peer: string, frame: RawFrame): Effect.Effect<ControlMess
 /** A Refused message, or anything else where it should not be. */
 const refusal = (peer: string, m: ControlMessage): LinkError => {
   if (m._tag !== "Refused") return new ProtocolError({ peer, code: "Unexpected", reason: `unexpected ${m._tag} from server` })
-  if (m.code === "VersionMismatch" || m.code === "AuthFailed" || m.code === "AuthRequired") return new PeerMismatch({ peer, reason: `server refused: ${m.message}` })
+  if (m.code === "VersionMismatch" || m.code === "AuthFailed" || m.code === "AuthRequired" || m.code === "CertificateRequired" || m.code === "CertificateUntrusted") return new PeerMismatch({ peer, reason: `server refused: ${m.message}` })
   return new ProtocolError({ peer, code: m.code, reason: `server refused: ${m.message}` })
 }
+
+/** The token and TLS material for a new connection: as reloaded last (SIGHUP), else as given. */
+const current = (options: ConnectionOptions) =>
+  Effect.map(Effect.serviceOption(Credentials), (credentials) => {
+    if (Option.isNone(credentials)) return Effect.succeed({ token: options.token, tls: options.tls })
+    return Effect.map(credentials.value.get, (now) => ({
+      token: now.token,
+      tls: options.tls === undefined ? undefined : { ...options.tls, ca: now.ca ?? options.tls.ca, cert: now.cert ?? options.tls.cert, key: now.key ?? options.tls.key }
+    }))
+  }).pipe(Effect.flatten)
 
 /** Dials, completes the handshake, and routes incoming frames until the scope closes. */
 export const connect = (address: Address, options: ConnectionOptions): Effect.Effect<Connection, LinkError, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const transport = yield* Transport
     const throttle = yield* Throttle
-    const link = yield* transport.dial(address, { maxFrame: options.maxFrame, tls: options.tls })
+    const { token, tls } = yield* current(options)
+    const link = yield* transport.dial(address, { maxFrame: options.maxFrame, tls })
     const peer = link.peer
     const next = yield* frameReader(link)
     const inTime = <A>(step: Effect.Effect<A, LinkError>, waitingFor: string) =>
@@ -152,10 +164,10 @@ export const connect = (address: Address, options: ConnectionOptions): Effect.Ef
     yield* link.send(encodeHi(new Hi({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}` })))
     const welcome = yield* receive("greeting")
     if (welcome._tag !== "Welcome") return yield* Effect.fail(refusal(peer, welcome))
-    if (welcome.auth === "hmac-sha256" && options.token === undefined) {
+    if (welcome.auth === "hmac-sha256" && token === undefined) {
       return yield* Effect.fail(new PeerMismatch({ peer, reason: "the server requires a token: give --token-file or set FERRY_TOKEN" }))
     }
-    const proof = welcome.auth === "hmac-sha256" && options.token !== undefined ? proofFor(options.token, welcome.nonce) : null
+    const proof = welcome.auth === "hmac-sha256" && token !== undefined ? proofFor(token, welcome.nonce) : null
     const helloSent = performance.now()
     yield* link.send(encodeControl(new Hello({ proof })))
     const ready = yield* receive("answer to our hello")

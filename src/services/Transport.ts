@@ -42,7 +42,15 @@ export interface Link {
   readonly roundTrip?: number
   /** The first bytes the peer sent (up to 64), to tell what it speaks when it is not ferry. */
   readonly firstBytes: () => Uint8Array
+  /** On a TLS server that asks for client certificates (--tls-client-ca), what this client showed. */
+  readonly clientCertificate?: ClientCertificate
 }
+
+/** A client's certificate, as a server that asks for one found it. `subject` as `CN=alice, O=example`. */
+export type ClientCertificate =
+  | { readonly _tag: "Trusted"; readonly subject: string }
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Untrusted"; readonly subject: string; readonly reason: string }
 
 export interface LinkOptions {
   readonly maxFrame?: number
@@ -54,16 +62,22 @@ export interface LinkOptions {
   readonly budget?: FrameBudget | undefined
 }
 
-/** TLS for a client: the server is verified against `ca` (PEM) or the system's roots, and must carry `servername`. */
+/**
+ * TLS for a client: the server is verified against `ca` (PEM) or the system's roots, and must carry
+ * `servername`; with `cert` and `key`, the client shows that certificate.
+ */
 export interface TlsClient {
   readonly ca: Buffer | undefined
   readonly servername: string | undefined
+  readonly cert?: Buffer | undefined
+  readonly key?: Buffer | undefined
 }
 
-/** TLS for a server: its certificate and key (PEM). */
+/** TLS for a server: its certificate and key (PEM); with `clientCa`, clients must show a certificate that chains to it. */
 export interface TlsServer {
   readonly cert: Buffer
   readonly key: Buffer
+  readonly clientCa?: Buffer | undefined
 }
 
 export interface DialOptions extends LinkOptions {
@@ -74,6 +88,8 @@ export interface ListenOptions extends LinkOptions {
   readonly host: string
   readonly port: number
   readonly tls?: TlsServer | undefined
+  /** New TLS material for the connections accepted from then on (a reload); those open keep theirs. */
+  readonly tlsChanges?: Stream.Stream<TlsServer> | undefined
   /** TLS handshakes must finish within this. */
   readonly handshakeTimeout?: Duration.DurationInput
 }
