@@ -3,7 +3,9 @@
  * chains to that CA; the others are refused with one line each, counted, and their sender stops at
  * once (exit 3); an accepted client's subject is in the server's log lines and events.
  */
-import { writeFileSync } from "node:fs"
+import { readFileSync, writeFileSync } from "node:fs"
+import type { AddressInfo } from "node:net"
+import * as tls from "node:tls"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ferry, sha256File, shaOf, spawnFerry, tempDirs } from "./support/cli.js"
@@ -117,6 +119,25 @@ describe.each([
       expect(r.stderr).toMatch(/the server requires a token/)
     })
   }
+})
+
+describe("a TLS server in front of ferry that refuses the certificate itself (a TLS alert)", () => {
+  it("is not a fault a retry cures: one attempt, exit 3, the reason named", async () => {
+    // what a proxy does: the TLS layer asks for a certificate and ends the handshake without one
+    const proxy = tls.createServer({ cert: readFileSync(server.cert), key: readFileSync(server.key), ca: readFileSync(ca.cert), requestCert: true, rejectUnauthorized: true })
+    let connections = 0
+    proxy.on("connection", () => connections++)
+    proxy.on("tlsClientError", () => {})
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve))
+    try {
+      const r = await sendTo(`127.0.0.1:${(proxy.address() as AddressInfo).port}`, ["--retries", "5"])
+      expect(r.code).toBe(3)
+      expect(r.stderr).toMatch(/the server refused our client certificate at the TLS layer \(ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED\)/)
+      expect(connections).toBe(1)
+    } finally {
+      await new Promise((resolve) => proxy.close(resolve))
+    }
+  })
 })
 
 describe("the command line", () => {

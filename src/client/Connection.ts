@@ -21,7 +21,7 @@ import { Close, type ControlMessage, decodeControl, encodeControl, encodeHi, Hel
 import { VERSION } from "../domain/Version.js"
 import { Credentials } from "../services/Credentials.js"
 import { Throttle } from "../services/Throttle.js"
-import { type Address, type Link, type TlsClient, Transport } from "../services/Transport.js"
+import { type Address, type Link, refusesOurCertificate, type TlsClient, Transport } from "../services/Transport.js"
 
 export type LinkError = TransportError | ProtocolError | PeerMismatch
 
@@ -95,6 +95,10 @@ const printable = (bytes: Uint8Array) => Buffer.from(bytes).toString("latin1").r
  * lost connection, tried again like any other.
  */
 const greetingProblem = (transport: Transport["Type"], address: Address, link: Link, secure: boolean, e: TransportError | ProtocolError): Effect.Effect<never, LinkError> => {
+  // TLS 1.3: the server checks our certificate after our side of the handshake is done, and its alert comes here
+  if (secure && e._tag === "TransportError" && refusesOurCertificate(e.code)) {
+    return Effect.fail(new PeerMismatch({ peer: link.peer, reason: `the server refused our client certificate at the TLS layer (${e.code}); check --tls-cert and --tls-key` }))
+  }
   const first = link.firstBytes()
   if (first.length >= 2 && (first[0] === 0x15 || first[0] === 0x16) && first[1] === 0x03) {
     return Effect.fail(new PeerMismatch({ peer: link.peer, reason: "the server speaks TLS: add --tls (or --tls-ca FILE)" }))

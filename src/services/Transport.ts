@@ -109,6 +109,15 @@ export class Transport extends Context.Tag("ferry/Transport")<Transport, {
   ) => Effect.Effect<Address, TransportError, Scope.Scope>
 }>() {}
 
+/**
+ * Whether a TLS error a client got is the server refusing the certificate the client showed (or
+ * did not show): a TLS alert about it. A TLS server that is not ferry (a proxy in front of it)
+ * refuses that way; ferry refuses with a message (CertificateRequired, CertificateUntrusted).
+ */
+export const refusesOurCertificate = (code: string | undefined): boolean =>
+  code !== undefined &&
+  /^ERR_SSL_(TLSV13|TLSV1|SSLV3)_ALERT_(CERTIFICATE_REQUIRED|UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED)$/.test(code)
+
 /** Connections to a server that ended before the handshake was done: TLS's here, ferry's in server/Connection.ts. */
 export const handshakesFailed = Metric.counter("ferry_serve_handshakes_failed_total", {
   description: "Connections that ended before finishing the handshake (TLS or ferry's), whatever the reason.",

@@ -9,7 +9,7 @@ import * as net from "node:net"
 import * as tls from "node:tls"
 import { PeerMismatch, TransportError } from "../../domain/Errors.js"
 import { type BufferPool, FramePool } from "../BufferPool.js"
-import { type Address, type ClientCertificate, formatAddress, handshakesFailed, type TlsServer, Transport } from "../Transport.js"
+import { type Address, type ClientCertificate, formatAddress, handshakesFailed, refusesOurCertificate, type TlsServer, Transport } from "../Transport.js"
 import { adoptWithOwnBuffer, rawSocketOf } from "../node/Sockets.js"
 import { linkFromDuplex, ownReadBuffer, reasonOf, scopedSocket } from "./Link.js"
 
@@ -18,9 +18,14 @@ const tune = (socket: net.Socket) => {
   socket.setKeepAlive(true, 30_000)
 }
 
+/** The server's TLS layer refused the certificate we showed, or that we showed none. */
+const certificateRefused = (e: { readonly message: string }) =>
+  `the server refused our client certificate at the TLS layer (${e.message.split("\n")[0]}); check --tls-cert and --tls-key`
+
 /** A TLS failure that says the peer is not what we expect (no TLS, a certificate we do not trust), or undefined. */
 const tlsMismatch = (e: Error): string | undefined => {
   const code = (e as NodeJS.ErrnoException).code ?? ""
+  if (refusesOurCertificate(code)) return certificateRefused(e)
   if (/WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol|ECONNRESET/i.test(`${code} ${e.message}`)) {
     return "TLS handshake failed: the server does not speak TLS (drop --tls / --tls-ca?)"
   }
