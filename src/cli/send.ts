@@ -24,7 +24,7 @@ import {
 import { type LogOutput, logExit, stderrOutput } from "../Logging.js"
 import { ClientLive } from "../Layers.js"
 import { MonitorLive } from "../services/Monitor.js"
-import { ThrottleLive } from "../services/Throttle.js"
+import { Throttle, ThrottleLive } from "../services/Throttle.js"
 import { ExitCode } from "../domain/ExitCode.js"
 import { Credentials } from "../services/Credentials.js"
 import {
@@ -129,8 +129,9 @@ export const sendCommand = Command.make(
         const started = Date.now()
         const ca = Option.getOrUndefined(flags.tlsCa)
         const pair = flags.clientCertificate
-        // SIGHUP: the token, CA, certificate and key are read again, for the connections made after
-        yield* reloadOnHangup((yield* Credentials).reload)
+        // SIGHUP: the token, CA, certificate and key are read again, for the connections made after; the
+        // --bwlimit in force is read off the clock again (its value is the command line's: no file to read)
+        yield* reloadOnHangup(Effect.zipRight((yield* Credentials).reload, (yield* Throttle).reapply))
         const options: SendOptions = {
           ...defaultSendOptions,
           ...(flags.watch ? watchPolicy : {}),
