@@ -181,11 +181,6 @@ export const serveConnection = (
 
     const hi = (message: Extract<ControlMessage, { _tag: "Hi" }>) =>
       Effect.gen(function*() {
-        const shown = link.clientCertificate
-        if (shown?._tag === "Missing") {
-          return yield* refuse("CertificateRequired", "this server requires a client certificate (send --tls-cert and --tls-key)")
-        }
-        if (shown?._tag === "Untrusted") return yield* refuse("CertificateUntrusted", `client certificate ${shown.subject}: ${shown.reason}`)
         if (message.protocol !== PROTOCOL_VERSION) {
           return yield* refuse("VersionMismatch", `client speaks protocol ${message.protocol}, this server speaks ${PROTOCOL_VERSION}; upgrade the older side`)
         }
@@ -273,7 +268,12 @@ export const serveConnection = (
         if (written.right === "written") yield* send(encodeAck(batch.handle, batch.seq))
       })
 
+    // a client whose certificate is missing or not trusted is refused at its first frame, whatever it is (once
+    // read: a socket closed with bytes unread would be reset, and the refusal lost with them)
+    const shown = link.clientCertificate
     const onFrame = (frame: RawFrame) => {
+      if (stage === "hi" && shown?._tag === "Missing") return refuse("CertificateRequired", "this server requires a client certificate (send --tls-cert and --tls-key)")
+      if (stage === "hi" && shown?._tag === "Untrusted") return refuse("CertificateUntrusted", `client certificate ${shown.subject}: ${shown.reason}`)
       switch (frame.kind) {
         case FrameKind.Control:
           return onControl(frame.body)
