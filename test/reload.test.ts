@@ -125,6 +125,54 @@ describe("serve on SIGHUP", () => {
 })
 
 describe("send --watch on SIGHUP", () => {
+  it("a client certificate rotated under it: its next connection shows the new one", async () => {
+    const dest = dirs.make("dest")
+    const serveOn = (port: string) =>
+      spawnFerry([
+        "serve", "--port", port, "--host", "127.0.0.1", "--dest", dest, "--json",
+        "--tls-cert", first.cert, "--tls-key", first.key, "--tls-client-ca", ca.cert
+      ])
+    let server = serveOn("0")
+    const clientDir = dirs.make("client")
+    const cert = join(clientDir, "client.pem")
+    const key = join(clientDir, "client.key")
+    const before = issue(pki, "before", ca, "/CN=before", "client")
+    const after = issue(pki, "after", ca, "/CN=after", "client")
+    copyFileSync(before.cert, cert)
+    copyFileSync(before.key, key)
+    const watched = dirs.make("watched")
+    let sender: ReturnType<typeof spawnFerry> | undefined
+    try {
+      const address = (await server.waitFor(/"event":"listening","address":"([^"]+)"/))[1]!
+      sender = spawnFerry([
+        "send", "--watch", "--path", watched, "--address", address, "--tls-ca", ca.cert, "--tls-servername", "localhost",
+        "--tls-cert", cert, "--tls-key", key, "--metrics", "127.0.0.1:0", "--quiet"
+      ])
+      await sender.waitFor(/metrics on http/)
+      copyFileSync(after.cert, cert)
+      copyFileSync(after.key, key)
+      sender.child.kill("SIGHUP")
+      await sender.waitFor(/reloaded: tls certificate/)
+      // the connection open goes on with the certificate it was made with; a new one, to a server started
+      // again on the same port, shows the one read last
+      await server.waitFor(/"event":"connection-accepted","peer":"[^"]+","client":"CN=before"/)
+      server.child.kill("SIGTERM")
+      await server.exited
+      server = serveOn(address.slice(address.lastIndexOf(":") + 1))
+      await server.waitFor(/"event":"listening"/)
+      const made = await ferry(["fake", "--path", watched, "--name", "rotated", "--size", "100000", "--seed", "11"])
+      await server.waitFor(/"event":"dataset-committed","dataset":"rotated"[^\n]*"client":"CN=after"/)
+      expect(sha256File(join(dest, "rotated"))).toBe(shaOf(made.stdout, "rotated"))
+      expect(server.output().stdout).not.toMatch(/CN=before/)
+      expect(sender.child.exitCode).toBeNull()
+    } finally {
+      sender?.child.kill("SIGTERM")
+      await sender?.exited
+      server.child.kill("SIGTERM")
+      await server.exited
+    }
+  })
+
   it("reads its token file again and keeps watching; SIGTERM stops it", async () => {
     const token = tokenOf("one")
     const watched = dirs.make("watched")
