@@ -83,7 +83,7 @@ const makeLive = (files: CredentialFiles, initial: Credential) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const ref = yield* SubscriptionRef.make(initial)
-    const read = (file: CredentialFile) =>
+    const readFile = (file: CredentialFile) =>
       fs.readFile(file.path).pipe(
         Effect.map((bytes) => Buffer.from(bytes)),
         Effect.mapError((e) => `${file.flag} ${file.path}: ${e._tag === "SystemError" && e.reason === "NotFound" ? "no such file" : e.message}`),
@@ -91,7 +91,7 @@ const makeLive = (files: CredentialFiles, initial: Credential) =>
       )
     /** The file's bytes, or why they cannot be used, in one line naming the flag and the file. */
     const readChecked = (file: CredentialFile, check: (bytes: Buffer) => string | undefined) =>
-      Effect.map(read(file), Either.flatMap((bytes) => {
+      Effect.map(readFile(file), Either.flatMap((bytes) => {
         const problem = check(bytes)
         return problem === undefined ? Either.right(bytes) : Either.left(`${file.flag} ${file.path}: ${problem}`)
       }))
@@ -100,17 +100,18 @@ const makeLive = (files: CredentialFiles, initial: Credential) =>
       const broken: Array<string> = []
       let token = before.token
       if (files.token !== undefined) {
-        const text = yield* readChecked(files.token, (bytes) => {
+        const file = files.token
+        const read = Either.flatMap(yield* readFile(file), (bytes) => {
           const parsed = parseToken(bytes.toString("utf8"))
-          return "problem" in parsed ? parsed.problem : undefined
+          return "problem" in parsed ? Either.left(`${file.flag} ${file.path}: ${parsed.problem}`) : Either.right(parsed.token)
         })
-        if (Either.isLeft(text)) broken.push(`${text.left}; keeping the previous token`)
-        else token = (parseToken(text.right.toString("utf8")) as { token: string }).token
+        if (Either.isLeft(read)) broken.push(`${read.left}; keeping the previous token`)
+        else token = read.right
       }
       let cert = before.cert
       let key = before.key
       if (files.cert !== undefined && files.key !== undefined) {
-        const pair = Either.all([yield* read(files.cert), yield* read(files.key)])
+        const pair = Either.all([yield* readFile(files.cert), yield* readFile(files.key)])
         const mismatch = Either.isRight(pair) ? keyPairProblem(pair.right[0], pair.right[1]) : undefined
         const problem = Either.isLeft(pair)
           ? pair.left
@@ -127,7 +128,7 @@ const makeLive = (files: CredentialFiles, initial: Credential) =>
       const changed = [
         ...(token !== before.token ? ["token"] : []),
         ...(!same(cert, before.cert) || !same(key, before.key) ? ["tls certificate"] : []),
-        ...(!same(ca, before.ca) ? [files.ca?.flag === "--tls-client-ca" ? "tls client CA" : "tls CA"] : [])
+        ...(!same(ca, before.ca) ? [/client.ca/i.test(files.ca?.flag ?? "") ? "tls client CA" : "tls CA"] : [])
       ]
       if (changed.length > 0) yield* SubscriptionRef.set(ref, { token, cert, key, ca })
       for (const line of broken) yield* Effect.logWarning(`reload: ${line}`)
