@@ -93,25 +93,40 @@ const readGiven = ({ from, text: file }: Given) =>
     Effect.mapError((e) => usageError(`${from} ${file}: ${e._tag === "SystemError" && e.reason === "NotFound" ? "no such file" : e.message}`))
   )
 
+/** A file read with the command line, and where it was named (the flag or variable, and the path), to be read again on a reload. */
+export interface GivenFile {
+  readonly flag: string
+  readonly path: string
+  readonly bytes: Buffer
+}
+
 /** An optional file, read with the command line, so that a missing one is a usage error. */
-export const optionalFile = (name: string, description: string): Options.Options<Option.Option<Buffer>> =>
+export const optionalFile = (name: string, description: string): Options.Options<Option.Option<GivenFile>> =>
   given(name).pipe(
-    Options.mapEffect(readGiven),
+    Options.mapEffect((file) => Effect.map(readGiven(file), (bytes): GivenFile => ({ flag: file.from, path: file.text, bytes }))),
     described(name, "FILE", description, "Optional"),
     Options.optional
   )
+
+/** The shared secret, and the file it was read from (none for FERRY_TOKEN). */
+export interface GivenToken {
+  readonly token: string
+  readonly file: { readonly flag: string; readonly path: string } | undefined
+}
 
 /**
  * The shared secret: the file named by --token-file (or FERRY_TOKEN_FILE),
  * else the token itself in FERRY_TOKEN; undefined when none is given.
  */
-export const token = (description: string): Options.Options<string | undefined> =>
+export const token = (description: string): Options.Options<GivenToken | undefined> =>
   given("token-file").pipe(
-    Options.mapEffect((file) => Effect.map(readGiven(file), (bytes): Given => ({ from: `${file.from} ${file.text}`, text: bytes.toString("utf8") }))),
-    Options.withFallbackConfig(Config.map(Config.redacted("FERRY_TOKEN"), (secret): Given => ({ from: "FERRY_TOKEN", text: Redacted.value(secret) }))),
-    Options.mapEffect(({ from, text }) => {
+    Options.mapEffect((file) =>
+      Effect.map(readGiven(file), (bytes) => ({ from: `${file.from} ${file.text}`, text: bytes.toString("utf8"), file: { flag: file.from, path: file.text } }))
+    ),
+    Options.withFallbackConfig(Config.map(Config.redacted("FERRY_TOKEN"), (secret) => ({ from: "FERRY_TOKEN", text: Redacted.value(secret), file: undefined }))),
+    Options.mapEffect(({ file, from, text }) => {
       const parsed = parseToken(text)
-      return "problem" in parsed ? Effect.fail(usageError(`${from}: ${parsed.problem}`)) : Effect.succeed(parsed.token)
+      return "problem" in parsed ? Effect.fail(usageError(`${from}: ${parsed.problem}`)) : Effect.succeed({ token: parsed.token, file })
     }),
     Options.withPseudoName("FILE"),
     Options.withDescription(description),

@@ -181,6 +181,21 @@ describe("Throttle by the clock (TestClock)", () => {
       yield* Fiber.join(frame)
     }).pipe(Effect.provide(ThrottleLive(aroundStart("off", 2, "64KiB/s")))))
 
+  it.scoped("reapplied (SIGHUP) after the clock was set back: the limit in force is read off the clock again", () =>
+    Effect.gen(function*() {
+      const throttle = yield* Throttle
+      yield* TestClock.adjust("3 seconds")
+      expect(yield* throttle.limit).toBe(0)
+      // the clock set back before the change: the follower still sleeps until the next change as it read it
+      yield* TestClock.setTime(0)
+      expect(yield* throttle.limit).toBe(0)
+      yield* throttle.reapply
+      expect(yield* throttle.limit).toBe(16 * KiB)
+      // and it follows the timetable from there: off again at the change
+      yield* TestClock.adjust("3 seconds")
+      expect(yield* throttle.limit).toBe(0)
+    }).pipe(Effect.provide(ThrottleLive(aroundStart("16KiB/s", 3, "off")))))
+
   it.scoped("a constant rate (--bwlimit RATE) never changes, and waits what the bucket owes", () =>
     Effect.gen(function*() {
       const throttle = yield* Throttle

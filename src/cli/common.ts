@@ -6,11 +6,14 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Queue from "effect/Queue"
+import * as Scope from "effect/Scope"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import { defaultSendOptions } from "../client/Client.js"
 import { encodeEvent, type FerryEvent } from "../domain/Events.js"
-import { choice, flag, setting, token } from "../CliOptions.js"
+import * as Options from "@effect/cli/Options"
+import { choice, flag, type GivenFile, type GivenToken, optionalFile, setting, token, usageError } from "../CliOptions.js"
+import { CredentialsLive } from "../services/Credentials.js"
 import {
   DurationText,
   ListenAddressText,
@@ -136,3 +139,42 @@ export const nextSignal = Effect.async<NodeJS.Signals>((resume) => {
 })
 
 export const signalExit = (signal: NodeJS.Signals) => (signal === "SIGTERM" ? ExitCode.Terminated : ExitCode.Interrupted)
+
+/** --tls-cert and --tls-key: both or neither. */
+export const certificatePair = (cert: string, key: string) =>
+  Options.all({ cert: optionalFile("tls-cert", cert), key: optionalFile("tls-key", key) }).pipe(
+    Options.mapEffect(({ cert, key }) =>
+      Option.isSome(cert) && Option.isSome(key)
+        ? Effect.succeed({ cert: cert.value, key: key.value })
+        : Option.isSome(cert) || Option.isSome(key)
+        ? Effect.fail(usageError("--tls-cert and --tls-key go together"))
+        : Effect.succeed(undefined)
+    )
+  )
+
+/** What a command read its token and TLS material from, for the Credentials it reloads on SIGHUP. */
+export interface GivenCredentials {
+  readonly token: GivenToken | undefined
+  readonly pair: { readonly cert: GivenFile; readonly key: GivenFile } | undefined
+  readonly ca: GivenFile | undefined
+}
+
+const fileOf = (given: GivenFile | undefined) => (given === undefined ? undefined : { flag: given.flag, path: given.path })
+
+export const credentialsLayer = (given: GivenCredentials) =>
+  CredentialsLive(
+    { token: given.token?.file, cert: fileOf(given.pair?.cert), key: fileOf(given.pair?.key), ca: fileOf(given.ca) },
+    { token: given.token?.token, cert: given.pair?.cert.bytes, key: given.pair?.key.bytes, ca: given.ca?.bytes }
+  )
+
+/**
+ * Runs `reload` on each SIGHUP until the scope closes. The listener itself is what keeps a SIGHUP
+ * from ending the process (Node's default); SIGHUPs that come during a reload make one more.
+ */
+export const reloadOnHangup = (reload: Effect.Effect<void>): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const hangups = yield* Queue.sliding<void>(1)
+    const on = () => void Queue.unsafeOffer(hangups, undefined)
+    yield* Effect.acquireRelease(Effect.sync(() => process.on("SIGHUP", on)), () => Effect.sync(() => process.off("SIGHUP", on)))
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Queue.take(hangups), reload)))
+  })

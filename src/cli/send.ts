@@ -24,9 +24,25 @@ import {
 import { type LogOutput, logExit, stderrOutput } from "../Logging.js"
 import { ClientLive } from "../Layers.js"
 import { MonitorLive } from "../services/Monitor.js"
-import { ThrottleLive } from "../services/Throttle.js"
+import { Throttle, ThrottleLive } from "../services/Throttle.js"
 import { ExitCode } from "../domain/ExitCode.js"
-import { handshakeTimeout, logging, metricsOption, nextSignal, printingEvents, Reported, run, serveMetrics, signalExit, Text, tokenOption } from "./common.js"
+import { Credentials } from "../services/Credentials.js"
+import {
+  certificatePair,
+  credentialsLayer,
+  handshakeTimeout,
+  logging,
+  metricsOption,
+  nextSignal,
+  printingEvents,
+  reloadOnHangup,
+  Reported,
+  run,
+  serveMetrics,
+  signalExit,
+  Text,
+  tokenOption
+} from "./common.js"
 
 const Connections = fromText(
   Schema.Union(Schema.Number, Schema.Literal("auto")),
@@ -88,6 +104,10 @@ export const sendCommand = Command.make(
     token: tokenOption,
     tls: flag("tls", "Use TLS, verifying the server against the system's roots."),
     tlsCa: optionalFile("tls-ca", "Use TLS, verifying the server against this CA certificate (PEM)."),
+    clientCertificate: certificatePair(
+      "Show this certificate (PEM) to a server that asks for one (serve --tls-client-ca); with --tls-key. Implies --tls.",
+      "The private key (PEM) of --tls-cert."
+    ),
     tlsServername: setting("tls-servername", Text, "NAME", "Name the server's certificate must carry (default: the host of --address).").optional,
     handshakeTimeout: handshakeTimeout(false),
     quiet: flag("quiet", "No progress display."),
@@ -108,6 +128,10 @@ export const sendCommand = Command.make(
       Effect.gen(function*() {
         const started = Date.now()
         const ca = Option.getOrUndefined(flags.tlsCa)
+        const pair = flags.clientCertificate
+        // SIGHUP: the token, CA, certificate and key are read again, for the connections made after; the
+        // --bwlimit in force is read off the clock again (its value is the command line's: no file to read)
+        yield* reloadOnHangup(Effect.zipRight((yield* Credentials).reload, (yield* Throttle).reapply))
         const options: SendOptions = {
           ...defaultSendOptions,
           ...(flags.watch ? watchPolicy : {}),
@@ -117,8 +141,10 @@ export const sendCommand = Command.make(
           parallelDatasets: flags.parallel,
           retries: flags.watch ? watchPolicy.retries : flags.retries,
           retryFor: flags.watch ? watchPolicy.retryFor : flags.retryFor,
-          token: flags.token,
-          tls: flags.tls || ca !== undefined ? { ca, servername: Option.getOrUndefined(flags.tlsServername) } : undefined,
+          token: flags.token?.token,
+          tls: flags.tls || ca !== undefined || pair !== undefined
+            ? { ca: ca?.bytes, servername: Option.getOrUndefined(flags.tlsServername), cert: pair?.cert.bytes, key: pair?.key.bytes }
+            : undefined,
           handshakeTimeout: flags.handshakeTimeout,
           watch: flags.watch,
           early: flags.early,
@@ -171,6 +197,7 @@ export const sendCommand = Command.make(
       }).pipe(
         Effect.scoped,
         Effect.provide(Layer.mergeAll(
+          credentialsLayer({ token: flags.token, pair: flags.clientCertificate, ca: Option.getOrUndefined(flags.tlsCa) }),
           ClientLive(Option.isSome(flags.readers) ? { readers: flags.readers.value } : {}),
           MonitorLive,
           Option.isSome(flags.bwlimit) ? ThrottleLive(flags.bwlimit.value) : Layer.empty

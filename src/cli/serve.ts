@@ -8,7 +8,8 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import { type FerryEvent } from "../domain/Events.js"
-import { choice, flag, optionalFile, setting, usageError } from "../CliOptions.js"
+import type { ValidationError } from "@effect/cli/ValidationError"
+import { choice, flag, type GivenFile, optionalFile, setting, usageError } from "../CliOptions.js"
 import {
   ByteSize,
   DurationText,
@@ -23,7 +24,21 @@ import { defaultServeOptions, frameLimit, largestSliceIn, serve } from "../serve
 import { MonitorLive } from "../services/Monitor.js"
 import { defaultStoreLimits } from "../services/PieceStore.js"
 import { DEFAULT_LEASE_TIME } from "../services/store/Leases.js"
-import { handshakeTimeout, logging, metricsOption, nextSignal, printingEvents, run, serveMetrics, Text, tokenOption } from "./common.js"
+import { Credentials, caProblem } from "../services/Credentials.js"
+import {
+  certificatePair,
+  credentialsLayer,
+  handshakeTimeout,
+  logging,
+  metricsOption,
+  nextSignal,
+  printingEvents,
+  reloadOnHangup,
+  run,
+  serveMetrics,
+  Text,
+  tokenOption
+} from "./common.js"
 
 /**
  * --max-frame, --max-slice and --connection-memory agree: by default a frame fits one piece of
@@ -51,18 +66,17 @@ const frames = Options.all({
   })
 )
 
-/** --tls-cert and --tls-key: both or neither. */
+/** --tls-cert and --tls-key, both or neither; --tls-client-ca only with them. */
 const serverTls = Options.all({
-  cert: optionalFile("tls-cert", "TLS certificate (PEM); with --tls-key, clients must use TLS."),
-  key: optionalFile("tls-key", "TLS private key (PEM).")
+  pair: certificatePair("TLS certificate (PEM); with --tls-key, clients must use TLS.", "TLS private key (PEM)."),
+  clientCa: optionalFile("tls-client-ca", "Accept only clients showing a certificate signed by this CA (PEM); needs --tls-cert and --tls-key.")
 }).pipe(
-  Options.mapEffect(({ cert, key }) =>
-    Option.isSome(cert) && Option.isSome(key)
-      ? Effect.succeed({ cert: cert.value, key: key.value })
-      : Option.isSome(cert) || Option.isSome(key)
-      ? Effect.fail(usageError("--tls-cert and --tls-key go together"))
-      : Effect.succeed(undefined)
-  )
+  Options.mapEffect(({ clientCa, pair }): Effect.Effect<{ readonly pair: typeof pair; readonly clientCa: GivenFile | undefined }, ValidationError> => {
+    if (Option.isNone(clientCa)) return Effect.succeed({ pair, clientCa: undefined })
+    if (pair === undefined) return Effect.fail(usageError("--tls-client-ca needs --tls-cert and --tls-key"))
+    const problem = caProblem(clientCa.value.bytes)
+    return problem === undefined ? Effect.succeed({ pair, clientCa: clientCa.value }) : Effect.fail(usageError(`${clientCa.value.flag} ${clientCa.value.path}: ${problem}`))
+  })
 )
 
 /** stdout of `serve`: its address, and with --json every event. */
@@ -108,6 +122,8 @@ export const serveCommand = Command.make(
       flags,
       Effect.gen(function*() {
         const dest = (yield* Path.Path).resolve(flags.dest)
+        // SIGHUP: the token, certificate, key and client CA are read again, for the connections that come after
+        yield* reloadOnHangup((yield* Credentials).reload)
         // why the server stops, for its stopping and stopped events: the signal
         const stopReason = yield* Ref.make("interrupted")
         const serving = Effect.gen(function*() {
@@ -122,8 +138,8 @@ export const serveCommand = Command.make(
             connectionMemory: flags.frames.connectionMemory,
             memory: flags.frames.memory,
             maxHandles: flags.maxHandles,
-            token: flags.token,
-            tls: flags.tls,
+            token: flags.token?.token,
+            tls: flags.tls.pair === undefined ? undefined : { cert: flags.tls.pair.cert.bytes, key: flags.tls.pair.key.bytes, clientCa: flags.tls.clientCa?.bytes },
             maxConnections: flags.maxConnections,
             maxPending: flags.maxPending,
             handshakeTimeout: flags.handshakeTimeout,
@@ -139,7 +155,9 @@ export const serveCommand = Command.make(
         const signal = yield* Effect.raceFirst(serving, Effect.tap(nextSignal, (s) => Ref.set(stopReason, s))).pipe((work) => printingEvents(flags.json, serveLine, work))
         yield* Effect.logInfo(`stopped by ${signal}; datasets in progress are kept in ${dest}/.ferry for their senders to resume`)
       }).pipe(
-        Effect.provide(Layer.merge(
+        Effect.scoped,
+        Effect.provide(Layer.mergeAll(
+          credentialsLayer({ token: flags.token, pair: flags.tls.pair, ca: flags.tls.clientCa }),
           ServerLive({
             dest: flags.dest,
             limits,

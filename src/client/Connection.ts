@@ -19,8 +19,9 @@ import { DatasetRejected, PeerMismatch, ProtocolError, TransportError } from "..
 import { decodeAck, FrameKind, type RawFrame } from "../domain/Frame.js"
 import { Close, type ControlMessage, decodeControl, encodeControl, encodeHi, Hello, Hi, type Marker, Open, type Opened, type OpenGrowing, Ping, PROTOCOL_VERSION, Seal } from "../domain/Protocol.js"
 import { VERSION } from "../domain/Version.js"
+import { Credentials } from "../services/Credentials.js"
 import { Throttle } from "../services/Throttle.js"
-import { type Address, type Link, type TlsClient, Transport } from "../services/Transport.js"
+import { type Address, type Link, refusesOurCertificate, type TlsClient, Transport } from "../services/Transport.js"
 
 export type LinkError = TransportError | ProtocolError | PeerMismatch
 
@@ -96,6 +97,10 @@ const printable = (bytes: Uint8Array) => Buffer.from(bytes).toString("latin1").r
  * lost connection, tried again like any other.
  */
 const greetingProblem = (transport: Transport["Type"], address: Address, link: Link, secure: boolean, e: TransportError | ProtocolError): Effect.Effect<never, LinkError> => {
+  // TLS 1.3: the server checks our certificate after our side of the handshake is done, and its alert comes here
+  if (secure && e._tag === "TransportError" && refusesOurCertificate(e.code)) {
+    return Effect.fail(new PeerMismatch({ peer: link.peer, reason: `the server refused our client certificate at the TLS layer (${e.code}); check --tls-cert and --tls-key` }))
+  }
   const first = link.firstBytes()
   if (first.length >= 2 && (first[0] === 0x15 || first[0] === 0x16) && first[1] === 0x03) {
     return Effect.fail(new PeerMismatch({ peer: link.peer, reason: "the server speaks TLS: add --tls (or --tls-ca FILE)" }))
@@ -125,9 +130,19 @@ const expectControl = (peer: string, frame: RawFrame): Effect.Effect<ControlMess
 /** A Refused message, or anything else where it should not be. */
 const refusal = (peer: string, m: ControlMessage): LinkError => {
   if (m._tag !== "Refused") return new ProtocolError({ peer, code: "Unexpected", reason: `unexpected ${m._tag} from server` })
-  if (m.code === "VersionMismatch" || m.code === "AuthFailed" || m.code === "AuthRequired") return new PeerMismatch({ peer, reason: `server refused: ${m.message}` })
+  if (m.code === "VersionMismatch" || m.code === "AuthFailed" || m.code === "AuthRequired" || m.code === "CertificateRequired" || m.code === "CertificateUntrusted") return new PeerMismatch({ peer, reason: `server refused: ${m.message}` })
   return new ProtocolError({ peer, code: m.code, reason: `server refused: ${m.message}` })
 }
+
+/** The token and TLS material for a new connection: as reloaded last (SIGHUP), else as given. */
+const current = (options: ConnectionOptions) =>
+  Effect.map(Effect.serviceOption(Credentials), (credentials) => {
+    if (Option.isNone(credentials)) return Effect.succeed({ token: options.token, tls: options.tls })
+    return Effect.map(credentials.value.get, (now) => ({
+      token: now.token,
+      tls: options.tls === undefined ? undefined : { ...options.tls, ca: now.ca ?? options.tls.ca, cert: now.cert ?? options.tls.cert, key: now.key ?? options.tls.key }
+    }))
+  }).pipe(Effect.flatten)
 
 /**
  * Dials, completes the handshake, and routes incoming frames until the scope closes. `dialed`
@@ -141,7 +156,8 @@ export const connect = (
   Effect.gen(function*() {
     const transport = yield* Transport
     const throttle = yield* Throttle
-    const link = yield* transport.dial(address, { maxFrame: options.maxFrame, tls: options.tls })
+    const { token, tls } = yield* current(options)
+    const link = yield* transport.dial(address, { maxFrame: options.maxFrame, tls })
     if (dialed !== undefined) yield* dialed(link.roundTrip)
     const peer = link.peer
     const next = yield* frameReader(link)
@@ -163,14 +179,14 @@ export const connect = (
     // and the handshake takes one round trip less (200 ms on a 200 ms link)
     const hi = encodeHi(new Hi({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}` }))
     let helloSent = performance.now()
-    yield* link.send(options.token === undefined ? Buffer.concat([hi, encodeControl(new Hello({ proof: null }))]) : hi)
+    yield* link.send(token === undefined ? Buffer.concat([hi, encodeControl(new Hello({ proof: null }))]) : hi)
     const welcome = yield* receive("greeting")
     if (welcome._tag !== "Welcome") return yield* Effect.fail(refusal(peer, welcome))
-    if (welcome.auth === "hmac-sha256" && options.token === undefined) {
+    if (welcome.auth === "hmac-sha256" && token === undefined) {
       return yield* Effect.fail(new PeerMismatch({ peer, reason: "the server requires a token: give --token-file or set FERRY_TOKEN" }))
     }
-    if (options.token !== undefined) {
-      const proof = welcome.auth === "hmac-sha256" ? proofFor(options.token, welcome.nonce) : null
+    if (token !== undefined) {
+      const proof = welcome.auth === "hmac-sha256" ? proofFor(token, welcome.nonce) : null
       helloSent = performance.now()
       yield* link.send(encodeControl(new Hello({ proof })))
     }

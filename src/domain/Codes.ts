@@ -28,7 +28,11 @@ export const RefusalCode = Schema.Literal(
   /** The server's frame memory (--memory) was full, and this connection's unfinished frame the largest. */
   "MemoryFull",
   /** More datasets open on one connection than the server allows (--max-handles). */
-  "TooManyHandles"
+  "TooManyHandles",
+  /** The server asks for a client certificate (--tls-client-ca) and the client showed none. */
+  "CertificateRequired",
+  /** The client's certificate does not chain to the CA the server trusts for clients. */
+  "CertificateUntrusted"
 )
 export type RefusalCode = typeof RefusalCode.Type
 

@@ -39,6 +39,8 @@ export class DatasetRejected extends Data.TaggedError("DatasetRejected")<{
 export class TransportError extends Data.TaggedError("TransportError")<{
   readonly address: string
   readonly reason: string
+  /** The system's or TLS library's code for it (`ECONNRESET`, `ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED`), when it had one. */
+  readonly code?: string | undefined
 }> {
   override get message() {
     return `${this.address}: ${this.reason}`

@@ -69,13 +69,16 @@ export type SendEvent = typeof SendEvent.Type
 
 /* serve */
 
+/** The subject of the certificate a client showed (serve --tls-client-ca), as `CN=alice, O=example`; absent without one. */
+const client = { client: Schema.optional(Schema.String) }
+
 export const Listening = base("listening", { address: Schema.String, tls: Schema.Boolean, dest: Schema.String })
-export const ConnectionAccepted = base("connection-accepted", { peer: Schema.String })
+export const ConnectionAccepted = base("connection-accepted", { peer: Schema.String, ...client })
 export const ConnectionRefused = base("connection-refused", { peer: Schema.String, code: Code, message: Schema.String })
-export const ConnectionClosed = base("connection-closed", { peer: Schema.String, reason: Schema.String })
-export const DatasetOpened = base("dataset-opened", { dataset: Schema.String, peer: Schema.String, pieces: Schema.Number, held: Schema.Number })
-export const DatasetCommitted = base("dataset-committed", { dataset: Schema.String, peer: Schema.String, bytes: Schema.Number, crc32: Schema.String })
-export const DatasetFailed = base("dataset-failed", { dataset: Schema.String, peer: Schema.String, code: Code, message: Schema.String })
+export const ConnectionClosed = base("connection-closed", { peer: Schema.String, reason: Schema.String, ...client })
+export const DatasetOpened = base("dataset-opened", { dataset: Schema.String, peer: Schema.String, pieces: Schema.Number, held: Schema.Number, ...client })
+export const DatasetCommitted = base("dataset-committed", { dataset: Schema.String, peer: Schema.String, bytes: Schema.Number, crc32: Schema.String, ...client })
+export const DatasetFailed = base("dataset-failed", { dataset: Schema.String, peer: Schema.String, code: Code, message: Schema.String, ...client })
 export const Stopping = base("stopping", { reason: Schema.String })
 export const Stopped = base("stopped", { reason: Schema.String })
 

@@ -33,32 +33,17 @@ import {
   Welcome
 } from "../domain/Protocol.js"
 import { VERSION } from "../domain/Version.js"
+import { Credentials } from "../services/Credentials.js"
 import { publish } from "../services/Monitor.js"
 import type { PieceStore, Session } from "../services/PieceStore.js"
 import { handshakesFailed, type Link } from "../services/Transport.js"
+import { connectionsAccepted, connectionsRefused, datasetsFailed, receivedBytes } from "./Counters.js"
 import type { Gate, ServeOptions } from "./Server.js"
 
 /** Until the handshake is done, only small control frames are accepted. */
 export const HANDSHAKE_FRAME = 64 * 1024
 
-/* What connections count (README: Operating ferry). Updated per connection, frame or dataset, never per piece. */
-
-export const connectionsAccepted = Metric.counter("ferry_serve_connections_accepted_total", {
-  description: "Connections that passed the handshake.",
-  incremental: true
-})
-export const connectionsRefused = Metric.counter("ferry_serve_connections_refused_total", {
-  description: "Connections refused (a Refused message), or dropped for a frame that could not be read, by code.",
-  incremental: true
-})
-export const receivedBytes = Metric.counter("ferry_serve_received_bytes_total", {
-  description: "Compressed piece bytes received in pieces frames, framing not included.",
-  incremental: true
-})
-export const datasetsFailed = Metric.counter("ferry_serve_datasets_failed_total", {
-  description: "Datasets failed, by code: one per Failed answer to a sender (refusals at open included).",
-  incremental: true
-})
+export { connectionsAccepted, connectionsRefused, datasetsFailed, receivedBytes } from "./Counters.js"
 
 interface Open {
   readonly session: Session
@@ -74,6 +59,12 @@ export const serveConnection = (
   Effect.gen(function*() {
     const scope = yield* Effect.scope
     const peer = link.peer
+    // the subject of a client certificate the server checked, in this connection's log lines and events
+    const client = link.clientCertificate?._tag === "Trusted" ? link.clientCertificate.subject : undefined
+    const who = client === undefined ? peer : `${peer} (${client})`
+    const clientField = client === undefined ? {} : { client }
+    // read once per connection: a reload changes the token for the connections that come after it
+    const token = yield* Option.match(yield* Effect.serviceOption(Credentials), { onNone: () => Effect.succeed(options.token), onSome: (c) => Effect.map(c.get, (now) => now.token) })
     const nonce = newNonce()
     // frames of this connection being verified and written, in bytes
     const memory = yield* Effect.makeSemaphore(options.connectionMemory)
@@ -95,7 +86,7 @@ export const serveConnection = (
         return Metric.increment(Metric.tagged(connectionsRefused, "code", code))
       })
     const refuse = (code: RefusalCode, message: string) =>
-      Effect.logWarning(`${peer}: refused (${code}): ${message}`).pipe(
+      Effect.logWarning(`${who}: refused (${code}): ${message}`).pipe(
         Effect.annotateLogs({ peer, code }),
         Effect.zipRight(countRefusal(code)),
         Effect.zipRight(publish({ event: "connection-refused", peer, code, message })),
@@ -117,9 +108,9 @@ export const serveConnection = (
         dropped.add(handle)
         yield* close(handle)
         // "not now" (Busy, no space yet, ...) is the sender's to wait out: a line under --debug only
-        yield* (isDeferral(e.code) ? Effect.logDebug : Effect.logWarning)(`${peer}: ${e.message}`).pipe(Effect.annotateLogs({ peer, dataset: e.dataset, code: e.code }))
+        yield* (isDeferral(e.code) ? Effect.logDebug : Effect.logWarning)(`${who}: ${e.message}`).pipe(Effect.annotateLogs({ peer, dataset: e.dataset, code: e.code }))
         yield* Metric.increment(Metric.tagged(datasetsFailed, "code", e.code))
-        yield* publish({ event: "dataset-failed", dataset: e.dataset, peer, code: e.code, message: e.reason })
+        yield* publish({ event: "dataset-failed", dataset: e.dataset, peer, ...clientField, code: e.code, message: e.reason })
         yield* send(encodeControl(new Failed({ handle, dataset: e.dataset, code: e.code, message: e.reason })))
       })
 
@@ -139,8 +130,8 @@ export const serveConnection = (
         const manifest = session.manifest
         sessions.set(handle, { session, scope: sessionScope })
         dropped.delete(handle)
-        yield* Effect.logDebug(`${peer}: opened ${manifest.dataset} as handle ${handle} (${session.held}/${manifest.count} held)`)
-        yield* publish({ event: "dataset-opened", dataset: manifest.dataset, peer, pieces: manifest.count, held: session.held })
+        yield* Effect.logDebug(`${who}: opened ${manifest.dataset} as handle ${handle} (${session.held}/${manifest.count} held)`)
+        yield* publish({ event: "dataset-opened", dataset: manifest.dataset, peer, ...clientField, pieces: manifest.count, held: session.held })
         const committed = Option.getOrUndefined(session.committed)
         yield* send(encodeControl(
           new Opened({
@@ -179,7 +170,7 @@ export const serveConnection = (
             onSuccess: (c) =>
               Effect.gen(function*() {
                 yield* close(handle)
-                yield* publish({ event: "dataset-committed", dataset: c.dataset, peer, bytes: c.size, crc32: c.crc32 })
+                yield* publish({ event: "dataset-committed", dataset: c.dataset, peer, ...clientField, bytes: c.size, crc32: c.crc32 })
                 yield* send(encodeControl(new Committed({ handle, dataset: c.dataset, size: c.size, crc32: c.crc32 })))
               })
           }),
@@ -194,13 +185,13 @@ export const serveConnection = (
           return yield* refuse("VersionMismatch", `client speaks protocol ${message.protocol}, this server speaks ${PROTOCOL_VERSION}; upgrade the older side`)
         }
         stage = "hello"
-        yield* Effect.logDebug(`${peer}: hi from ${message.client}`)
+        yield* Effect.logDebug(`${who}: hi from ${message.client}`)
         yield* send(encodeControl(
           new Welcome({
             protocol: PROTOCOL_VERSION,
             server: `ferry/${VERSION}`,
             nonce,
-            auth: options.token === undefined ? "none" : "hmac-sha256",
+            auth: token === undefined ? "none" : "hmac-sha256",
             idle: Duration.toSeconds(options.idleTimeout),
             maxFrame: options.maxFrame
           })
@@ -209,7 +200,7 @@ export const serveConnection = (
 
     const hello = (proof: string | null) =>
       Effect.gen(function*() {
-        if (options.token !== undefined && !proofMatches(options.token, nonce, proof)) {
+        if (token !== undefined && !proofMatches(token, nonce, proof)) {
           return yield* refuse(proof === null ? "AuthRequired" : "AuthFailed", proof === null ? "this server requires a token (--token-file or FERRY_TOKEN)" : "authentication failed: wrong token")
         }
         if (!(yield* ticket.pass)) {
@@ -218,7 +209,7 @@ export const serveConnection = (
         stage = "ready"
         link.limitFrames(options.maxFrame)
         yield* Metric.increment(connectionsAccepted)
-        yield* publish({ event: "connection-accepted", peer })
+        yield* publish({ event: "connection-accepted", peer, ...clientField })
         yield* send(encodeControl(new Ready()))
         yield* Deferred.succeed(handshake, undefined)
       })
@@ -266,7 +257,7 @@ export const serveConnection = (
           // a bug or a dead worker fails this dataset with one line, not the whole connection
           Effect.catchAllDefect((defect) =>
             Effect.zipRight(
-              Effect.logError(`${peer}: internal error while writing ${session.manifest.dataset}: ${defect instanceof Error ? defect.message : String(defect)}`),
+              Effect.logError(`${who}: internal error while writing ${session.manifest.dataset}: ${defect instanceof Error ? defect.message : String(defect)}`),
               Effect.fail(new StoreError({ dataset: session.manifest.dataset, code: "Internal", reason: "internal error on the server (see its log)" }))
             )
           ),
@@ -277,7 +268,12 @@ export const serveConnection = (
         if (written.right === "written") yield* send(encodeAck(batch.handle, batch.seq))
       })
 
+    // a client whose certificate is missing or not trusted is refused at its first frame, whatever it is (once
+    // read: a socket closed with bytes unread would be reset, and the refusal lost with them)
+    const shown = link.clientCertificate
     const onFrame = (frame: RawFrame) => {
+      if (stage === "hi" && shown?._tag === "Missing") return refuse("CertificateRequired", "this server requires a client certificate (send --tls-cert and --tls-key)")
+      if (stage === "hi" && shown?._tag === "Untrusted") return refuse("CertificateUntrusted", `client certificate ${shown.subject}: ${shown.reason}`)
       switch (frame.kind) {
         case FrameKind.Control:
           return onControl(frame.body)
@@ -288,7 +284,7 @@ export const serveConnection = (
       }
     }
 
-    yield* Effect.logDebug(`${peer}: connected`)
+    yield* Effect.logDebug(`${who}: connected`)
     const handshakeDeadline = Deferred.await(handshake).pipe(
       Effect.timeoutFail({
         duration: options.handshakeTimeout,
@@ -325,24 +321,24 @@ export const serveConnection = (
     if (failure !== undefined) {
       const e = failure
       if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
-      // a client that broke the protocol is worth a line; one that was dropped to make room is not
-      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending") {
+      // a client that broke the protocol is worth a line (a refusal has had its own); one that was dropped to make room is not
+      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending" && !counted) {
         yield* countRefusal(e.code)
-        yield* Effect.logWarning(`${peer}: dropped: ${e.reason}`).pipe(Effect.annotateLogs({ code: e.code }))
+        yield* Effect.logWarning(`${who}: dropped: ${e.reason}`).pipe(Effect.annotateLogs({ code: e.code }))
         // a frame the transport would not read (too large, of no known kind, memory full): the client hears why
         if (e.code === "FrameTooLarge" || e.code === "UnknownFrameKind" || e.code === "EmptyFrame" || e.code === "MemoryFull") {
           yield* send(encodeControl(new Refused({ code: e.code, message: e.reason }))).pipe(Effect.ignore)
         }
       }
-      else yield* Effect.logDebug(`${peer}: ${e.message}`)
+      else yield* Effect.logDebug(`${who}: ${e.message}`)
     } else if (yield* gate.isStopping) {
       yield* send(encodeControl(new Refused({ code: "ShuttingDown", message: "the server is stopping; try again, or another server" }))).pipe(Effect.ignore)
-    } else yield* Effect.logDebug(`${peer}: disconnected`)
+    } else yield* Effect.logDebug(`${who}: disconnected`)
     if (stage !== "ready") yield* Metric.increment(handshakesFailed)
     else {
       const reason = failure !== undefined ? failure.message : (yield* gate.isStopping) ? "the server is stopping" : "the client closed the connection"
-      yield* publish({ event: "connection-closed", peer, reason })
+      yield* publish({ event: "connection-closed", peer, ...clientField, reason })
     }
     for (const handle of [...sessions.keys()]) yield* close(handle)
     yield* link.end
-  }).pipe(Effect.annotateLogs({ peer: link.peer }))
+  }).pipe(Effect.annotateLogs({ peer: link.peer, ...(link.clientCertificate?._tag === "Trusted" ? { client: link.clientCertificate.subject } : {}) }))

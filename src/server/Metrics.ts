@@ -23,7 +23,7 @@ import {
 } from "../services/store/Metrics.js"
 import { checkDestination } from "../services/store/StateFolder.js"
 import { handshakesFailed } from "../services/Transport.js"
-import { connectionsAccepted, receivedBytes } from "./Connection.js"
+import { connectionsAccepted, receivedBytes } from "./Counters.js"
 import { connectionsOpen } from "./Server.js"
 
 export const destinationFreeBytes = Metric.gauge("ferry_serve_destination_free_bytes", {

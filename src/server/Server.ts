@@ -8,6 +8,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
@@ -15,6 +16,7 @@ import * as os from "node:os"
 import { MAX_CONTROL_FRAME, piecesFrameBytes } from "../domain/Frame.js"
 import type { TransportError } from "../domain/Errors.js"
 import { FrameBudget } from "../services/BufferPool.js"
+import { Credentials } from "../services/Credentials.js"
 import { publish } from "../services/Monitor.js"
 import { defaultStoreLimits, PieceStore } from "../services/PieceStore.js"
 import { type Address, formatAddress, type TlsServer, Transport } from "../services/Transport.js"
@@ -178,6 +180,16 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
     const { gate, stop } = yield* makeGate(options)
     // one budget for the frames of every connection: a server's memory does not grow with its clients
     const budget = new FrameBudget(Math.max(options.memory, options.maxFrame))
+    const credentials = yield* Effect.serviceOption(Credentials)
+    const tls = options.tls
+    // a reload's certificate, key and client CA, for the connections accepted after it
+    const tlsChanges = tls === undefined || Option.isNone(credentials) ? undefined : credentials.value.changes.pipe(
+      Stream.map((now): TlsServer => ({
+        cert: now.cert ?? tls.cert,
+        key: now.key ?? tls.key,
+        clientCa: tls.clientCa === undefined ? undefined : now.ca ?? tls.clientCa
+      }))
+    )
     const address = yield* transport.listen(
       {
         host: options.host,
@@ -187,6 +199,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
         maxControl: MAX_CONTROL_FRAME,
         budget,
         tls: options.tls,
+        tlsChanges,
         handshakeTimeout: options.handshakeTimeout
       },
       (link) => serveConnection(store, link, options, gate)
@@ -203,7 +216,8 @@ export const serve = (options: ServeOptions): Effect.Effect<Address, TransportEr
       })
     )
     const shown = formatAddress(address)
-    yield* Effect.logInfo(`serving on ${shown}${options.tls === undefined ? "" : " (TLS)"}, writing to ${store.dest}`)
+    const secured = options.tls === undefined ? "" : options.tls.clientCa === undefined ? " (TLS)" : " (TLS, client certificates required)"
+    yield* Effect.logInfo(`serving on ${shown}${secured}, writing to ${store.dest}`)
     yield* publish({ event: "listening", address: shown, tls: options.tls !== undefined, dest: store.dest })
     if (options.token === undefined && !isLoopback(options.host)) {
       yield* Effect.logWarning(

@@ -12,6 +12,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import { constantLimit, DAY_MS, formatLimit, formatWeekPosition, inForce, type Limit, nextChange, type Timetable, WEEK_MS } from "../domain/Timetable.js"
@@ -20,7 +21,9 @@ export class Throttle extends Context.Reference<Throttle>()("ferry/Throttle", {
   defaultValue: () => ({
     take: (_bytes: number): Effect.Effect<void> => Effect.void,
     /** Bytes per second in force now; 0 when there is no limit. */
-    limit: Effect.succeed(0) as Effect.Effect<number>
+    limit: Effect.succeed(0) as Effect.Effect<number>,
+    /** Reads the limit in force off the clock again (SIGHUP: after the clock was set), and the next change. */
+    reapply: Effect.void as Effect.Effect<void>
   })
 }) {}
 
@@ -117,23 +120,32 @@ export const ThrottleLive = (timetable: Timetable | number) =>
 
       // wakes at each change and reads the limit in force off the clock then, not off the timetable's order;
       // a constant limit is not logged: it is what the command line says
-      const follow = (told: Limit | undefined): Effect.Effect<never> =>
+      /** Sets the limit in force now (logged when it is not `told`); answers it, and how long until the next change. */
+      const apply = (told: Limit | undefined) =>
         Effect.gen(function*() {
           const at = yield* Clock.currentTimeMillis
           const position = localWeekPosition(at)
           const change = inForce(table, position)
           const next = nextChange(table, position)
           yield* setLimit(change.limit, at)
-          if (next === undefined) return yield* Effect.never
+          if (next === undefined) return { limit: change.limit, wait: undefined }
           if (change.limit !== told) {
             yield* Effect.logInfo(
               `bandwidth limit now ${formatLimit(change.limit)} (timetable entry ${JSON.stringify(change.entry)}), until ${formatWeekPosition(next.change.at)}`
             )
           }
-          yield* Effect.sleep(realDelay(at, next.after, next.change.at))
-          return yield* follow(change.limit)
+          return { limit: change.limit, wait: realDelay(at, next.after, next.change.at) }
         })
-      yield* Effect.forkScoped(follow(undefined))
+      const follow = (applied: { readonly limit: Limit; readonly wait: number | undefined }): Effect.Effect<never> =>
+        applied.wait === undefined ? Effect.never : Effect.sleep(applied.wait).pipe(Effect.zipRight(apply(applied.limit)), Effect.flatMap(follow))
+      const scope = yield* Effect.scope
+      const follower = yield* Ref.make(yield* Effect.forkIn(Effect.flatMap(apply(undefined), follow), scope))
+      // a follower sleeps until the next change as the clock read it then: after the clock is set, it starts over
+      const reapply = Effect.gen(function*() {
+        yield* Fiber.interrupt(yield* Ref.get(follower))
+        const applied = yield* apply((yield* Ref.get(state)).limit)
+        yield* Ref.set(follower, yield* Effect.forkIn(follow(applied), scope))
+      })
 
       /** Waits until the debt is paid back, or the limit changes (then at the new rate, or not at all when off). */
       const payBack: Effect.Effect<void> = Effect.gen(function*() {
@@ -152,7 +164,8 @@ export const ThrottleLive = (timetable: Timetable | number) =>
               return bucket.take(bytes, at) > 0 ? payBack : Effect.void
             })
           ),
-        limit: Effect.map(Ref.get(state), (s) => (s.limit === "off" ? 0 : s.limit))
+        limit: Effect.map(Ref.get(state), (s) => (s.limit === "off" ? 0 : s.limit)),
+        reapply
       }
     })
   )

@@ -42,7 +42,15 @@ export interface Link {
   readonly roundTrip?: number
   /** The first bytes the peer sent (up to 64), to tell what it speaks when it is not ferry. */
   readonly firstBytes: () => Uint8Array
+  /** On a TLS server that asks for client certificates (--tls-client-ca), what this client showed. */
+  readonly clientCertificate?: ClientCertificate
 }
+
+/** A client's certificate, as a server that asks for one found it. `subject` as `CN=alice, O=example`. */
+export type ClientCertificate =
+  | { readonly _tag: "Trusted"; readonly subject: string }
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Untrusted"; readonly subject: string; readonly reason: string }
 
 export interface LinkOptions {
   readonly maxFrame?: number
@@ -54,16 +62,22 @@ export interface LinkOptions {
   readonly budget?: FrameBudget | undefined
 }
 
-/** TLS for a client: the server is verified against `ca` (PEM) or the system's roots, and must carry `servername`. */
+/**
+ * TLS for a client: the server is verified against `ca` (PEM) or the system's roots, and must carry
+ * `servername`; with `cert` and `key`, the client shows that certificate.
+ */
 export interface TlsClient {
   readonly ca: Buffer | undefined
   readonly servername: string | undefined
+  readonly cert?: Buffer | undefined
+  readonly key?: Buffer | undefined
 }
 
-/** TLS for a server: its certificate and key (PEM). */
+/** TLS for a server: its certificate and key (PEM); with `clientCa`, clients must show a certificate that chains to it. */
 export interface TlsServer {
   readonly cert: Buffer
   readonly key: Buffer
+  readonly clientCa?: Buffer | undefined
 }
 
 export interface DialOptions extends LinkOptions {
@@ -74,6 +88,8 @@ export interface ListenOptions extends LinkOptions {
   readonly host: string
   readonly port: number
   readonly tls?: TlsServer | undefined
+  /** New TLS material for the connections accepted from then on (a reload); those open keep theirs. */
+  readonly tlsChanges?: Stream.Stream<TlsServer> | undefined
   /** TLS handshakes must finish within this. */
   readonly handshakeTimeout?: Duration.DurationInput
 }
@@ -92,6 +108,15 @@ export class Transport extends Context.Tag("ferry/Transport")<Transport, {
     onLink: (link: Link) => Effect.Effect<void, never, Scope.Scope>
   ) => Effect.Effect<Address, TransportError, Scope.Scope>
 }>() {}
+
+/**
+ * Whether a TLS error a client got is the server refusing the certificate the client showed (or
+ * did not show): a TLS alert about it. A TLS server that is not ferry (a proxy in front of it)
+ * refuses that way; ferry refuses with a message (CertificateRequired, CertificateUntrusted).
+ */
+export const refusesOurCertificate = (code: string | undefined): boolean =>
+  code !== undefined &&
+  /^ERR_SSL_(TLSV13|TLSV1|SSLV3)_ALERT_(CERTIFICATE_REQUIRED|UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED)$/.test(code)
 
 /** Connections to a server that ended before the handshake was done: TLS's here, ferry's in server/Connection.ts. */
 export const handshakesFailed = Metric.counter("ferry_serve_handshakes_failed_total", {

@@ -152,7 +152,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
       const p = decoder.finish()
       finish(p === undefined ? Effect.fail(Option.none()) : Effect.fail(Option.some(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) }))))
     }
-    const onError = (e: unknown) => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: reasonOf(e) }))))
+    const onError = (e: unknown) => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: reasonOf(e), code: codeOf(e) }))))
     const onClose = () => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: "connection closed" }))))
     input.attach(onData)
     socket.once("end", onEnd)
@@ -232,6 +232,9 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
   })
   return { peer, frames, send, end, limitFrames: (maxFrame) => void (decoder.maxFrame = maxFrame), release, firstBytes: () => first }
 }
+
+/** A socket error's code, if it has one. */
+export const codeOf = (e: unknown): string | undefined => (e instanceof Error ? (e as NodeJS.ErrnoException).code : undefined)
 
 /** A socket error as a reason a user can read. */
 export const reasonOf = (e: unknown): string => {

@@ -4,11 +4,12 @@ import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Stream from "effect/Stream"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import { PeerMismatch, TransportError } from "../../domain/Errors.js"
 import { type BufferPool, FramePool } from "../BufferPool.js"
-import { type Address, formatAddress, handshakesFailed, Transport } from "../Transport.js"
+import { type Address, type ClientCertificate, formatAddress, handshakesFailed, refusesOurCertificate, type TlsServer, Transport } from "../Transport.js"
 import { adoptWithOwnBuffer, rawSocketOf } from "../node/Sockets.js"
 import { linkFromDuplex, ownReadBuffer, reasonOf, scopedSocket } from "./Link.js"
 
@@ -17,9 +18,14 @@ const tune = (socket: net.Socket) => {
   socket.setKeepAlive(true, 30_000)
 }
 
+/** The server's TLS layer refused the certificate we showed, or that we showed none. */
+const certificateRefused = (e: { readonly message: string }) =>
+  `the server refused our client certificate at the TLS layer (${e.message.split("\n")[0]}); check --tls-cert and --tls-key`
+
 /** A TLS failure that says the peer is not what we expect (no TLS, a certificate we do not trust), or undefined. */
 const tlsMismatch = (e: Error): string | undefined => {
   const code = (e as NodeJS.ErrnoException).code ?? ""
+  if (refusesOurCertificate(code)) return certificateRefused(e)
   if (/WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol|ECONNRESET/i.test(`${code} ${e.message}`)) {
     return "TLS handshake failed: the server does not speak TLS (drop --tls / --tls-ca?)"
   }
@@ -60,6 +66,34 @@ const probeTls = (address: Address) =>
     })
   })
 
+const secureContextOf = (material: TlsServer): tls.SecureContextOptions => ({
+  cert: material.cert,
+  key: material.key,
+  ...(material.clientCa === undefined ? {} : { ca: material.clientCa })
+})
+
+/** What a client showed, on a server that asks for certificates: read once its handshake is done. */
+const clientCertificateOf = (socket: tls.TLSSocket): ClientCertificate => {
+  const shown = socket.getPeerX509Certificate()
+  if (shown === undefined) return { _tag: "Missing" }
+  const subject = shown.subject.split("\n").join(", ")
+  if (socket.authorized) return { _tag: "Trusted", subject }
+  const why = String(socket.authorizationError ?? "unknown")
+  return { _tag: "Untrusted", subject, reason: untrustedBecause[why] ?? why }
+}
+
+/** OpenSSL's verification codes a client certificate most often fails with, in a user's words. */
+const untrustedBecause: Record<string, string> = {
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: "not signed by the CA this server trusts for clients (--tls-client-ca)",
+  UNABLE_TO_GET_ISSUER_CERT: "not signed by the CA this server trusts for clients (--tls-client-ca)",
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "not signed by the CA this server trusts for clients (--tls-client-ca)",
+  DEPTH_ZERO_SELF_SIGNED_CERT: "self-signed, not signed by the CA this server trusts for clients (--tls-client-ca)",
+  SELF_SIGNED_CERT_IN_CHAIN: "its chain ends in a CA this server does not trust for clients (--tls-client-ca)",
+  CERT_HAS_EXPIRED: "it has expired",
+  CERT_NOT_YET_VALID: "it is not valid yet",
+  INVALID_PURPOSE: "it is not meant for a TLS client (extendedKeyUsage)"
+}
+
 const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
   speaksTls: probeTls,
   dial: (address, options) =>
@@ -78,6 +112,7 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
             port: address.port,
             servername: secure.servername ?? (net.isIP(address.host) === 0 ? address.host : undefined),
             ...(secure.ca === undefined ? {} : { ca: secure.ca }),
+            ...(secure.cert === undefined || secure.key === undefined ? {} : { cert: secure.cert, key: secure.key }),
             rejectUnauthorized: true
           })
         const onError = (e: Error) => {
@@ -110,12 +145,24 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
       const server: net.Server = options.tls === undefined
         ? net.createServer({ noDelay: true, keepAlive: true, pauseOnConnect: true })
         : tls.createServer({
-          cert: options.tls.cert,
-          key: options.tls.key,
+          ...secureContextOf(options.tls),
+          // a client's certificate is checked here, not by the TLS layer: one it rejects is cut without
+          // a word, where ferry refuses it with a reason both sides can read (server/Connection.ts)
+          requestCert: options.tls.clientCa !== undefined,
+          rejectUnauthorized: false,
           noDelay: true,
           keepAlive: true,
           handshakeTimeout: Duration.toMillis(options.handshakeTimeout ?? "10 seconds")
         })
+      // whether clients must show a certificate is decided at start: a reload changes the CA, not the rule
+      const requestsCertificates = options.tls?.clientCa !== undefined
+      if (options.tls !== undefined && options.tlsChanges !== undefined) {
+        // new connections get the new certificate (and client CA); those open keep theirs
+        yield* options.tlsChanges.pipe(
+          Stream.runForEach((material) => Effect.sync(() => (server as tls.Server).setSecureContext(secureContextOf(material)))),
+          Effect.forkScoped
+        )
+      }
       const sockets = new Set<net.Socket>()
       const accept = (accepted: net.Socket) => {
         // plain TCP: the connection is taken over by a socket that reads into its own buffer
@@ -126,8 +173,10 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
         sockets.add(socket)
         socket.once("close", () => sockets.delete(socket))
         const peer = formatAddress({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 })
+        const link = linkFromDuplex(socket, peer, options, pool, own?.input)
+        const shown = requestsCertificates ? clientCertificateOf(socket as tls.TLSSocket) : undefined
         const handler = Effect.scoped(
-          Effect.zipRight(scopedSocket(socket), onLink(linkFromDuplex(socket, peer, options, pool, own?.input)))
+          Effect.zipRight(scopedSocket(socket), onLink(shown === undefined ? link : { ...link, clientCertificate: shown }))
         )
         runFork(handler)
       }
