@@ -144,21 +144,13 @@ const current = (options: ConnectionOptions) =>
     }))
   }).pipe(Effect.flatten)
 
-/**
- * Dials, completes the handshake, and routes incoming frames until the scope closes. `dialed`
- * hears the TCP set-up time as soon as it is known, a round trip before the handshake ends.
- */
-export const connect = (
-  address: Address,
-  options: ConnectionOptions,
-  dialed?: (roundTripMs: number | undefined) => Effect.Effect<void>
-): Effect.Effect<Connection, LinkError, Transport | Scope.Scope> =>
+/** Dials, completes the handshake, and routes incoming frames until the scope closes. */
+export const connect = (address: Address, options: ConnectionOptions): Effect.Effect<Connection, LinkError, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const transport = yield* Transport
     const throttle = yield* Throttle
     const { token, tls } = yield* current(options)
     const link = yield* transport.dial(address, { maxFrame: options.maxFrame, tls })
-    if (dialed !== undefined) yield* dialed(link.roundTrip)
     const peer = link.peer
     const next = yield* frameReader(link)
     const inTime = <A>(step: Effect.Effect<A, LinkError>, waitingFor: string) =>

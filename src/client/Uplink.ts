@@ -122,7 +122,7 @@ export const makeUplink = (
     const ackedNow = () => current.reduce((n, c) => n + c.acked(), 0)
     const ackedBytesNow = () => current.reduce((n, c) => n + c.ackedBytes(), 0)
 
-    const dial = (dialed?: (roundTripMs: number | undefined) => Effect.Effect<void>) => Effect.sequentialFinalizers(connect(address, options, dialed))
+    const dial = () => Effect.sequentialFinalizers(connect(address, options))
 
     /**
      * "auto" to a far server: one more connection while the bytes acknowledged per second still grow
@@ -163,9 +163,9 @@ export const makeUplink = (
      */
     const session = Effect.scoped(
       Effect.gen(function*() {
-        // The first connection is dialed; as soon as its TCP set-up time is known (for "auto") the
-        // others it calls for are too, while its handshake goes on. Transfers start on the first
-        // and the others join as they come: on a lossy link a lost SYN costs a connection a second.
+        // The first connection is dialed, then the others it calls for (only once it is accepted: a
+        // server that refuses us sees one attempt). Transfers start on the first and the others
+        // join as they come: on a lossy link a lost SYN costs a connection a second.
         const broken = yield* Deferred.make<LinkError>()
         const watch = (c: Connection) => Effect.asVoid(Effect.forkScoped(Effect.flatMap(Effect.flip(c.lost), (e) => Deferred.succeed(broken, e))))
         const up = yield* Ref.make(false)
@@ -177,10 +177,8 @@ export const makeUplink = (
               return isUp ? SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: false }) : Effect.void
             })
           )
-        const roundTrip = yield* Deferred.make<number | undefined>()
-        // its outcome is read below, in either case: a fork that fails on its own would be logged as unhandled
-        const dialing = yield* Effect.fork(Effect.either(dial((rtt) => Deferred.succeed(roundTrip, rtt))))
-        const measured = (yield* Effect.raceFirst(Deferred.await(roundTrip), Effect.flatMap(Fiber.join(dialing), (c) => Effect.map(c, (c) => c.roundTrip)))) ?? 0
+        const first = yield* dial()
+        const measured = first.roundTrip
         const wanted = count === "auto" ? autoConnections(measured) : Math.max(1, count)
         const others = Effect.gen(function*() {
           const dialed = yield* Effect.forEach(Array.from({ length: wanted - 1 }), () => Effect.tap(Effect.either(dial()), (r) => Either.isRight(r) ? join(r.right) : Effect.void), {
@@ -193,7 +191,6 @@ export const makeUplink = (
           yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms)` : ""}`)
         })
         const othersDone = yield* Effect.forkScoped(others)
-        const first = yield* Effect.flatten(Fiber.join(dialing))
         yield* watch(first)
         current = [first, ...current]
         // one line per change of state: the first connection is not news, a reconnection is

@@ -271,7 +271,12 @@ export const serveConnection = (
     // a client whose certificate is missing or not trusted is refused at its first frame, whatever it is (once
     // read: a socket closed with bytes unread would be reset, and the refusal lost with them)
     const shown = link.clientCertificate
-    const onFrame = (frame: RawFrame) => {
+    // The handshake's frames are handled one after another, in the order they came (a client
+    // sends its hello with its hi); once one of them ended the connection, the rest are not.
+    const handshakeOrder = yield* Effect.makeSemaphore(1)
+    const onFrame = (frame: RawFrame): Effect.Effect<void, ProtocolError | TransportError> =>
+      stage === "ready" ? handleFrame(frame) : handshakeOrder.withPermits(1)(Effect.suspend(() => (ended !== undefined ? Effect.void : handleFrame(frame))))
+    const handleFrame = (frame: RawFrame) => {
       if (stage === "hi" && shown?._tag === "Missing") return refuse("CertificateRequired", "this server requires a client certificate (send --tls-cert and --tls-key)")
       if (stage === "hi" && shown?._tag === "Untrusted") return refuse("CertificateUntrusted", `client certificate ${shown.subject}: ${shown.reason}`)
       switch (frame.kind) {
