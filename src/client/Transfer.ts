@@ -278,7 +278,7 @@ export const sendOpened = (
     const pump = dispatch(reads, {
       ready: options.readAhead,
       connections,
-      joining: since.joining?.pipe(Stream.mapEffect(join), Stream.filterMap((c) => c)),
+      joining: since.joining?.pipe(Stream.mapEffect(join, { concurrency: "unbounded" }), Stream.filterMap((c) => c)),
       send: (connection, { batch, frame }) =>
         Effect.suspend(() => {
           addRun(crc, manifest, batch.indices, frame.crcs)

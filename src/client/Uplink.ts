@@ -278,8 +278,12 @@ export const makeUplink = (
         const seen = new Set(known)
         return state.changes.pipe(
           Stream.takeWhile((s) => s._tag === "Up" && s.connections.includes(known[0]!)),
-          Stream.flatMap((s) => Stream.fromIterable(s._tag === "Up" ? s.connections.filter((c) => !seen.has(c)) : [])),
-          Stream.tap((c) => Effect.sync(() => seen.add(c)))
+          // seen and told in one step: each connection joins once
+          Stream.mapConcat((s) => {
+            const fresh = s._tag === "Up" ? s.connections.filter((c) => !seen.has(c)) : []
+            for (const c of fresh) seen.add(c)
+            return fresh
+          })
         )
       },
       connections: upWith(() => true),
