@@ -140,6 +140,7 @@ export const makeUplink = (
           before = now
           const busy = current.some((c) => c.inflight() > 0)
           const step = nextGrowthStep({ rate, previous, connections: current.length, max: MAX_AUTO_CONNECTIONS, busy })
+          const why = previous === undefined ? "the first measure" : `up from ${formatBytes(Math.round(previous))}/s`
           if (busy) previous = rate
           if (step === "wait") continue
           if (step === "stop") {
@@ -149,7 +150,7 @@ export const makeUplink = (
           if (Either.isLeft(added)) return yield* Effect.logDebug(`${name}: no connection beyond ${current.length} (${added.left.message})`)
           yield* watch(added.right)
           current = [...current, added.right]
-          yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s and still growing)`)
+          yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${why})`)
           yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
           // the probe starts again once it takes part: its set-up time is no measure of the link
           before = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
@@ -188,7 +189,10 @@ export const makeUplink = (
           if (refused.length > 0) {
             yield* Effect.logDebug(`${name}: ${wanted - refused.length} of ${wanted} connections accepted (${refused[0]!.left.message}); carrying on with those`)
           }
-          yield* Effect.logDebug(`${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms)` : ""}`)
+          yield* Effect.logDebug(
+            `${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms, ${measured < NEAR_ROUND_TRIP_MS ? "near" : "far: more while the throughput grows"})` : ""}, ` +
+              `window ${formatBytes(options.window)} per connection: at most ${formatBytes((options.window * 1000) / Math.max(1, measured))}/s each, or what the kernel's socket buffers allow if less`
+          )
         })
         const othersDone = yield* Effect.forkScoped(others)
         yield* watch(first)
