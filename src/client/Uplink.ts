@@ -152,7 +152,6 @@ export const makeUplink = (
         current = []
         return { error, progressed }
       }),
-      Effect.tap(() => Effect.void),
       Effect.tapError((end) => SubscriptionRef.set(state, { _tag: "Down", error: end.error })),
       Effect.tapError((end) =>
         Effect.gen(function*() {

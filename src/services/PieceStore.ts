@@ -188,5 +188,5 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
     }
   })
 
-export const PieceStoreLayer = (limits: StoreLimits = defaultStoreLimits, flushEvery: number = FLUSH_BEHIND) =>
+export const PieceStoreLive = (limits: StoreLimits = defaultStoreLimits, flushEvery: number = FLUSH_BEHIND) =>
   Layer.scoped(PieceStore, makePieceStore(limits, flushEvery))
