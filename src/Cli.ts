@@ -46,8 +46,14 @@ const footer = HelpDoc.blocks([
 
 const app = Command.run(ferry, { name: "ferry", version: VERSION, footer })
 
-/** The log format for a line printed before any command runs: --log-format read on its own, else FERRY_LOG_FORMAT. */
-const earlyLogFormat = (args: ReadonlyArray<string>) =>
+/**
+ * The log format for the one line that says the command line is wrong. Commands read
+ * `--log-format` with the rest of their options (their logger is made from the parsed
+ * flags), but when that parse fails there are no parsed options to read it from: this
+ * reads the one option on its own (flag, else FERRY_LOG_FORMAT, else text), with the
+ * same declaration, and only for that line. A value it cannot read is text.
+ */
+export const usageLogFormat = (args: ReadonlyArray<string>) =>
   Options.processCommandLine(logging.logFormat, args, CliConfig.defaultConfig).pipe(
     Effect.map(([, , format]) => format),
     Effect.orElseSucceed((): LogFormat => "text")
@@ -55,7 +61,7 @@ const earlyLogFormat = (args: ReadonlyArray<string>) =>
 
 /** The command line is wrong: one line, exit 2. */
 const usageFailure = (args: ReadonlyArray<string>, message: string) =>
-  Effect.flatMap(earlyLogFormat(args), (format) =>
+  Effect.flatMap(usageLogFormat(args), (format) =>
     logExit(message, ExitCode.Usage).pipe(Effect.provide(loggingFor({ logFormat: format, debug: false })), Effect.as(ExitCode.Usage)))
 
 /** The wizard asks its questions on a terminal: without one it would wait forever. */

@@ -17,11 +17,11 @@ import { DestinationOnFileSystem } from "./services/destination/InProcess.js"
 import { DestinationLive } from "./services/destination/Live.js"
 import { GunzipPoolInProcess, GunzipPoolLive } from "./services/GunzipPool.js"
 import { PieceReaderInProcess, PieceReaderLive } from "./services/PieceReader.js"
-import { defaultStoreLimits, FLUSH_BEHIND, PieceStoreLayer, type StoreLimits } from "./services/PieceStore.js"
+import { defaultStoreLimits, FLUSH_BEHIND, PieceStoreLive, type StoreLimits } from "./services/PieceStore.js"
 import { SampleMakerInProcess, SampleMakerLive } from "./services/SampleMaker.js"
 import { LeasesLive } from "./services/store/Leases.js"
-import { MemoryTransport } from "./services/transport/Memory.js"
-import { TcpTransport } from "./services/transport/Tcp.js"
+import { TransportInMemory } from "./services/transport/Memory.js"
+import { TransportLive } from "./services/transport/Tcp.js"
 
 export interface ServerLayerOptions {
   /** The destination folder (`serve --dest`). */
@@ -40,7 +40,7 @@ export interface ServerLayerOptions {
 }
 
 const store = (options: ServerLayerOptions) =>
-  PieceStoreLayer({ ...defaultStoreLimits, ...options.limits }, options.flushEvery ?? FLUSH_BEHIND).pipe(
+  PieceStoreLive({ ...defaultStoreLimits, ...options.limits }, options.flushEvery ?? FLUSH_BEHIND).pipe(
     Layer.provide(LeasesLive({ leaseMs: options.leaseMs ?? 30_000 }))
   )
 
@@ -56,7 +56,7 @@ export const ServerLive = (options: ServerLayerOptions) =>
         DestinationLive(options.dest)
       ))
     ),
-    TcpTransport
+    TransportLive
   ).pipe(
     Layer.provide(FramePoolLive),
     Layer.provide(Layer.effectDiscard(raiseDescriptorLimit(options.limits?.maxDatasets ?? defaultStoreLimits.maxDatasets, options.maxConnections ?? 256)))
@@ -72,7 +72,7 @@ export interface ClientLayerOptions {
 /** A sender over TCP and the real disk: reader threads, the folder scanner, progress, and the filesystem. */
 export const ClientLive = (options: ClientLayerOptions = {}) =>
   Layer.mergeAll(
-    TcpTransport,
+    TransportLive,
     PieceReaderLive(options.readers === undefined ? {} : { workers: options.readers }),
     DatasetScannerLive(options.pollEvery ?? "1 second"),
     ProgressLive
@@ -107,4 +107,4 @@ export const ClientInProcess: Layer.Layer<
 > = Layer.mergeAll(PieceReaderInProcess, DatasetScannerInProcess, ProgressLive, SampleMakerInProcess)
 
 /** The in-memory transport both in-process layers share: provide it once, to both. */
-export const InMemoryTransport = MemoryTransport.pipe(Layer.provide(FramePoolLive))
+export const TransportInProcess = TransportInMemory.pipe(Layer.provide(FramePoolLive))

@@ -18,7 +18,7 @@ export {
 export { parseOnCommit, type OnCommit } from "./client/Cleanup.js"
 export { Progress, ProgressLive, describe as describeProgress, type DatasetProgress, type Phase, type Snapshot } from "./client/Progress.js"
 export { defaultServeOptions, serve, type ServeOptions } from "./server/Server.js"
-export { ClientInProcess, ClientLive, InMemoryTransport, SampleLive, ServerInProcess, ServerLive, type ClientLayerOptions, type ServerLayerOptions } from "./Layers.js"
+export { ClientInProcess, ClientLive, TransportInProcess, SampleLive, ServerInProcess, ServerLive, type ClientLayerOptions, type ServerLayerOptions } from "./Layers.js"
 export { makeDataset, SampleMaker, type DatasetSpec, type SampleMade } from "./services/SampleMaker.js"
 export { Monitor, MonitorLive, type MonitorService } from "./services/Monitor.js"
 export { ThrottleLive } from "./services/Throttle.js"

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as HelpDoc from "@effect/cli/HelpDoc"
+import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -13,7 +14,7 @@ import * as Schema from "effect/Schema"
 import fc from "fast-check"
 import { execFile } from "node:child_process"
 import { afterAll } from "vitest"
-import { errorLine, exitCode, ExitCode, tidyHelp } from "../src/Cli.js"
+import { errorLine, exitCode, ExitCode, tidyHelp, usageLogFormat } from "../src/Cli.js"
 import { envName } from "../src/CliOptions.js"
 import { ByteSize, DurationText, formatByteSize, parseBytes, parseDuration, PositiveCount } from "../src/domain/Units.js"
 import { VERSION } from "../src/domain/Version.js"
@@ -312,6 +313,21 @@ describe("--log-format json", () => {
     const events = lines(r.stderr).map((l) => JSON.parse(l))
     expect(events).toEqual([{ time: expect.stringMatching(isoTime), level: "ERROR", message: "/nonexistent/ferry: no such folder", exit: 1 }])
   })
+
+  it.effect("the format of a usage error's line is read from the arguments alone: flag, else FERRY_LOG_FORMAT, else text", () =>
+    Effect.gen(function*() {
+      expect(yield* usageLogFormat(["send", "--log-format", "json", "--bogus"])).toBe("json")
+      expect(yield* usageLogFormat(["send", "--bogus", "--log-format=json"])).toBe("json")
+      expect(yield* usageLogFormat(["send", "--bogus"])).toBe("text")
+      expect(yield* usageLogFormat(["send", "--log-format", "yaml"])).toBe("text")
+      const saved = process.env.FERRY_LOG_FORMAT
+      process.env.FERRY_LOG_FORMAT = "json"
+      const fromEnv = yield* Effect.ensuring(usageLogFormat(["send", "--bogus"]), Effect.sync(() => {
+        if (saved === undefined) delete process.env.FERRY_LOG_FORMAT
+        else process.env.FERRY_LOG_FORMAT = saved
+      }))
+      expect(fromEnv).toBe("json")
+    }).pipe(Effect.provide(NodeContext.layer)))
 
   it("so is a wrong command line", async () => {
     const r = await ferry(["send", "--log-format", "json", "--path", "/tmp", "--bogus"])

@@ -50,8 +50,7 @@ export const report = (cause: Cause.Cause<{ readonly message: string; readonly _
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure) && failure.value instanceof Reported) return Effect.succeed(failure.value.exitCode)
   if (Option.isSome(failure)) {
-    const exitCode = failure.value._tag === "UsageError" ? ExitCode.Usage : ExitCode.Failed
-    return Effect.as(logExit(failure.value.message, exitCode), exitCode)
+    return Effect.as(logExit(failure.value.message, ExitCode.Failed), ExitCode.Failed)
   }
   const defect = Cause.squash(cause)
   return Effect.as(

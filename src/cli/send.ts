@@ -7,7 +7,7 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-import { parseOnCommit } from "../client/Cleanup.js"
+import { OnCommitText } from "../client/Cleanup.js"
 import { senderEndpoint } from "../client/Metrics.js"
 import { defaultSendOptions, exitCodeOf, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS, send, type SendOptions, watchPolicy } from "../client/Client.js"
 import { makeBoard, Progress, runBoard, runProgressReports, summary as rateSummary } from "../client/Progress.js"
@@ -49,13 +49,6 @@ const Connections = fromText(
   "auto or a whole number above 0",
   (text): number | "auto" | undefined => (text.trim() === "auto" ? "auto" : Schema.decodeOption(PositiveCount)(text).pipe(Option.getOrUndefined)),
   String
-)
-
-const OnCommitText = fromText(
-  Schema.Union(Schema.TaggedStruct("Keep", {}), Schema.TaggedStruct("Delete", {}), Schema.TaggedStruct("Move", { to: Schema.String })),
-  "keep, delete or move:DIR",
-  parseOnCommit,
-  (a) => (a._tag === "Move" ? `move:${a.to}` : a._tag.toLowerCase())
 )
 
 /** stdout: one line per dataset as it finishes, or every event as a JSON line. */

@@ -17,10 +17,14 @@
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
 import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 import { markerFileName, pieceFileName } from "../domain/Dataset.js"
 import { FolderError } from "../domain/Errors.js"
+import { fromText } from "../domain/Units.js"
 
-export type OnCommit = { readonly _tag: "Keep" } | { readonly _tag: "Delete" } | { readonly _tag: "Move"; readonly to: string }
+/** What to do with a dataset's files once the server has committed it. */
+export const OnCommit = Schema.Union(Schema.TaggedStruct("Keep", {}), Schema.TaggedStruct("Delete", {}), Schema.TaggedStruct("Move", { to: Schema.String }))
+export type OnCommit = typeof OnCommit.Type
 
 /** `keep`, `delete` or `move:DIR`; undefined when it is none of them. */
 export const parseOnCommit = (text: string): OnCommit | undefined => {
@@ -29,6 +33,9 @@ export const parseOnCommit = (text: string): OnCommit | undefined => {
   if (text.startsWith("move:") && text.length > 5) return { _tag: "Move", to: text.slice(5) }
   return undefined
 }
+
+/** `--on-commit` as the command line writes it. */
+export const OnCommitText = fromText(OnCommit, "keep, delete or move:DIR", parseOnCommit, (a) => (a._tag === "Move" ? `move:${a.to}` : a._tag.toLowerCase()))
 
 export const movingMarker = (dataset: string) => `.${markerFileName(dataset)}.moving`
 

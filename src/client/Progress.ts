@@ -289,4 +289,3 @@ export const runProgressReports = (options: {
 export const summary = (bytes: number, seconds: number) =>
   `${formatBytes(bytes)} in ${seconds.toFixed(1)} s (${formatBytes(bytes / Math.max(seconds, 1e-3))}/s)`
 
-export const formatDuration = (d: Duration.DurationInput) => Duration.format(d)

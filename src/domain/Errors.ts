@@ -94,12 +94,3 @@ export class DestinationError extends Data.TaggedError("DestinationError")<{
     return `${this.dest}: ${this.reason}`
   }
 }
-
-/** A command-line value that cannot be used. */
-export class UsageError extends Data.TaggedError("UsageError")<{
-  readonly reason: string
-}> {
-  override get message() {
-    return this.reason
-  }
-}

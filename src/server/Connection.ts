@@ -12,6 +12,7 @@ import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { newNonce, proofMatches } from "../domain/Auth.js"
@@ -72,19 +73,15 @@ export const serveConnection = (
     /** Handles whose dataset failed: their batches still in flight are dropped quietly. */
     const dropped = new Set<number>()
     const handshake = yield* Deferred.make<void, ProtocolError>()
-    // moved on by the frame handlers below (`as`: not narrowed to "hi" where it is read after them)
-    let stage = "hi" as "hi" | "hello" | "ready"
+    // where the handshake is: moved on by the frame handlers below, which run concurrently
+    const stage = yield* Ref.make<"hi" | "hello" | "ready">("hi")
     const ticket = yield* gate.enter(Deferred.fail(handshake, new ProtocolError({ peer, code: "TooManyPending", reason: "too many connections in the handshake; dropped the oldest" })))
 
     const send = (bytes: Uint8Array) => link.send(bytes)
     /** Counted once per connection: when refused, or else when dropped for a frame the transport could not read. */
-    let counted = false
+    const counted = yield* Ref.make(false)
     const countRefusal = (code: RefusalCode) =>
-      Effect.suspend(() => {
-        if (counted) return Effect.void
-        counted = true
-        return Metric.increment(Metric.tagged(connectionsRefused, "code", code))
-      })
+      Effect.flatMap(Ref.getAndSet(counted, true), (already) => already ? Effect.void : Metric.increment(Metric.tagged(connectionsRefused, "code", code)))
     const refuse = (code: RefusalCode, message: string) =>
       Effect.logWarning(`${who}: refused (${code}): ${message}`).pipe(
         Effect.annotateLogs({ peer, code }),
@@ -184,7 +181,7 @@ export const serveConnection = (
         if (message.protocol !== PROTOCOL_VERSION) {
           return yield* refuse("VersionMismatch", `client speaks protocol ${message.protocol}, this server speaks ${PROTOCOL_VERSION}; upgrade the older side`)
         }
-        stage = "hello"
+        yield* Ref.set(stage, "hello")
         yield* Effect.logDebug(`${who}: hi from ${message.client}`)
         yield* send(encodeControl(
           new Welcome({
@@ -206,7 +203,7 @@ export const serveConnection = (
         if (!(yield* ticket.pass)) {
           return yield* refuse("TooManyConnections", `the server has ${ticket.ready()} connections, its limit; try again later`)
         }
-        stage = "ready"
+        yield* Ref.set(stage, "ready")
         link.limitFrames(options.maxFrame)
         yield* Metric.increment(connectionsAccepted)
         yield* publish({ event: "connection-accepted", peer, ...clientField })
@@ -219,21 +216,22 @@ export const serveConnection = (
         const decoded = decodeControl(body)
         if (Either.isLeft(decoded)) return yield* refuse("BadMessage", `malformed control message: ${decoded.left}`)
         const message = decoded.right
+        const now = yield* Ref.get(stage)
         switch (message._tag) {
           case "Hi":
-            return stage === "hi" ? yield* hi(message) : yield* refuse("Unexpected", "second Hi")
+            return now === "hi" ? yield* hi(message) : yield* refuse("Unexpected", "second Hi")
           case "Hello":
-            return stage === "hello" ? yield* hello(message.proof) : yield* refuse("Unexpected", stage === "hi" ? "Hello before Hi" : "second Hello")
+            return now === "hello" ? yield* hello(message.proof) : yield* refuse("Unexpected", now === "hi" ? "Hello before Hi" : "second Hello")
           case "Open":
-            return stage === "ready" ? yield* open(message.handle, message.manifest) : yield* refuse("NotReady", "Open before the handshake")
+            return now === "ready" ? yield* open(message.handle, message.manifest) : yield* refuse("NotReady", "Open before the handshake")
           case "Seal":
-            return stage === "ready" ? yield* seal(message.handle, message.crc32) : yield* refuse("NotReady", "Seal before the handshake")
+            return now === "ready" ? yield* seal(message.handle, message.crc32) : yield* refuse("NotReady", "Seal before the handshake")
           case "OpenGrowing":
-            return stage === "ready" ? yield* open(message.handle, message.spec) : yield* refuse("NotReady", "OpenGrowing before the handshake")
+            return now === "ready" ? yield* open(message.handle, message.spec) : yield* refuse("NotReady", "OpenGrowing before the handshake")
           case "Marker":
-            return stage === "ready" ? yield* marker(message.handle, message.size) : yield* refuse("NotReady", "Marker before the handshake")
+            return now === "ready" ? yield* marker(message.handle, message.size) : yield* refuse("NotReady", "Marker before the handshake")
           case "Close":
-            return stage === "ready" ? yield* close(message.handle) : yield* refuse("NotReady", "Close before the handshake")
+            return now === "ready" ? yield* close(message.handle) : yield* refuse("NotReady", "Close before the handshake")
           case "Ping":
             return
           default:
@@ -243,7 +241,7 @@ export const serveConnection = (
 
     const onPieces = (body: Buffer) =>
       Effect.gen(function*() {
-        if (stage !== "ready") return yield* refuse("NotReady", "pieces before the handshake")
+        if ((yield* Ref.get(stage)) !== "ready") return yield* refuse("NotReady", "pieces before the handshake")
         const batch = decodePieces(body)
         if ("problem" in batch) return yield* refuse("BadFrame", batch.problem)
         yield* Metric.incrementBy(receivedBytes, pieceBytesOf(batch, body.length))
@@ -275,10 +273,15 @@ export const serveConnection = (
     // sends its hello with its hi); once one of them ended the connection, the rest are not.
     const handshakeOrder = yield* Effect.makeSemaphore(1)
     const onFrame = (frame: RawFrame): Effect.Effect<void, ProtocolError | TransportError> =>
-      stage === "ready" ? handleFrame(frame) : handshakeOrder.withPermits(1)(Effect.suspend(() => (ended !== undefined ? Effect.void : handleFrame(frame))))
-    const handleFrame = (frame: RawFrame) => {
-      if (stage === "hi" && shown?._tag === "Missing") return refuse("CertificateRequired", "this server requires a client certificate (send --tls-cert and --tls-key)")
-      if (stage === "hi" && shown?._tag === "Untrusted") return refuse("CertificateUntrusted", `client certificate ${shown.subject}: ${shown.reason}`)
+      Effect.flatMap(Ref.get(stage), (now) =>
+        now === "ready"
+          ? handleFrame(frame, now)
+          : handshakeOrder.withPermits(1)(
+            Effect.flatMap(Effect.all([Ref.get(stage), Ref.get(ended)]), ([now, over]) => (Option.isSome(over) ? Effect.void : handleFrame(frame, now)))
+          ))
+    const handleFrame = (frame: RawFrame, now: "hi" | "hello" | "ready") => {
+      if (now === "hi" && shown?._tag === "Missing") return refuse("CertificateRequired", "this server requires a client certificate (send --tls-cert and --tls-key)")
+      if (now === "hi" && shown?._tag === "Untrusted") return refuse("CertificateUntrusted", `client certificate ${shown.subject}: ${shown.reason}`)
       switch (frame.kind) {
         case FrameKind.Control:
           return onControl(frame.body)
@@ -303,13 +306,10 @@ export const serveConnection = (
     // Why the connection ends is kept as a value: a failure inside the stream (the client went away,
     // or broke the protocol) would end one of the stream's own fibers with it, which Effect logs
     // under --debug as "Fiber terminated with an unhandled error", for an ordinary disconnect.
-    let ended: ProtocolError | TransportError | undefined
+    const ended = yield* Ref.make(Option.none<ProtocolError | TransportError>())
     const ending = yield* Deferred.make<void>()
     const end = (e: ProtocolError | TransportError) =>
-      Effect.suspend(() => {
-        ended ??= e
-        return Deferred.succeed(ending, undefined)
-      })
+      Effect.zipRight(Ref.update(ended, Option.orElse(() => Option.some(e))), Deferred.succeed(ending, undefined))
     const outcome = yield* link.frames.pipe(
       Stream.timeoutFail(idle, options.idleTimeout),
       Stream.catchAll((e) => Stream.execute(end(e))),
@@ -322,7 +322,7 @@ export const serveConnection = (
       Effect.raceFirst(handshakeDeadline),
       Effect.either
     )
-    const failure = Either.isLeft(outcome) ? outcome.left : ended
+    const failure = Either.isLeft(outcome) ? outcome.left : Option.getOrUndefined(yield* Ref.get(ended))
     if (failure !== undefined) {
       const e = failure
       if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
@@ -339,7 +339,7 @@ export const serveConnection = (
     } else if (yield* gate.isStopping) {
       yield* send(encodeControl(new Refused({ code: "ShuttingDown", message: "the server is stopping; try again, or another server" }))).pipe(Effect.ignore)
     } else yield* Effect.logDebug(`${who}: disconnected`)
-    if (stage !== "ready") yield* Metric.increment(handshakesFailed)
+    if ((yield* Ref.get(stage)) !== "ready") yield* Metric.increment(handshakesFailed)
     else {
       const reason = failure !== undefined ? failure.message : (yield* gate.isStopping) ? "the server is stopping" : "the client closed the connection"
       yield* publish({ event: "connection-closed", peer, ...clientField, reason })

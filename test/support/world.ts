@@ -2,7 +2,7 @@
  * The in-memory world the pipeline tests run in: one memory filesystem for
  * the senders' folders and the servers' destinations, and the layers ferry
  * exports for this (`ServerInProcess`, `ClientInProcess`,
- * `InMemoryTransport`), which run the same reading, inflating and placing
+ * `TransportInProcess`), which run the same reading, inflating and placing
  * code as the worker threads.
  */
 import { Effect, Layer, Logger, LogLevel } from "effect"
@@ -11,7 +11,7 @@ import * as zlib from "node:zlib"
 import { defaultSendOptions, send, type SendOptions } from "../../src/client/Client.js"
 import { Manifest } from "../../src/domain/Dataset.js"
 import { decodePieces, encodePieces } from "../../src/domain/Frame.js"
-import { ClientInProcess, InMemoryTransport, ServerInProcess } from "../../src/Layers.js"
+import { ClientInProcess, TransportInProcess, ServerInProcess } from "../../src/Layers.js"
 import { defaultServeOptions, serve, type ServeOptions } from "../../src/server/Server.js"
 import { PieceStore, type Session, type StoreLimits } from "../../src/services/PieceStore.js"
 import { SampleMaker } from "../../src/services/SampleMaker.js"
@@ -44,7 +44,7 @@ export const storeLayer = (memory: MemoryFileSystemHandle, spec: ServerSpec = {}
 export const world = (spec: ServerSpec = {}) => {
   const memory = makeMemoryFileSystem()
   const layer = Layer.mergeAll(
-    InMemoryTransport,
+    TransportInProcess,
     ClientInProcess,
     storeLayer(memory, spec),
     Logger.minimumLogLevel(LogLevel.Warning)

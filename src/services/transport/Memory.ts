@@ -44,7 +44,7 @@ export const duplexPair = (): readonly [Duplex, Duplex] => {
 }
 
 /** Links inside one process, for tests: listen on any port number, dial it. */
-export const MemoryTransport = Layer.effect(Transport, Effect.map(FramePool, (pool): Transport["Type"] => {
+export const TransportInMemory = Layer.effect(Transport, Effect.map(FramePool, (pool): Transport["Type"] => {
   const listeners = new Map<number, (socket: Duplex, peer: string) => void>()
   let nextPort = 40_000
   let nextClient = 1

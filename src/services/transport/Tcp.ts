@@ -219,4 +219,4 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
 })
 
 /** TCP (and TLS) connections, reading piece frames into the program's frame pool. */
-export const TcpTransport = Layer.effect(Transport, Effect.map(FramePool, makeTcpTransport))
+export const TransportLive = Layer.effect(Transport, Effect.map(FramePool, makeTcpTransport))
