@@ -327,7 +327,7 @@ export const serveConnection = (
       const e = failure
       if (e._tag === "ProtocolError" && e.code === "IdleTimeout") yield* refuse(e.code, e.reason).pipe(Effect.ignore)
       // a client that broke the protocol is worth a line (a refusal has had its own); one that was dropped to make room is not
-      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending" && !counted) {
+      else if (e._tag === "ProtocolError" && e.code !== "TooManyPending" && !(yield* Ref.get(counted))) {
         yield* countRefusal(e.code)
         yield* Effect.logWarning(`${who}: dropped: ${e.reason}`).pipe(Effect.annotateLogs({ code: e.code }))
         // a frame the transport would not read (too large, of no known kind, memory full): the client hears why
