@@ -1,7 +1,8 @@
 /** A socket (or any Duplex) as a framed link: frames in with backpressure and the memory budget, large coalesced writes out. */
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
-import * as Option from "effect/Option"
+import * as Exit from "effect/Exit"
+import * as Mailbox from "effect/Mailbox"
 import * as Stream from "effect/Stream"
 import { Duplex } from "node:stream"
 import { ProtocolError, TransportError } from "../../domain/Errors.js"
@@ -106,37 +107,42 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
   }
   const decoder = new FrameDecoder(options.maxFrame ?? DEFAULT_MAX_FRAME, allocate, options.maxControl)
   const readAhead = options.readAhead ?? READ_AHEAD
-  const frames = Stream.suspend(() => {
-    const queue: Array<RawFrame> = []
+  // frames go into a mailbox as they are decoded and out as the link's Stream, a chunk of every
+  // frame waiting at each take; the socket is paused while more than `readAhead` bytes wait
+  const frames = Stream.unwrap(Effect.map(Mailbox.make<RawFrame, ProtocolError | TransportError>(), (mailbox) => {
     let queued = 0
-    let finished: Effect.Effect<never, Option.Option<ProtocolError | TransportError>> | undefined
-    let wake: (() => void) | undefined
-    const finish = (outcome: Effect.Effect<never, Option.Option<ProtocolError | TransportError>>) => {
-      finished ??= outcome
-      wake?.()
+    let finished = false
+    const finish = (exit: Exit.Exit<void, ProtocolError | TransportError>) => {
+      finished = true
+      mailbox.unsafeDone(exit)
     }
     const decoded = (r: Array<RawFrame> | FrameProblem) => {
       if (isFrameProblem(r)) {
         socket.pause()
-        return finish(Effect.fail(Option.some(new ProtocolError({ peer, code: r._tag, reason: describeFrameProblem(r) }))))
+        return finish(Exit.fail(new ProtocolError({ peer, code: r._tag, reason: describeFrameProblem(r) })))
       }
       for (const f of r) {
-        queue.push(f)
         queued += f.body.length
         charged.set(f, f.body.length)
       }
+      if (r.length > 0) mailbox.unsafeOfferAll(r)
       if (queued > readAhead || decoder.stalled) socket.pause()
-      if (queue.length > 0) wake?.()
+    }
+    /** The consumer took every frame waiting: the socket may read again. */
+    const taken = (chunk: Chunk.Chunk<RawFrame>) => {
+      queued = 0
+      if (!finished && !decoder.stalled && socket.isPaused()) socket.resume()
+      return chunk
     }
     const onData = (chunk: Buffer) => {
       if (first.length < 64) first = Buffer.concat([first, chunk.subarray(0, 64 - first.length)])
-      if (finished !== undefined) return
+      if (finished) return
       decoded(decoder.push(chunk))
     }
     onRoom = () => {
-      if (finished !== undefined) return
+      if (finished) return
       decoded(decoder.resume())
-      if (finished === undefined && !decoder.stalled && queued <= readAhead && socket.isPaused()) socket.resume()
+      if (!finished && !decoder.stalled && queued <= readAhead && socket.isPaused()) socket.resume()
     }
     onEvicted = (reason) => {
       const arriving = decoder.arriving
@@ -145,44 +151,21 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
       budget?.give(arriving + granted)
       granted = 0
       socket.pause()
-      finish(Effect.fail(Option.some(new ProtocolError({ peer, code: "MemoryFull", reason }))))
+      finish(Exit.fail(new ProtocolError({ peer, code: "MemoryFull", reason })))
     }
     budget?.join(holder)
     const onEnd = () => {
       const p = decoder.finish()
-      finish(p === undefined ? Effect.fail(Option.none()) : Effect.fail(Option.some(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) }))))
+      finish(p === undefined ? Exit.void : Exit.fail(new ProtocolError({ peer, code: p._tag, reason: describeFrameProblem(p) })))
     }
-    const onError = (e: unknown) => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: reasonOf(e), code: codeOf(e) }))))
-    const onClose = () => finish(Effect.fail(Option.some(new TransportError({ address: peer, reason: "connection closed" }))))
+    const onError = (e: unknown) => finish(Exit.fail(new TransportError({ address: peer, reason: reasonOf(e), code: codeOf(e) })))
+    const onClose = () => finish(Exit.fail(new TransportError({ address: peer, reason: "connection closed" })))
     input.attach(onData)
     socket.once("end", onEnd)
     socket.on("error", onError)
     socket.once("close", onClose)
-    const pull = Effect.async<Chunk.Chunk<RawFrame>, Option.Option<ProtocolError | TransportError>>((resume) => {
-      const attempt = (): boolean => {
-        if (queue.length > 0) {
-          const out = queue.splice(0)
-          queued = 0
-          if (finished === undefined && !decoder.stalled && socket.isPaused()) socket.resume()
-          resume(Effect.succeed(Chunk.unsafeFromArray(out)))
-          return true
-        }
-        if (finished !== undefined) {
-          resume(finished)
-          return true
-        }
-        return false
-      }
-      if (!attempt()) {
-        wake = () => {
-          if (attempt()) wake = undefined
-        }
-      }
-      return Effect.sync(() => {
-        wake = undefined
-      })
-    })
-    return Stream.repeatEffectChunkOption(pull).pipe(
+    return Mailbox.toStream(mailbox).pipe(
+      Stream.mapChunks(taken),
       Stream.ensuring(Effect.sync(() => {
         input.detach()
         socket.off("end", onEnd)
@@ -198,7 +181,7 @@ export const linkFromDuplex = (socket: Duplex, peer: string, options: LinkOption
         }
       }))
     )
-  })
+  }))
   const release = (frame: RawFrame) => {
     if (budget === undefined || held === 0) return
     // the size it was charged, read as it arrived: a body handed to a gunzip thread is detached here (length 0)
