@@ -276,7 +276,7 @@ export const sendOpened = (
         Effect.catchAll((e) => Effect.as(Effect.logDebug(`${name}: a connection that joined could not take part (${e.message})`), Option.none<Connection>()))
       )
     const pump = dispatch(reads, {
-      ready: options.readAhead,
+      ready: connections.length,
       connections,
       joining: since.joining?.pipe(Stream.mapEffect(join, { concurrency: "unbounded" }), Stream.filterMap((c) => c)),
       send: (connection, { batch, frame }) =>
