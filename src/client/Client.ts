@@ -277,8 +277,6 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         )
       })
 
-    // the servers are dialed while the folder is counted: on a long link the handshakes take longer than the count
-    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options, options.addresses.length === 1 && !options.watch))
     const found = yield* inventory(dir)
     if (options.onCommit._tag === "Move") {
       for (const name of found.moving) {
@@ -291,6 +289,9 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const names = [...found.datasets.keys()].sort()
     yield* Effect.logDebug(`found ${names.length} dataset(s): ${names.map((n) => `${n} (${found.datasets.get(n)!.pieces} pieces${found.datasets.get(n)!.marker ? "" : ", no marker yet"})`).join(", ")}`)
     if (names.length === 0 && !options.watch) return { found: 0, committed, failed, unreachable } satisfies SendSummary
+    // dialed once the folder is counted: counting keeps the event loop busy, and a round trip measured
+    // meanwhile made a server on loopback look far (four connections where one does)
+    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options, options.addresses.length === 1 && !options.watch))
     for (const name of names) yield* takeUp(found.datasets.get(name)!, found.datasets.get(name)!.marker)
     yield* finish
 
