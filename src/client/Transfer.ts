@@ -8,9 +8,11 @@
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as FiberSet from "effect/FiberSet"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
-import type * as Queue from "effect/Queue"
+import * as Queue from "effect/Queue"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { dispatch } from "./Dispatch.js"
@@ -275,10 +277,19 @@ export const sendOpened = (
         Scope.extend(scope),
         Effect.catchAll((e) => Effect.as(Effect.logDebug(`${name}: a connection that joined could not take part (${e.message})`), Option.none<Connection>()))
       )
+    // Joins run beside the dispatch and are awaited before the seal: a connection that opened the dataset
+    // after the commit began could otherwise open it anew on the server, and leave that state behind.
+    const joined = yield* Queue.unbounded<Connection>()
+    const joins = yield* FiberSet.make()
+    const watching = since.joining === undefined
+      ? undefined
+      : yield* Stream.runForEach(since.joining, (c) => FiberSet.run(joins, Effect.flatMap(join(c), (j) => (Option.isSome(j) ? Queue.offer(joined, j.value) : Effect.void)))).pipe(
+        Effect.forkScoped
+      )
     const pump = dispatch(reads, {
       ready: connections.length,
       connections,
-      joining: since.joining?.pipe(Stream.mapEffect(join, { concurrency: "unbounded" }), Stream.filterMap((c) => c)),
+      joining: since.joining === undefined ? undefined : Stream.fromQueue(joined),
       send: (connection, { batch, frame }) =>
         Effect.suspend(() => {
           addRun(crc, manifest, batch.indices, frame.crcs)
@@ -290,6 +301,8 @@ export const sendOpened = (
     })
     // a failure the server reports while we still send ends the pump at once
     yield* Effect.raceFirst(pump, Effect.zipRight(Deferred.await(outcome), Effect.never))
+    if (watching !== undefined) yield* Fiber.interrupt(watching)
+    yield* FiberSet.awaitEmpty(joins)
     yield* connections[0]!.seal(handle, formatCrc(crc.value))
     const done = yield* Deferred.await(outcome)
     yield* progress.update(name, (p) => ({ ...p, phase: "committed" }))
