@@ -1,12 +1,41 @@
 /**
- * The network issue's part that needs no network: how batches are spread over connections that are up
- * and connections that join (Dispatch.ts).
+ * The network issue's parts that need no network: how "auto" grows its connections (pure), and how
+ * batches are spread over connections that are up and connections that join (Dispatch.ts).
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Stream from "effect/Stream"
+import fc from "fast-check"
 import { dispatch } from "../src/client/Dispatch.js"
+import { GROWTH, MAX_AUTO_CONNECTIONS, nextGrowthStep, probeInterval } from "../src/domain/Growth.js"
+
+fc.configureGlobal({ seed: 20261203, numRuns: 300 })
+
+describe("auto grows its connections while the throughput grows", () => {
+  const probe = { rate: 10e6, previous: undefined, connections: 4, max: MAX_AUTO_CONNECTIONS, busy: true }
+
+  it("the first busy probe adds one; a quiet one waits; at the limit it stops", () => {
+    expect(nextGrowthStep(probe)).toBe("add")
+    expect(nextGrowthStep({ ...probe, busy: false })).toBe("wait")
+    expect(nextGrowthStep({ ...probe, busy: false, previous: 20e6 })).toBe("wait")
+    expect(nextGrowthStep({ ...probe, connections: MAX_AUTO_CONNECTIONS })).toBe("stop")
+  })
+
+  it("adds exactly when the rate grew by a tenth or more over the probe before", () => {
+    fc.assert(
+      fc.property(fc.double({ min: 1, max: 1e10, noNaN: true }), fc.double({ min: 0, max: 1e10, noNaN: true }), fc.integer({ min: 1, max: MAX_AUTO_CONNECTIONS - 1 }), (previous, rate, connections) => {
+        const step = nextGrowthStep({ rate, previous, connections, max: MAX_AUTO_CONNECTIONS, busy: true })
+        expect(step).toBe(rate >= previous * GROWTH ? "add" : "stop")
+      })
+    )
+  })
+
+  it("probes every five round trips, half a second at least", () => {
+    expect(probeInterval(0.1)).toBe(500)
+    expect(probeInterval(200)).toBe(1000)
+  })
+})
 
 describe("batches spread over connections by pull", () => {
   /** A connection whose sends take `cost` steps of the event loop, recording what it carried. */

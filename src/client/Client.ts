@@ -193,7 +193,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
             () =>
               manifest === undefined
                 ? Effect.flatMap(uplink.settledConnections, (connections) => earlyTransfer({ ...options, timing: options.earlyTiming }, connections, uplink.nextHandle(), name))
-                : Effect.flatMap(uplink.settledConnections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest)),
+                : Effect.flatMap(uplink.connections, (connections) => transfer(options, connections, uplink.nextHandle(), manifest, uplink.joining(connections))),
             () => Ref.update(uplink.load, (n) => n - 1)
           ).pipe(
             Effect.tapError((e) =>

@@ -6,6 +6,7 @@
  * a SubscriptionRef, so transfers wait for it to be up, and one line is
  * logged per change of state, not per attempt.
  */
+import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -18,6 +19,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import { isTransientRefusal } from "../domain/Codes.js"
+import { MAX_AUTO_CONNECTIONS, nextGrowthStep, probeInterval } from "../domain/Growth.js"
 import { PeerMismatch, TransportError } from "../domain/Errors.js"
 import { formatBytes } from "../domain/Units.js"
 import { publish } from "../services/Monitor.js"
@@ -118,8 +120,42 @@ export const makeUplink = (
     let lastLogged: "up" | "down" | undefined
     let wasUp = false
     const ackedNow = () => current.reduce((n, c) => n + c.acked(), 0)
+    const ackedBytesNow = () => current.reduce((n, c) => n + c.ackedBytes(), 0)
 
     const dial = () => Effect.sequentialFinalizers(connect(address, options))
+
+    /**
+     * "auto" to a far server: one more connection while the bytes acknowledged per second still grow
+     * (domain/Growth.ts). A connection the server refuses ends the growth; the others carry on.
+     */
+    const grow = (roundTrip: number, watch: (c: Connection) => Effect.Effect<void, never, Scope.Scope>) =>
+      Effect.gen(function*() {
+        const every = probeInterval(roundTrip)
+        let before = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+        let previous: number | undefined
+        while (true) {
+          yield* Effect.sleep(every)
+          const now = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+          const rate = ((now.bytes - before.bytes) * 1000) / Math.max(1, now.at - before.at)
+          before = now
+          const busy = current.some((c) => c.inflight() > 0)
+          const step = nextGrowthStep({ rate, previous, connections: current.length, max: MAX_AUTO_CONNECTIONS, busy })
+          const why = previous === undefined ? "the first measure" : `up from ${formatBytes(Math.round(previous))}/s`
+          if (busy) previous = rate
+          if (step === "wait") continue
+          if (step === "stop") {
+            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, no longer growing)`)
+          }
+          const added = yield* Effect.either(dial())
+          if (Either.isLeft(added)) return yield* Effect.logDebug(`${name}: no connection beyond ${current.length} (${added.left.message})`)
+          yield* watch(added.right)
+          current = [...current, added.right]
+          yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${why})`)
+          yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
+          // the probe starts again once it takes part: its set-up time is no measure of the link
+          before = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+        }
+      })
 
     /**
      * One spell of being connected: up until a connection breaks. The connections close side by
@@ -154,7 +190,7 @@ export const makeUplink = (
             yield* Effect.logDebug(`${name}: ${wanted - refused.length} of ${wanted} connections accepted (${refused[0]!.left.message}); carrying on with those`)
           }
           yield* Effect.logDebug(
-            `${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms, ${measured < NEAR_ROUND_TRIP_MS ? "near" : "far"})` : ""}, ` +
+            `${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms, ${measured < NEAR_ROUND_TRIP_MS ? "near" : "far: more while the throughput grows"})` : ""}, ` +
               `window ${formatBytes(options.window)} per connection: at most ${formatBytes((options.window * 1000) / Math.max(1, measured))}/s each, or what the kernel's socket buffers allow if less`
           )
         })
@@ -177,6 +213,7 @@ export const makeUplink = (
         yield* Effect.forkScoped(Effect.gen(function*() {
           yield* Fiber.join(othersDone)
           yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
+          if (count === "auto" && measured >= NEAR_ROUND_TRIP_MS) yield* grow(measured, watch)
         }))
         const error = yield* Deferred.await(broken)
         yield* SubscriptionRef.set(state, { _tag: "Down", error })
