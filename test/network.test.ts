@@ -15,10 +15,11 @@ fc.configureGlobal({ seed: 20261203, numRuns: 300 })
 describe("auto grows its connections while the throughput grows", () => {
   const probe = { rate: 10e6, previous: undefined, connections: 4, max: MAX_AUTO_CONNECTIONS, busy: true }
 
-  it("the first busy probe adds one; a quiet one waits; at the limit it stops", () => {
+  it("the first busy probe adds one; a quiet one, or one with nothing acknowledged yet, waits; at the limit it stops", () => {
     expect(nextGrowthStep(probe)).toBe("add")
     expect(nextGrowthStep({ ...probe, busy: false })).toBe("wait")
     expect(nextGrowthStep({ ...probe, busy: false, previous: 20e6 })).toBe("wait")
+    expect(nextGrowthStep({ ...probe, rate: 0, previous: 20e6 })).toBe("wait")
     expect(nextGrowthStep({ ...probe, connections: MAX_AUTO_CONNECTIONS })).toBe("stop")
   })
 
@@ -26,7 +27,8 @@ describe("auto grows its connections while the throughput grows", () => {
     fc.assert(
       fc.property(fc.double({ min: 1, max: 1e10, noNaN: true }), fc.double({ min: 0, max: 1e10, noNaN: true }), fc.integer({ min: 1, max: MAX_AUTO_CONNECTIONS - 1 }), (previous, rate, connections) => {
         const step = nextGrowthStep({ rate, previous, connections, max: MAX_AUTO_CONNECTIONS, busy: true })
-        expect(step).toBe(rate >= previous * GROWTH ? "add" : "stop")
+        // nothing acknowledged yet is slow start, not the end of growth
+        expect(step).toBe(rate === 0 ? "wait" : rate >= previous * GROWTH ? "add" : "stop")
       })
     )
   })

@@ -79,6 +79,8 @@ export interface SendOptions extends TransferOptions, ReconnectPolicy {
   /** Send a dataset's pieces as they appear, before its marker (client/Early.ts), and how often to look. */
   readonly early: boolean
   readonly earlyTiming: EarlyTiming
+  /** Round trips below this are near for "auto" (default NEAR_ROUND_TRIP_MS; tests lower it to see loopback as far). */
+  readonly nearRoundTripMs?: number
 }
 
 export const defaultSendOptions: Omit<SendOptions, "dir" | "addresses"> = {
@@ -291,7 +293,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     if (names.length === 0 && !options.watch) return { found: 0, committed, failed, unreachable } satisfies SendSummary
     // dialed once the folder is counted: counting keeps the event loop busy, and a round trip measured
     // meanwhile made a server on loopback look far (four connections where one does)
-    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options, options.addresses.length === 1 && !options.watch))
+    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options, options.addresses.length === 1 && !options.watch, options.nearRoundTripMs))
     for (const name of names) yield* takeUp(found.datasets.get(name)!, found.datasets.get(name)!.marker)
     yield* finish
 

@@ -144,8 +144,16 @@ const current = (options: ConnectionOptions) =>
     }))
   }).pipe(Effect.flatten)
 
+/** Hooks into the handshake, for dialing ahead (client/DialAhead.ts). */
+export interface HandshakeSteps {
+  /** Once the server's greeting is in: the round trip as measured so far (TCP set-up, our hi and its answer). */
+  readonly greeted?: (roundTripMs: number) => Effect.Effect<void>
+  /** Awaited before our hello: a connection dialed ahead holds there until it is wanted. */
+  readonly beforeHello?: Effect.Effect<void, LinkError>
+}
+
 /** Dials, completes the handshake, and routes incoming frames until the scope closes. */
-export const connect = (address: Address, options: ConnectionOptions): Effect.Effect<Connection, LinkError, Transport | Scope.Scope> =>
+export const connect = (address: Address, options: ConnectionOptions, steps: HandshakeSteps = {}): Effect.Effect<Connection, LinkError, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const transport = yield* Transport
     const throttle = yield* Throttle
@@ -170,12 +178,15 @@ export const connect = (address: Address, options: ConnectionOptions): Effect.Ef
     // hello waits for the answer even without a token: the hello and its answer are the second measure of
     // the round trip below, the one a process busy starting up does not inflate (with the hello sent
     // along, loopback measured 20-30 ms under load and looked far)
+    const hiSent = performance.now()
     yield* link.send(encodeHi(new Hi({ protocol: PROTOCOL_VERSION, client: `ferry/${VERSION}` })))
     const welcome = yield* receive("greeting")
     if (welcome._tag !== "Welcome") return yield* Effect.fail(refusal(peer, welcome))
     if (welcome.auth === "hmac-sha256" && token === undefined) {
       return yield* Effect.fail(new PeerMismatch({ peer, reason: "the server requires a token: give --token-file or set FERRY_TOKEN" }))
     }
+    if (steps.greeted) yield* steps.greeted(Math.min(link.roundTrip ?? Infinity, performance.now() - hiSent))
+    if (steps.beforeHello) yield* steps.beforeHello
     const proof = welcome.auth === "hmac-sha256" && token !== undefined ? proofFor(token, welcome.nonce) : null
     const helloSent = performance.now()
     yield* link.send(encodeControl(new Hello({ proof })))

@@ -25,6 +25,7 @@ import { formatBytes } from "../domain/Units.js"
 import { publish } from "../services/Monitor.js"
 import { type Address, formatAddress, type Transport } from "../services/Transport.js"
 import { connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
+import { dialAhead } from "./DialAhead.js"
 
 /* What a sender counts of its servers (README: Operating ferry). */
 
@@ -48,7 +49,7 @@ export const FAR_CONNECTIONS = 4
  * 168 MB/s, so more connections keep the link busy. The threshold is loose on purpose: a busy
  * event loop can add a few milliseconds to the measurement.
  */
-export const autoConnections = (roundTripMs: number): number => (roundTripMs < NEAR_ROUND_TRIP_MS ? 1 : FAR_CONNECTIONS)
+export const autoConnections = (roundTripMs: number, nearMs = NEAR_ROUND_TRIP_MS): number => (roundTripMs < nearMs ? 1 : FAR_CONNECTIONS)
 
 export type UplinkState =
   | { readonly _tag: "Connecting" }
@@ -108,7 +109,9 @@ export const makeUplink = (
   options: ConnectionOptions,
   policy: ReconnectPolicy,
   /** The only server of a run that ends when it is given up on: the run's last line says why, once. */
-  alone = false
+  alone = false,
+  /** Round trips below this are near (tests set it to see a far server on loopback). */
+  nearMs = NEAR_ROUND_TRIP_MS
 ): Effect.Effect<Uplink, never, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const name = formatAddress(address)
@@ -141,8 +144,8 @@ export const makeUplink = (
           const busy = current.some((c) => c.inflight() > 0)
           const step = nextGrowthStep({ rate, previous, connections: current.length, max: MAX_AUTO_CONNECTIONS, busy })
           const why = previous === undefined ? "the first measure" : `up from ${formatBytes(Math.round(previous))}/s`
-          if (busy) previous = rate
           if (step === "wait") continue
+          previous = rate
           if (step === "stop") {
             return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, no longer growing)`)
           }
@@ -178,11 +181,15 @@ export const makeUplink = (
               return isUp ? SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: false }) : Effect.void
             })
           )
-        const first = yield* dial()
+        const ahead = count === "auto" ? yield* dialAhead(address, options, nearMs, FAR_CONNECTIONS - 1) : undefined
+        const first = yield* (ahead === undefined ? dial() : ahead.first)
         const measured = first.roundTrip
-        const wanted = count === "auto" ? autoConnections(measured) : Math.max(1, count)
+        const wanted = count === "auto" ? autoConnections(measured, nearMs) : Math.max(1, count)
         const others = Effect.gen(function*() {
-          const dialed = yield* Effect.forEach(Array.from({ length: wanted - 1 }), () => Effect.tap(Effect.either(dial()), (r) => Either.isRight(r) ? join(r.right) : Effect.void), {
+          const { attempts, ahead: early } = ahead === undefined
+            ? { attempts: Array.from({ length: wanted - 1 }, dial), ahead: 0 }
+            : yield* ahead.others(wanted - 1)
+          const dialed = yield* Effect.forEach(attempts, (a) => Effect.tap(Effect.either(a), (r) => Either.isRight(r) ? join(r.right) : Effect.void), {
             concurrency: "unbounded"
           })
           const refused = dialed.filter(Either.isLeft)
@@ -190,7 +197,7 @@ export const makeUplink = (
             yield* Effect.logDebug(`${name}: ${wanted - refused.length} of ${wanted} connections accepted (${refused[0]!.left.message}); carrying on with those`)
           }
           yield* Effect.logDebug(
-            `${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms, ${measured < NEAR_ROUND_TRIP_MS ? "near" : "far: more while the throughput grows"})` : ""}, ` +
+            `${wanted - refused.length} connection(s) to ${name}${count === "auto" ? ` (auto: round trip ${measured.toFixed(2)} ms, ${measured < nearMs ? "near" : "far: more while the throughput grows"}${early > 0 ? `, ${early} dialed ahead` : ""})` : ""}, ` +
               `window ${formatBytes(options.window)} per connection: at most ${formatBytes((options.window * 1000) / Math.max(1, measured))}/s each, or what the kernel's socket buffers allow if less`
           )
         })
@@ -213,7 +220,7 @@ export const makeUplink = (
         yield* Effect.forkScoped(Effect.gen(function*() {
           yield* Fiber.join(othersDone)
           yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
-          if (count === "auto" && measured >= NEAR_ROUND_TRIP_MS) yield* grow(measured, watch)
+          if (count === "auto" && measured >= nearMs) yield* grow(measured, watch)
         }))
         const error = yield* Deferred.await(broken)
         yield* SubscriptionRef.set(state, { _tag: "Down", error })

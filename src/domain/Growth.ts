@@ -3,7 +3,7 @@
  * from the round-trip rule (client/Uplink.ts `autoConnections`), then, every probe, compares the
  * bytes acknowledged per second with the probe before: while they still grow by a tenth or more,
  * one more connection; the first probe that shows less ends the growth for that spell of being
- * connected. A probe with nothing in flight says nothing about the link and waits. Pure.
+ * connected. A probe with nothing in flight, or nothing acknowledged yet, says nothing about the link and waits. Pure.
  */
 
 /** Growth that counts: a tenth more bytes per second than the probe before. */
@@ -26,7 +26,8 @@ export interface Probe {
 
 export const nextGrowthStep = (p: Probe): GrowthStep => {
   if (p.connections >= p.max) return "stop"
-  if (!p.busy) return "wait"
+  // nothing in flight, or nothing acknowledged yet (the first batches are still in slow start)
+  if (!p.busy || p.rate === 0) return "wait"
   if (p.previous === undefined) return "add"
   return p.rate >= p.previous * GROWTH ? "add" : "stop"
 }

@@ -233,12 +233,17 @@ export const reasonOf = (e: unknown): string => {
   return String(e)
 }
 
-/** Destroys the socket when the scope closes. */
-export const scopedSocket = (socket: Duplex) =>
+/**
+ * Ends and destroys the socket when the scope closes. With `waitForPeer`, after the peer's end of
+ * the stream too (a server lets its client hang up first); without (a client, whose every answer
+ * is in), as soon as ours is sent: waiting was a round trip at the end of every run on a long link.
+ */
+export const scopedSocket = (socket: Duplex, waitForPeer = true) =>
   Effect.addFinalizer(() =>
     Effect.async<void>((resume) => {
       if (socket.destroyed) return resume(Effect.void)
       socket.once("close", () => resume(Effect.void))
+      if (!waitForPeer) socket.once("finish", () => socket.destroy())
       socket.end()
       // nobody reads any more: let the peer's end-of-stream through so the socket can close
       socket.resume()

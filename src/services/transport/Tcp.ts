@@ -136,7 +136,7 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
       })
       tune(socket)
       socket.on("error", () => {}) // surfaced through reads and writes
-      yield* scopedSocket(socket)
+      yield* scopedSocket(socket, false)
       return { ...linkFromDuplex(socket, peer, options, pool, own?.input), roundTrip }
     }),
   listen: (options, onLink) =>
