@@ -6,17 +6,19 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Metric, Stream } from "effect"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { afterAll } from "vitest"
 import { defaultSendOptions, send } from "../src/client/Client.js"
 import { ClientLive, SampleLive, ServerLive } from "../src/Layers.js"
 import { connectionsAccepted, connectionsRefused } from "../src/server/Counters.js"
 import { defaultServeOptions, serve } from "../src/server/Server.js"
 import { makeDataset } from "../src/services/SampleMaker.js"
 import { Transport } from "../src/services/Transport.js"
+import { tempDirs } from "./support/cli.js"
 
-const temp = (name: string) => mkdtempSync(join(tmpdir(), `ferry-ahead-${name}-`))
+const dirs = tempDirs()
+afterAll(() => dirs.cleanup())
+const temp = (name: string) => dirs.make(`ahead-${name}`)
 
 /** The debug lines logged while `self` runs. */
 const logged = <A, E, R>(self: Effect.Effect<A, E, R>) =>
