@@ -36,20 +36,17 @@ import {
 import { VERSION } from "../domain/Version.js"
 import { Credentials } from "../services/Credentials.js"
 import { publish } from "../services/Monitor.js"
-import type { PieceStore, Session } from "../services/PieceStore.js"
+import type { PieceStore } from "../services/PieceStore.js"
 import { handshakesFailed, type Link } from "../services/Transport.js"
 import { connectionsAccepted, connectionsRefused, datasetsFailed, receivedBytes } from "./Counters.js"
-import type { Gate, ServeOptions } from "./Server.js"
+import type { Gate } from "./Gate.js"
+import { makeHandles } from "./Handles.js"
+import type { ServeOptions } from "./Server.js"
 
 /** Until the handshake is done, only small control frames are accepted. */
 export const HANDSHAKE_FRAME = 64 * 1024
 
 export { connectionsAccepted, connectionsRefused, datasetsFailed, receivedBytes } from "./Counters.js"
-
-interface Open {
-  readonly session: Session
-  readonly scope: Scope.CloseableScope
-}
 
 export const serveConnection = (
   store: PieceStore["Type"],
@@ -69,9 +66,7 @@ export const serveConnection = (
     const nonce = newNonce()
     // frames of this connection being verified and written, in bytes
     const memory = yield* Effect.makeSemaphore(options.connectionMemory)
-    const sessions = new Map<number, Open>()
-    /** Handles whose dataset failed: their batches still in flight are dropped quietly. */
-    const dropped = new Set<number>()
+    const handles = yield* makeHandles(options.maxHandles)
     const handshake = yield* Deferred.make<void, ProtocolError>()
     // where the handshake is: moved on by the frame handlers below, which run concurrently
     const stage = yield* Ref.make<"hi" | "hello" | "ready">("hi")
@@ -92,18 +87,9 @@ export const serveConnection = (
         Effect.zipRight(Effect.fail(new ProtocolError({ peer, code, reason: message })))
       )
 
-    /** Ends a dataset's session on this connection, closing its share of the dataset. */
-    const close = (handle: number) =>
-      Effect.suspend(() => {
-        const open = sessions.get(handle)
-        sessions.delete(handle)
-        return open === undefined ? Effect.void : Scope.close(open.scope, Exit.void)
-      })
-
     const fail = (handle: number, e: StoreError) =>
       Effect.gen(function*() {
-        dropped.add(handle)
-        yield* close(handle)
+        yield* handles.drop(handle)
         // "not now" (Busy, no space yet, ...) is the sender's to wait out: a line under --debug only
         yield* (isDeferral(e.code) ? Effect.logDebug : Effect.logWarning)(`${who}: ${e.message}`).pipe(Effect.annotateLogs({ peer, dataset: e.dataset, code: e.code }))
         yield* Metric.increment(Metric.tagged(datasetsFailed, "code", e.code))
@@ -113,9 +99,11 @@ export const serveConnection = (
 
     const open = (handle: number, asked: Manifest | GrowingSpec) =>
       Effect.gen(function*() {
-        if (sessions.has(handle)) return yield* refuse("HandleInUse", `handle ${handle} is already open`)
-        if (sessions.size >= options.maxHandles) {
-          return yield* refuse("TooManyHandles", `${sessions.size} datasets are open on this connection, the server's limit (--max-handles); close one first`)
+        const taken = yield* handles.take(handle)
+        if (Option.isSome(taken)) {
+          return yield* taken.value._tag === "InUse"
+            ? refuse("HandleInUse", `handle ${handle} is already open`)
+            : refuse("TooManyHandles", `${taken.value.open} datasets are open on this connection, the server's limit (--max-handles); close one first`)
         }
         const sessionScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
         const opened = yield* Effect.either(Scope.extend(asked instanceof GrowingSpec ? store.openGrowing(asked) : store.open(asked), sessionScope))
@@ -125,8 +113,7 @@ export const serveConnection = (
         }
         const session = opened.right
         const manifest = session.manifest
-        sessions.set(handle, { session, scope: sessionScope })
-        dropped.delete(handle)
+        yield* handles.opened(handle, { session, scope: sessionScope })
         yield* Effect.logDebug(`${who}: opened ${manifest.dataset} as handle ${handle} (${session.held}/${manifest.count} held)`)
         yield* publish({ event: "dataset-opened", dataset: manifest.dataset, peer, ...clientField, pieces: manifest.count, held: session.held })
         const committed = Option.getOrUndefined(session.committed)
@@ -139,15 +126,15 @@ export const serveConnection = (
             ...(asked instanceof GrowingSpec ? { pieces: manifest.count } : {})
           })
         ))
-        if (committed !== undefined) yield* close(handle)
+        if (committed !== undefined) yield* handles.close(handle)
       })
 
     /** A growing dataset's marker: answered with what is held over its real count, as a second Opened. */
     const marker = (handle: number, size: number) =>
       Effect.gen(function*() {
-        const open = sessions.get(handle)
-        if (open === undefined) return dropped.has(handle) ? undefined : yield* refuse("UnknownHandle", `marker for handle ${handle}, which is not open`)
-        const marked = yield* Effect.either(open.session.marker(size))
+        const found = yield* handles.find(handle)
+        if (found._tag !== "Open") return found._tag === "Dropped" ? undefined : yield* refuse("UnknownHandle", `marker for handle ${handle}, which is not open`)
+        const marked = yield* Effect.either(found.open.session.marker(size))
         if (Either.isLeft(marked)) return yield* fail(handle, marked.left)
         const { bitmap, held } = marked.right
         yield* send(encodeControl(new Opened({ handle, held, bitmap: held > 0 ? bitmap : null, committed: null })))
@@ -156,17 +143,14 @@ export const serveConnection = (
     /** The sender vouches for its content: answer Committed once the store has committed exactly that. */
     const seal = (handle: number, crc32: string) =>
       Effect.gen(function*() {
-        const open = sessions.get(handle)
-        if (open === undefined) {
-          if (dropped.has(handle)) return
-          return yield* refuse("UnknownHandle", `seal for handle ${handle}, which is not open`)
-        }
-        yield* open.session.seal(parseInt(crc32, 16)).pipe(
+        const found = yield* handles.find(handle)
+        if (found._tag !== "Open") return found._tag === "Dropped" ? undefined : yield* refuse("UnknownHandle", `seal for handle ${handle}, which is not open`)
+        yield* found.open.session.seal(parseInt(crc32, 16)).pipe(
           Effect.matchEffect({
             onFailure: (e) => fail(handle, e),
             onSuccess: (c) =>
               Effect.gen(function*() {
-                yield* close(handle)
+                yield* handles.close(handle)
                 yield* publish({ event: "dataset-committed", dataset: c.dataset, peer, ...clientField, bytes: c.size, crc32: c.crc32 })
                 yield* send(encodeControl(new Committed({ handle, dataset: c.dataset, size: c.size, crc32: c.crc32 })))
               })
@@ -201,7 +185,7 @@ export const serveConnection = (
           return yield* refuse(proof === null ? "AuthRequired" : "AuthFailed", proof === null ? "this server requires a token (--token-file or FERRY_TOKEN)" : "authentication failed: wrong token")
         }
         if (!(yield* ticket.pass)) {
-          return yield* refuse("TooManyConnections", `the server has ${ticket.ready()} connections, its limit; try again later`)
+          return yield* refuse("TooManyConnections", `the server has ${yield* ticket.ready} connections, its limit; try again later`)
         }
         yield* Ref.set(stage, "ready")
         link.limitFrames(options.maxFrame)
@@ -231,7 +215,7 @@ export const serveConnection = (
           case "Marker":
             return now === "ready" ? yield* marker(message.handle, message.size) : yield* refuse("NotReady", "Marker before the handshake")
           case "Close":
-            return now === "ready" ? yield* close(message.handle) : yield* refuse("NotReady", "Close before the handshake")
+            return now === "ready" ? yield* handles.close(message.handle) : yield* refuse("NotReady", "Close before the handshake")
           case "Ping":
             return
           default:
@@ -245,12 +229,9 @@ export const serveConnection = (
         const batch = decodePieces(body)
         if ("problem" in batch) return yield* refuse("BadFrame", batch.problem)
         yield* Metric.incrementBy(receivedBytes, pieceBytesOf(batch, body.length))
-        const open = sessions.get(batch.handle)
-        if (open === undefined) {
-          if (dropped.has(batch.handle)) return
-          return yield* refuse("UnknownHandle", `pieces for handle ${batch.handle}, which is not open`)
-        }
-        const { session } = open
+        const found = yield* handles.find(batch.handle)
+        if (found._tag !== "Open") return found._tag === "Dropped" ? undefined : yield* refuse("UnknownHandle", `pieces for handle ${batch.handle}, which is not open`)
+        const { session } = found.open
         const written = yield* memory.withPermits(Math.min(body.length, options.connectionMemory))(session.write(batch, body)).pipe(
           // a bug or a dead worker fails this dataset with one line, not the whole connection
           Effect.catchAllDefect((defect) =>
@@ -344,6 +325,6 @@ export const serveConnection = (
       const reason = failure !== undefined ? failure.message : (yield* gate.isStopping) ? "the server is stopping" : "the client closed the connection"
       yield* publish({ event: "connection-closed", peer, ...clientField, reason })
     }
-    for (const handle of [...sessions.keys()]) yield* close(handle)
+    yield* handles.closeAll
     yield* link.end
   }).pipe(Effect.annotateLogs({ peer: link.peer, ...(link.clientCertificate?._tag === "Trusted" ? { client: link.clientCertificate.subject } : {}) }))

@@ -24,7 +24,7 @@ import {
 import { checkDestination } from "../services/store/StateFolder.js"
 import { handshakesFailed } from "../services/Transport.js"
 import { connectionsAccepted, receivedBytes } from "./Counters.js"
-import { connectionsOpen } from "./Server.js"
+import { connectionsOpen } from "./Gate.js"
 
 export const destinationFreeBytes = Metric.gauge("ferry_serve_destination_free_bytes", {
   description: "Bytes free for ferry on the destination's filesystem (statfs), read when scraped."

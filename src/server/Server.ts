@@ -1,17 +1,14 @@
 /**
- * The receiving side: listens, admits connections through a gate (limits on
- * connections in and past the handshake), serves each one (Connection.ts),
+ * The receiving side: listens, admits connections through a gate (Gate.ts:
+ * limits on connections in and past the handshake), serves each one (Connection.ts),
  * and on shutdown stops taking frames, lets the batches already taken
  * finish writing, and closes every connection with a word to its client.
  */
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as os from "node:os"
 import { MAX_CONTROL_FRAME, piecesFrameBytes } from "../domain/Frame.js"
 import type { TransportError } from "../domain/Errors.js"
@@ -21,6 +18,9 @@ import { publish } from "../services/Monitor.js"
 import { defaultStoreLimits, PieceStore } from "../services/PieceStore.js"
 import { type Address, formatAddress, type TlsServer, Transport } from "../services/Transport.js"
 import { HANDSHAKE_FRAME, serveConnection } from "./Connection.js"
+import { makeGate } from "./Gate.js"
+
+export { connectionsOpen, type Gate, type Ticket } from "./Gate.js"
 
 export interface ServeOptions {
   readonly host: string
@@ -85,86 +85,6 @@ export const frameLimit = (maxFrame: number, maxSliceSize: number = defaultStore
 
 /** The largest slice one piece of which always fits in a frame of `maxFrame` bytes (the inverse of `frameLimit`). */
 export const largestSliceIn = (maxFrame: number): number => Math.max(1, Math.floor((maxFrame - piecesFrameBytes(1, 4096)) / 1.001))
-
-/** A connection's place at the gate. */
-export interface Ticket {
-  /** Passes the handshake: false when the server is at its limit of connections. */
-  readonly pass: Effect.Effect<boolean>
-  /** Connections past the handshake now. */
-  readonly ready: () => number
-}
-
-/** Connections of one server, counted across links, and the signal to stop. */
-export interface Gate {
-  /**
-   * A connection enters the handshake; past the limit of those, the oldest is dropped (its `drop`
-   * runs). It leaves, wherever it got to, when the scope closes.
-   */
-  readonly enter: (drop: Effect.Effect<unknown>) => Effect.Effect<Ticket, never, Scope.Scope>
-  /** Completes when the server starts stopping. */
-  readonly stopping: Effect.Effect<void>
-  readonly isStopping: Effect.Effect<boolean>
-}
-
-/** Connections open now, in the handshake or past it, over every server of the process. */
-export const connectionsOpen = Metric.gauge("ferry_serve_connections_open", { description: "Connections open now, in the handshake or past it." })
-
-const makeGate = (options: ServeOptions) =>
-  Effect.gen(function*() {
-    const pending = new Map<object, Effect.Effect<unknown>>()
-    const open = yield* SubscriptionRef.make(0)
-    let ready = 0
-    const stopped = yield* Deferred.make<void>()
-    const gate: Gate = {
-      enter: (drop) =>
-        Effect.gen(function*() {
-          // A flood of connections that never finish the handshake must not lock others out.
-          if (pending.size >= options.maxPending) {
-            const [oldest, dropIt] = pending.entries().next().value as [object, Effect.Effect<unknown>]
-            pending.delete(oldest)
-            yield* dropIt
-          }
-          const me = {}
-          let passed = false
-          pending.set(me, drop)
-          yield* SubscriptionRef.update(open, (n) => n + 1)
-          yield* Metric.increment(connectionsOpen)
-          yield* Effect.addFinalizer(() =>
-            Effect.suspend(() => {
-              pending.delete(me)
-              if (passed) ready--
-              return Effect.zipRight(SubscriptionRef.update(open, (n) => n - 1), Metric.incrementBy(connectionsOpen, -1))
-            })
-          )
-          return {
-            pass: Effect.sync(() => {
-              pending.delete(me)
-              if (ready >= options.maxConnections) return false
-              ready++
-              passed = true
-              return true
-            }),
-            ready: () => ready
-          }
-        }),
-      stopping: Deferred.await(stopped),
-      isStopping: Deferred.isDone(stopped)
-    }
-    /** Asks every connection to stop, and waits until all are gone (at most `timeout`). */
-    const stop = (timeout: Duration.DurationInput) =>
-      Effect.zipRight(
-        Deferred.succeed(stopped, undefined),
-        // finalizers run uninterruptibly: the wait itself must be interruptible for its timeout to work
-        open.changes.pipe(
-          Stream.takeUntil((n) => n === 0),
-          Stream.runDrain,
-          Effect.interruptible,
-          Effect.timeout(timeout),
-          Effect.catchAll(() => Effect.flatMap(SubscriptionRef.get(open), (n) => Effect.logWarning(`${n} connection(s) still open after ${Duration.format(timeout)}; closing them`)))
-        )
-      )
-    return { gate, stop }
-  })
 
 const isLoopback = (host: string) => host === "localhost" || host.startsWith("127.") || host === "::1"
 
