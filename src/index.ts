@@ -23,7 +23,7 @@ export { makeDataset, SampleMaker, type DatasetSpec, type SampleMade } from "./s
 export { Monitor, MonitorLive, type MonitorService } from "./services/Monitor.js"
 export { ThrottleLive } from "./services/Throttle.js"
 export { PieceStore, defaultStoreLimits, type Commit, type StoreLimits } from "./services/PieceStore.js"
-export { formatAddress, type Address } from "./services/Transport.js"
+export { formatAddress, type Address } from "./domain/Units.js"
 export * from "./domain/Dataset.js"
 export * from "./domain/Errors.js"
 export * from "./domain/Codes.js"

@@ -21,7 +21,8 @@ import { Close, type ControlMessage, decodeControl, encodeControl, encodeHi, Hel
 import { VERSION } from "../domain/Version.js"
 import { Credentials } from "../services/Credentials.js"
 import { Throttle } from "../services/Throttle.js"
-import { type Address, type Link, refusesOurCertificate, type TlsClient, Transport } from "../services/Transport.js"
+import type { Address } from "../domain/Units.js"
+import { type Link, refusesOurCertificate, type TlsClient, Transport } from "../services/Transport.js"
 
 export type LinkError = TransportError | ProtocolError | PeerMismatch
 

@@ -16,7 +16,8 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
-import type { Address, Transport } from "../services/Transport.js"
+import type { Address } from "../domain/Units.js"
+import type { Transport } from "../services/Transport.js"
 import { connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
 
 /** A connection dialed ahead, in a scope of its own so that it can be closed unused. */

@@ -22,8 +22,16 @@ export const parseBytes = (text: string): number | undefined => {
   return Number.isSafeInteger(bytes) ? bytes : undefined
 }
 
+export interface Address {
+  readonly host: string
+  readonly port: number
+}
+
+/** "host:port", or "[v6]:port" for an IPv6 host: what parseAddress reads. */
+export const formatAddress = (a: Address): string => (a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`)
+
 /** "host:port" or "[v6]:port"; undefined when it is not one. An address to listen on may have port 0 (any free one). */
-export const parseAddress = (text: string, lowestPort = 1): { readonly host: string; readonly port: number } | undefined => {
+export const parseAddress = (text: string, lowestPort = 1): Address | undefined => {
   const m = /^\[([^\]]+)\]:([0-9]{1,5})$/.exec(text) ?? /^([^:\s]+):([0-9]{1,5})$/.exec(text)
   if (m === null) return undefined
   const port = Number(m[2])

@@ -16,7 +16,7 @@ import type * as Scope from "effect/Scope"
 import * as http from "node:http"
 import { TransportError } from "../domain/Errors.js"
 import { CONTENT_TYPE, exposition } from "../domain/Prometheus.js"
-import { type Address, formatAddress } from "./Transport.js"
+import { type Address, formatAddress } from "../domain/Units.js"
 
 /** When the process started, as Prometheus's client libraries all say it. */
 export const processStartTime = Metric.gauge("process_start_time_seconds", { description: "Start time of the process since the Unix epoch, in seconds." })

@@ -11,15 +11,9 @@ import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
-import {       type RawFrame } from "../domain/Frame.js"
-import {   type FrameBudget } from "./BufferPool.js"
-
-export interface Address {
-  readonly host: string
-  readonly port: number
-}
-
-export const formatAddress = (a: Address): string => (a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`)
+import { type RawFrame } from "../domain/Frame.js"
+import type { Address } from "../domain/Units.js"
+import { type FrameBudget } from "./BufferPool.js"
 
 /** One connection, framed. */
 export interface Link {

@@ -15,7 +15,7 @@ import { ClientInProcess, TransportInProcess, ServerInProcess } from "../../src/
 import { defaultServeOptions, serve, type ServeOptions } from "../../src/server/Server.js"
 import { PieceStore, type Session, type StoreLimits } from "../../src/services/PieceStore.js"
 import { SampleMaker } from "../../src/services/SampleMaker.js"
-import type { Address } from "../../src/services/Transport.js"
+import type { Address } from "../../src/domain/Units.js"
 import { makeMemoryFileSystem, type MemoryFileSystemHandle } from "./MemoryFileSystem.js"
 
 export interface ServerSpec {

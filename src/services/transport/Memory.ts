@@ -5,7 +5,8 @@ import * as Layer from "effect/Layer"
 import { Duplex } from "node:stream"
 import { TransportError } from "../../domain/Errors.js"
 import { FramePool } from "../BufferPool.js"
-import { formatAddress, Transport } from "../Transport.js"
+import { formatAddress } from "../../domain/Units.js"
+import { Transport } from "../Transport.js"
 import { linkFromDuplex, scopedSocket } from "./Link.js"
 
 /** Two duplexes joined back to back: what one writes, the other reads, with backpressure. */
