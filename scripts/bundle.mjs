@@ -5,7 +5,7 @@
 // loader; the code cache spares compiling it: every `ferry send` pays start-up, so both matter
 // (on this machine `ferry --help` went from about 0.55 to 0.35 CPU-seconds with the cache).
 //
-// Run-time paths (worker scripts, the native addon) are located by services/Assets.js from its
+// Run-time paths (worker scripts, the native addon) are located by node/Assets.js from its
 // own URL: inside the bundle, `import.meta.url` stands for that file's place beside the bundle.
 // The worker scripts are not bundled: they import a handful of small modules, and no Effect.
 // The metrics endpoint (`--metrics`, with the HTTP server under it) is imported on demand: it is
@@ -29,7 +29,7 @@ await build({
   legalComments: "none",
   logLevel: "warning",
   define: { "import.meta.url": "__ferryAssetsUrl" },
-  banner: { js: "const __ferryAssetsUrl = require(\"node:url\").pathToFileURL(require(\"node:path\").join(__dirname, \"services\", \"Assets.js\")).href;" }
+  banner: { js: "const __ferryAssetsUrl = require(\"node:url\").pathToFileURL(require(\"node:path\").join(__dirname, \"node\", \"Assets.js\")).href;" }
 })
 rmSync(`${root}dist/ferry.cjs.cache`, { force: true })
 // the cache holds what compiling the bundle and starting the command line took

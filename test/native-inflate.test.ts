@@ -6,7 +6,7 @@ import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
 import * as zlib from "node:zlib"
 import { describe, expect, it } from "vitest"
-import { makeInflater } from "../src/services/Inflate.js"
+import { makeInflater } from "../src/node/Inflate.js"
 
 type Result = [status: number, produced: number, consumed: number]
 interface IsalInflate {

@@ -1,13 +1,13 @@
 /**
- * The Node private fields ferry relies on, one adapter each (src/services/node/): these tests
+ * The Node private fields ferry relies on, one adapter each (src/node/): these tests
  * fail when a Node release changes them, so that a fallback is never taken silently.
  */
 import { describe, expect, it } from "vitest"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import * as zlib from "node:zlib"
-import { adoptWithOwnBuffer, rawSocketOf } from "../src/services/node/Sockets.js"
-import { openZlibHandle } from "../src/services/node/ZlibHandle.js"
+import { adoptWithOwnBuffer, rawSocketOf } from "../src/node/Sockets.js"
+import { openZlibHandle } from "../src/node/ZlibHandle.js"
 
 describe("zlib's native handle behind a Gunzip stream (node/ZlibHandle.ts)", () => {
   it("is there, and inflates a gzip member into a buffer we give, telling bytes produced and consumed", () => {

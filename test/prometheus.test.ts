@@ -23,9 +23,9 @@ import { reconnections } from "../src/client/Uplink.js"
 import { escapeHelp, escapeLabelValue, exposition, formatValue, labelName, metricName } from "../src/domain/Prometheus.js"
 import { connectionsRefused, datasetsFailed } from "../src/server/Connection.js"
 import { serverMetrics } from "../src/server/Metrics.js"
-import { processStartTime } from "../src/services/MetricsEndpoint.js"
+import { processStartTime } from "../src/node/MetricsEndpoint.js"
 import { badPieces } from "../src/services/store/Metrics.js"
-import { workerBusySeconds, workerThreads } from "../src/services/WorkerPool.js"
+import { workerBusySeconds, workerThreads } from "../src/node/WorkerPool.js"
 
 type Labels = ReadonlyArray<readonly [string, string]>
 

@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { pathToFileURL } from "node:url"
-import { makeWorkerPool } from "../src/services/WorkerPool.js"
+import { makeWorkerPool } from "../src/node/WorkerPool.js"
 
 const script = () => {
   const file = join(mkdtempSync(join(tmpdir(), "ferry-pool-")), "echo.mjs")

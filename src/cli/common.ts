@@ -82,8 +82,8 @@ export const tokenOption = token("File holding the shared secret (one line).")
  * WebSocket and multipart code that come with it) would add about 8 MB to every run's memory.
  * The bundle keeps it in a chunk of its own (scripts/bundle.mjs).
  */
-export const serveMetrics = (options: import("../services/MetricsEndpoint.js").MetricsEndpointOptions) =>
-  Effect.flatMap(Effect.promise(() => import("../services/MetricsEndpoint.js")), (endpoint) => endpoint.serveMetrics(options))
+export const serveMetrics = (options: import("../node/MetricsEndpoint.js").MetricsEndpointOptions) =>
+  Effect.flatMap(Effect.promise(() => import("../node/MetricsEndpoint.js")), (endpoint) => endpoint.serveMetrics(options))
 
 export const metricsOption = setting(
   "metrics",

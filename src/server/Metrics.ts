@@ -11,7 +11,7 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import { Destination } from "../services/Destination.js"
-import type { AnyMetric, MetricsEndpointOptions } from "../services/MetricsEndpoint.js"
+import type { AnyMetric, MetricsEndpointOptions } from "../node/MetricsEndpoint.js"
 import {
   batchesWritten,
   batchSeconds,

@@ -10,14 +10,14 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { nativeAddon, workerScript } from "./Assets.js"
+import { nativeAddon, workerScript } from "../node/Assets.js"
 import * as zlib from "node:zlib"
 import { combine } from "../domain/Crc32.js"
 import { FramePool } from "./BufferPool.js"
 import { type DestFile, IoError } from "./Destination.js"
-import { type InflateTask, makeInflater, placementsOf } from "./Inflate.js"
-import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
-import type { GunzipMessage, InflateMessage } from "./workers/inflate.js"
+import { type InflateTask, makeInflater, placementsOf } from "../node/Inflate.js"
+import { defaultWorkers, makeWorkerPool } from "../node/WorkerPool.js"
+import type { GunzipMessage, InflateMessage } from "../node/workers/inflate.js"
 
 export interface InflateJob extends InflateTask {
   readonly data: DestFile

@@ -12,11 +12,11 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { DatasetError } from "../domain/Errors.js"
 import { type Geometry, pieceFileName } from "../domain/Layout.js"
-import { workerScript } from "./Assets.js"
+import { workerScript } from "../node/Assets.js"
 import { FramePool } from "./BufferPool.js"
-import { frameCapacity, type PieceFiles, readFrame, readTrailers } from "./PieceFrames.js"
-import { makeWorkerPool } from "./WorkerPool.js"
-import type { ReadReply, ReadTask } from "./workers/read.js"
+import { frameCapacity, type PieceFiles, readFrame, readTrailers } from "../node/PieceFrames.js"
+import { makeWorkerPool } from "../node/WorkerPool.js"
+import type { ReadReply, ReadTask } from "../node/workers/read.js"
 
 export interface ReadRequest {
   readonly dir: string

@@ -16,8 +16,8 @@ import * as zlib from "node:zlib"
 import { expectedCount, formatMarker, markerFileName, MAX_PIECES, pieceFileName } from "../domain/Dataset.js"
 import { FolderError } from "../domain/Errors.js"
 import { fillSlice, textPool } from "../domain/Sample.js"
-import { defaultWorkers, makeWorkerPool } from "./WorkerPool.js"
-import { workerScript } from "./Assets.js"
+import { defaultWorkers, makeWorkerPool } from "../node/WorkerPool.js"
+import { workerScript } from "../node/Assets.js"
 
 export interface SampleSpec {
   readonly dir: string

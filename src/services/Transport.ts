@@ -13,7 +13,7 @@ import * as Stream from "effect/Stream"
 import { PeerMismatch, ProtocolError, TransportError } from "../domain/Errors.js"
 import { type RawFrame } from "../domain/Frame.js"
 import type { Address } from "../domain/Units.js"
-import { type FrameBudget } from "./BufferPool.js"
+import type { FrameBudget } from "../node/FrameBudget.js"
 
 /** One connection, framed. */
 export interface Link {

@@ -5,13 +5,13 @@
  */
 import { build } from "esbuild"
 import { fileURLToPath } from "node:url"
-import { sourceWorkersDir } from "../../src/services/Assets.js"
+import { sourceWorkersDir } from "../../src/node/Assets.js"
 
 export default async function setup() {
   const root = fileURLToPath(new URL("../../", import.meta.url))
   await build({
     absWorkingDir: root,
-    entryPoints: ["read", "inflate", "fake"].map((name) => ({ in: `src/services/workers/${name}.ts`, out: name })),
+    entryPoints: ["read", "inflate", "fake"].map((name) => ({ in: `src/node/workers/${name}.ts`, out: name })),
     outdir: fileURLToPath(sourceWorkersDir),
     outExtension: { ".js": ".mjs" },
     bundle: true,

@@ -7,7 +7,8 @@ import * as Stream from "effect/Stream"
 import { Duplex } from "node:stream"
 import { ProtocolError, TransportError } from "../../domain/Errors.js"
 import { DEFAULT_MAX_FRAME, describeFrameProblem, FrameDecoder, FrameKind, type FrameProblem, isFrameProblem, type RawFrame } from "../../domain/Frame.js"
-import { type BudgetHolder, type BufferPool } from "../BufferPool.js"
+import type { BudgetHolder } from "../../node/FrameBudget.js"
+import type { BufferPool } from "../BufferPool.js"
 import { type Link, type LinkOptions } from "../Transport.js"
 
 export const READ_AHEAD = 4 * 1024 * 1024

@@ -11,7 +11,7 @@ import { PeerMismatch, TransportError } from "../../domain/Errors.js"
 import { type BufferPool, FramePool } from "../BufferPool.js"
 import { type Address, formatAddress } from "../../domain/Units.js"
 import { type ClientCertificate, handshakesFailed, refusesOurCertificate, type TlsServer, Transport } from "../Transport.js"
-import { adoptWithOwnBuffer, rawSocketOf } from "../node/Sockets.js"
+import { adoptWithOwnBuffer, rawSocketOf } from "../../node/Sockets.js"
 import { linkFromDuplex, ownReadBuffer, reasonOf, scopedSocket } from "./Link.js"
 
 const tune = (socket: net.Socket) => {

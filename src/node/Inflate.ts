@@ -11,7 +11,7 @@
 import { createRequire } from "node:module"
 import * as zlib from "node:zlib"
 import { crcOffsetOf, type Geometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
-import { openZlibHandle, type ZlibEngine } from "./node/ZlibHandle.js"
+import { openZlibHandle, type ZlibEngine } from "./ZlibHandle.js"
 
 export type { Geometry }
 

@@ -5,7 +5,7 @@ import { parentPort } from "node:worker_threads"
 import * as zlib from "node:zlib"
 import { pieceFileName } from "../../domain/Layout.js"
 import { fillSlice, textPool } from "../../domain/Sample.js"
-import type { SliceRun, SliceRunDone } from "../SampleMaker.js"
+import type { SliceRun, SliceRunDone } from "../../services/SampleMaker.js"
 
 let pool: { seed: number; text: Buffer } | undefined
 

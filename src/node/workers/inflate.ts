@@ -6,7 +6,7 @@
 import * as fs from "node:fs"
 import { parentPort, workerData } from "node:worker_threads"
 import * as zlib from "node:zlib"
-import type { GunzipOutcome, InflateOutcome } from "../GunzipPool.js"
+import type { GunzipOutcome, InflateOutcome } from "../../services/GunzipPool.js"
 import { type InflateTask, makeInflater, placementsOf } from "../Inflate.js"
 
 export interface InflateMessage extends InflateTask {
