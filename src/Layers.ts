@@ -13,7 +13,7 @@ import { ProgressLive } from "./client/Progress.js"
 import { FramePoolLive } from "./services/BufferPool.js"
 import { DatasetScannerInProcess, DatasetScannerLive } from "./services/DatasetScanner.js"
 import { raiseDescriptorLimit } from "./node/Descriptors.js"
-import { DestinationOnFileSystem } from "./services/destination/InProcess.js"
+import { DestinationInProcess } from "./services/destination/InProcess.js"
 import { DestinationLive } from "./services/destination/Live.js"
 import { GunzipPoolInProcess, GunzipPoolLive } from "./services/GunzipPool.js"
 import { PieceReaderInProcess, PieceReaderLive } from "./services/PieceReader.js"
@@ -96,7 +96,7 @@ export const ServerInProcess = (
   store(options).pipe(
     Layer.provideMerge(Layer.mergeAll(
       GunzipPoolInProcess(options.nativeAddon === undefined ? {} : { nativeAddon: options.nativeAddon }),
-      DestinationOnFileSystem(options.dest, options.space ?? Infinity, options.capacity ?? Infinity)
+      DestinationInProcess(options.dest, options.space ?? Infinity, options.capacity ?? Infinity)
     ))
   )
 

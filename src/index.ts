@@ -10,11 +10,11 @@ export {
   send,
   watchPolicy,
   type DatasetFailure,
-  type DatasetReport,
   type SendEnvironment,
   type SendOptions,
   type SendSummary
 } from "./client/Client.js"
+export type { DatasetReport } from "./client/Transfer.js"
 export { parseOnCommit, type OnCommit } from "./client/Cleanup.js"
 export { Progress, ProgressLive, describe as describeProgress, type DatasetProgress, type Phase, type Snapshot } from "./client/Progress.js"
 export { defaultServeOptions, serve, type ServeOptions } from "./server/Server.js"

@@ -42,9 +42,6 @@ import { type DatasetReport, transfer, type TransferOptions } from "./Transfer.j
 import { pickUplink } from "./Choice.js"
 import { isTransient, makeUplink, type ReconnectPolicy, type Uplink } from "./Uplink.js"
 
-export { autoConnections, FAR_CONNECTIONS, NEAR_ROUND_TRIP_MS } from "./Uplink.js"
-export type { DatasetReport } from "./Transfer.js"
-
 /* What a sender counts of its datasets (README: Operating ferry). */
 
 export const committedDatasets = Metric.counter("ferry_send_datasets_committed_total", {

@@ -14,8 +14,6 @@
  * ordinary transfer (Transfer.ts, `sendOpened`): the rest of its pieces,
  * the seal, the commit, exactly as without --early.
  */
-import type * as FileSystem from "@effect/platform/FileSystem"
-import type * as Path from "@effect/platform/Path"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
@@ -28,7 +26,6 @@ import { markerFileName } from "../domain/Dataset.js"
 import { DatasetError, DatasetRejected, ProtocolError } from "../domain/Errors.js"
 import { GrowingSpec, piecesNamed, provisionalManifest, readiness } from "../domain/Growing.js"
 import { Marker, type Opened, OpenGrowing } from "../domain/Protocol.js"
-import { DatasetScanner } from "../services/DatasetScanner.js"
 import { PieceReader } from "../services/PieceReader.js"
 import type { Connection, LinkError, Reply } from "./Connection.js"
 import { lookAt, type PieceLook, sliceOf } from "./EarlyFolder.js"
@@ -271,5 +268,3 @@ export const earlyTransfer = (options: TransferOptions & { readonly timing: Earl
     const crcOf = (index: number) => (index < bound && knownBits.has(index) ? known[index] : undefined)
     return yield* sendOpened(options, connections, handle, manifest, boxes, marked, { started, sentBefore: sent, crcOf })
   }).pipe(Effect.scoped)
-
-export type EarlyEnvironment = FileSystem.FileSystem | Path.Path | DatasetScanner | PieceReader | Progress

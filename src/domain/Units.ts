@@ -180,6 +180,3 @@ export const parseRate = (text: string): number | undefined => {
   const bytes = parseBytes(text.trim().replace(/\/s$/i, ""))
   return bytes !== undefined && bytes > 0 ? bytes : undefined
 }
-
-/** Bytes per second, as `--bwlimit` takes them. */
-export const RateText = fromText(Schema.Number, "a rate such as 50MiB/s or 10MB/s", parseRate, (n) => `${formatByteSize(n)}/s`)

@@ -13,8 +13,6 @@ import * as zlib from "node:zlib"
 import { crcOffsetOf, type Geometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
 import { openZlibHandle, type ZlibEngine } from "./ZlibHandle.js"
 
-export type { Geometry }
-
 export interface InflateTask {
   readonly geometry: Geometry
   readonly body: Uint8Array

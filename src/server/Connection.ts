@@ -46,8 +46,6 @@ import type { ServeOptions } from "./Server.js"
 /** Until the handshake is done, only small control frames are accepted. */
 export const HANDSHAKE_FRAME = 64 * 1024
 
-export { connectionsAccepted, connectionsRefused, datasetsFailed, receivedBytes } from "./Counters.js"
-
 export const serveConnection = (
   store: PieceStore["Type"],
   link: Link,

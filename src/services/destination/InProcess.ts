@@ -98,7 +98,7 @@ export const makeDestinationOn = (
   }
 }
 
-export const DestinationOnFileSystem = (root: string, space: number | Effect.Effect<number> = Infinity, capacity: number = Infinity) =>
+export const DestinationInProcess = (root: string, space: number | Effect.Effect<number> = Infinity, capacity: number = Infinity) =>
   Layer.effect(
     Destination,
     Effect.map(FileSystem.FileSystem, (files) =>
