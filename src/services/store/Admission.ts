@@ -6,11 +6,13 @@
  */
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
 import * as HashMap from "effect/HashMap"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import { admit, remainingBytes, stateBytes } from "../../domain/Admission.js"
 import type { Manifest } from "../../domain/Dataset.js"
 import { StoreError } from "../../domain/Errors.js"
@@ -75,7 +77,19 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
           return yield* refuse(name, "TooLarge", `needs ${need} bytes, more than the whole filesystem of ${dest.root} holds (${capacity} bytes): it can never fit there`)
         }
         const leftover = (yield* dest.kind(name).pipe(Effect.mapError(ioToStore(name, "StateUnusable")))) !== "none"
-        const lease = yield* onDestination(leases.acquire(name))
+        // the lease in a scope of its own, made before the dataset's files (so closed after them), to be
+        // let go of at once when the dataset turns out committed; taken whole, or not at all
+        const leaseScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
+        const lease = yield* onDestination(leases.acquire(name)).pipe(Scope.extend(leaseScope), Effect.uninterruptible)
+        // committed by another server between our look and our lease: its commit removed the state folder,
+        // and our lease made a fresh one, which goes again (the sender is told Committed, and skips it)
+        const late = yield* onDestination(committedOf(name))
+        if (Option.isSome(late)) {
+          yield* Effect.logDebug(`${name}: committed by another server while this one took it up`)
+          yield* dest.remove(`${STATE_FOLDER}/${name}`).pipe(Effect.ignore)
+          yield* Scope.close(leaseScope, Exit.void)
+          return { _tag: "Committed", commit: late.value } as const
+        }
         const resumed = !lease.resumable
           ? Option.none<StateFiles>()
           : growing === undefined
