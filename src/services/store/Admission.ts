@@ -58,12 +58,29 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
     const shortOfDescriptors = yield* Ref.make(false)
     const onDestination = Effect.provideService(Destination, dest)
 
+    /**
+     * A committed dataset's state folder, left when its server stopped between the marker and its
+     * tidying, is removed under its lease once that is free. A live holder (the committing server,
+     * still tidying, or one that took it up in the same moment) keeps it: it removes it itself.
+     */
+    const tidyCommitted = (name: string): Effect.Effect<void> => {
+      const folder = `${STATE_FOLDER}/${name}`
+      return Effect.gen(function*() {
+        if ((yield* dest.kind(folder)) === "none") return
+        yield* Effect.scoped(Effect.zipRight(Effect.uninterruptible(onDestination(leases.acquire(name))), dest.remove(folder)))
+        yield* Effect.logInfo(`${name}: removed the state folder left beside its commit`)
+      }).pipe(Effect.catchAll((e) => Effect.logDebug(`${name}: committed; its state folder stays for now (${e.message})`)))
+    }
+
     const takeUp = (key: DatasetKey): Effect.Effect<Taken, StoreError, Scope.Scope> =>
       admission.withPermits(1)(Effect.gen(function*() {
         const manifest = key.manifest
         const name = manifest.dataset
         const done = yield* onDestination(committedOf(name))
-        if (Option.isSome(done)) return { _tag: "Committed", commit: done.value } as const
+        if (Option.isSome(done)) {
+          yield* tidyCommitted(name)
+          return { _tag: "Committed", commit: done.value } as const
+        }
         const active = yield* Ref.get(inProgress)
         if (HashMap.size(active) >= limits.maxDatasets) {
           return yield* refuse(name, "Busy", `the server already has ${HashMap.size(active)} datasets in progress, its limit; try again later`)
