@@ -97,15 +97,19 @@ export const makePieceStore = (limits: StoreLimits = defaultStoreLimits, flushEv
     const datasets = yield* RcMap.make({ lookup: admission.takeUp })
 
     /**
-     * A reference to a dataset, held by the caller's scope. A refusal is not kept for later
-     * openers, and what its lookup took (a lease) is let go of at once.
+     * A reference to a dataset, held by the caller's scope. Taken, and let go of when the opener
+     * fails or is interrupted, under one mask: an opener lets go of its own reference and nothing
+     * more. (Invalidating the entry here took it away from the users sharing it: the next opener,
+     * or the commit's own reference, took the dataset up again and was refused by this server's
+     * own lease.) A refusal is not kept for later openers all the same: each of its waiters lets go
+     * at once, and the last one's release removes the entry and what its lookup took (a lease).
      */
     const reference = (key: DatasetKey) =>
-      Effect.flatMap(Effect.scope, (outer) =>
-        Effect.flatMap(Scope.fork(outer, ExecutionStrategy.sequential), (scope) =>
-          Scope.extend(RcMap.get(datasets, key), scope).pipe(
-            Effect.onError(() => Effect.zipRight(RcMap.invalidate(datasets, key), Scope.close(scope, Exit.void)))
-          )))
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(Effect.scope, (outer) =>
+          Effect.flatMap(Scope.fork(outer, ExecutionStrategy.sequential), (own) =>
+            restore(Scope.extend(RcMap.get(datasets, key), own)).pipe(Effect.onError(() => Scope.close(own, Exit.void)))))
+      )
 
     const { seal, settle } = makeSeals({ dest, gunzip, reference, forget: (key) => RcMap.invalidate(datasets, key) })
     const write = makeWrite({ gunzip, flushEvery, settle })

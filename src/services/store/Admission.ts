@@ -6,11 +6,13 @@
  */
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
 import * as HashMap from "effect/HashMap"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import { admit, remainingBytes, stateBytes } from "../../domain/Admission.js"
 import type { Manifest } from "../../domain/Dataset.js"
 import { StoreError } from "../../domain/Errors.js"
@@ -56,12 +58,29 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
     const shortOfDescriptors = yield* Ref.make(false)
     const onDestination = Effect.provideService(Destination, dest)
 
+    /**
+     * A committed dataset's state folder, left when its server stopped between the marker and its
+     * tidying, is removed under its lease once that is free. A live holder (the committing server,
+     * still tidying, or one that took it up in the same moment) keeps it: it removes it itself.
+     */
+    const tidyCommitted = (name: string): Effect.Effect<void> => {
+      const folder = `${STATE_FOLDER}/${name}`
+      return Effect.gen(function*() {
+        if ((yield* dest.kind(folder)) === "none") return
+        yield* Effect.scoped(Effect.zipRight(Effect.uninterruptible(onDestination(leases.acquire(name))), dest.remove(folder)))
+        yield* Effect.logInfo(`${name}: removed the state folder left beside its commit`)
+      }).pipe(Effect.catchAll((e) => Effect.logDebug(`${name}: committed; its state folder stays for now (${e.message})`)))
+    }
+
     const takeUp = (key: DatasetKey): Effect.Effect<Taken, StoreError, Scope.Scope> =>
       admission.withPermits(1)(Effect.gen(function*() {
         const manifest = key.manifest
         const name = manifest.dataset
         const done = yield* onDestination(committedOf(name))
-        if (Option.isSome(done)) return { _tag: "Committed", commit: done.value } as const
+        if (Option.isSome(done)) {
+          yield* tidyCommitted(name)
+          return { _tag: "Committed", commit: done.value } as const
+        }
         const active = yield* Ref.get(inProgress)
         if (HashMap.size(active) >= limits.maxDatasets) {
           return yield* refuse(name, "Busy", `the server already has ${HashMap.size(active)} datasets in progress, its limit; try again later`)
@@ -75,7 +94,19 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
           return yield* refuse(name, "TooLarge", `needs ${need} bytes, more than the whole filesystem of ${dest.root} holds (${capacity} bytes): it can never fit there`)
         }
         const leftover = (yield* dest.kind(name).pipe(Effect.mapError(ioToStore(name, "StateUnusable")))) !== "none"
-        const lease = yield* onDestination(leases.acquire(name))
+        // the lease in a scope of its own, made before the dataset's files (so closed after them), to be
+        // let go of at once when the dataset turns out committed; taken whole, or not at all
+        const leaseScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
+        const lease = yield* onDestination(leases.acquire(name)).pipe(Scope.extend(leaseScope), Effect.uninterruptible)
+        // committed by another server between our look and our lease: its commit removed the state folder,
+        // and our lease made a fresh one, which goes again (the sender is told Committed, and skips it)
+        const late = yield* onDestination(committedOf(name))
+        if (Option.isSome(late)) {
+          yield* Effect.logDebug(`${name}: committed by another server while this one took it up`)
+          yield* dest.remove(`${STATE_FOLDER}/${name}`).pipe(Effect.ignore)
+          yield* Scope.close(leaseScope, Exit.void)
+          return { _tag: "Committed", commit: late.value } as const
+        }
         const resumed = !lease.resumable
           ? Option.none<StateFiles>()
           : growing === undefined
