@@ -25,9 +25,10 @@ afterAll(() => dirs.cleanup())
 
 type Hook = (subject: string) => Effect.Effect<void>
 
-/** Where a test may stop a store: before it takes a lease on a dataset, and before it removes something under the destination. */
+/** Where a test may stop a store: before and after it takes a lease on a dataset, and before it removes something under the destination. */
 interface Hooks {
   readonly beforeLease: Ref.Ref<Hook>
+  readonly afterLease: Ref.Ref<Hook>
   readonly beforeRemove: Ref.Ref<Hook>
 }
 
@@ -36,7 +37,7 @@ const noHook: Hook = () => Effect.void
 /** One server's store on `dest`: the exported live store and leases, with the test's hooks in front of its leases and removals. */
 const storeOn = (dest: string) =>
   Effect.gen(function*() {
-    const hooks: Hooks = { beforeLease: yield* Ref.make(noHook), beforeRemove: yield* Ref.make(noHook) }
+    const hooks: Hooks = { beforeLease: yield* Ref.make(noHook), afterLease: yield* Ref.make(noHook), beforeRemove: yield* Ref.make(noHook) }
     const destination = Layer.effect(
       Destination,
       Effect.map(Destination, (d) => ({ ...d, remove: (rel: string) => Effect.zipRight(Effect.flatMap(Ref.get(hooks.beforeRemove), (h) => h(rel)), d.remove(rel)) }))
@@ -45,7 +46,11 @@ const storeOn = (dest: string) =>
       Leases,
       Effect.map(makeLeases({ leaseMs: 60_000 }), (l) => ({
         ...l,
-        acquire: (dataset: string) => Effect.zipRight(Effect.flatMap(Ref.get(hooks.beforeLease), (h) => h(dataset)), l.acquire(dataset))
+        acquire: (dataset: string) =>
+          Effect.flatMap(Ref.get(hooks.beforeLease), (h) => h(dataset)).pipe(
+            Effect.zipRight(l.acquire(dataset)),
+            Effect.tap(() => Effect.flatMap(Ref.get(hooks.afterLease), (h) => h(dataset)))
+          )
       }))
     )
     const layer = PieceStoreLive().pipe(Layer.provide(leases), Layer.provide(Layer.merge(destination, GunzipPoolInProcess())))
@@ -53,12 +58,16 @@ const storeOn = (dest: string) =>
     return { store, hooks }
   })
 
-/** A hook that stops the first caller whose subject is `subject`: `reached` once it is there, until `go`. */
+/**
+ * A hook that stops every caller whose subject is `subject` until `go`: `reached` gives the first
+ * one's fiber once it is there.
+ */
 const stopAt = (hook: Ref.Ref<Hook>, subject: string) =>
   Effect.gen(function*() {
-    const reached = yield* Deferred.make<void>()
+    const reached = yield* Deferred.make<Option.Option<Fiber.RuntimeFiber<unknown, unknown>>>()
     const go = yield* Deferred.make<void>()
-    yield* Ref.set(hook, (s) => (s === subject ? Effect.zipRight(Deferred.succeed(reached, undefined), Deferred.await(go)) : Effect.void))
+    yield* Ref.set(hook, (s) =>
+      s === subject ? Effect.zipRight(Effect.flatMap(Effect.sync(Fiber.getCurrentFiber), (f) => Deferred.succeed(reached, f)), Deferred.await(go)) : Effect.void)
     return { reached: Deferred.await(reached), go: Deferred.succeed(go, undefined) }
   })
 
@@ -155,6 +164,34 @@ describe("a dataset committed by another server between an opener's look and its
       yield* Scope.close(yScope, Exit.void)
       expect(stateFolders(dest)).toEqual(["committed"])
       expect(readFileSync(join(dest, d.name)).equals(d.original)).toBe(true)
+    }))
+
+  it.scopedLive("and when its lookup is interrupted just after its lease (its last opener went away), the fresh state folder goes all the same", () =>
+    Effect.gen(function*() {
+      const dest = dirs.make("dest")
+      const d = datasetOf("gone", 5)
+      const x = yield* storeOn(dest)
+      const y = yield* storeOn(dest)
+      const xScope = yield* Scope.make()
+      const onX = yield* Scope.extend(x.store.open(d.manifest), xScope)
+      yield* writeBatch(onX, d.pieces)
+      const looked = yield* stopAt(y.hooks.beforeLease, d.name)
+      const leased = yield* stopAt(y.hooks.afterLease, d.name)
+      const opening = yield* Effect.fork(Effect.scoped(y.store.open(d.manifest)))
+      yield* looked.reached
+      yield* onX.seal(d.crc)
+      yield* Scope.close(xScope, Exit.void)
+      yield* looked.go
+      // Y's lookup holds a fresh lease, and is interrupted there, as the dataset's scope does when its last
+      // opener goes away (its sender heard Committed from X); told before it goes on, so pending by then
+      const lookup = Option.getOrThrow(yield* leased.reached)
+      expect(readdirSync(stateFolder(dest, d.name)).some((n) => n.startsWith("lease."))).toBe(true)
+      lookup.unsafeInterruptAsFork(FiberId.none)
+      yield* leased.go
+      yield* Fiber.await(lookup)
+      yield* Fiber.interrupt(opening)
+      expect(existsSync(stateFolder(dest, d.name))).toBe(false)
+      expect(stateFolders(dest)).toEqual(["committed"])
     }))
 })
 

@@ -6,6 +6,7 @@
  */
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as HashMap from "effect/HashMap"
@@ -21,7 +22,7 @@ import { Destination } from "../Destination.js"
 import { type Active, type DatasetKey, failAll, letGo, type Status, type Taken } from "./Active.js"
 import { type Commit, committedOf, refuse } from "./Commit.js"
 import { createGrowing, resumeGrowing, sealGrowing } from "./Growing.js"
-import { Leases, STATE_FOLDER } from "./Leases.js"
+import { type Lease, Leases, STATE_FOLDER } from "./Leases.js"
 import { datasetsInProgress, datasetsOpened } from "./Metrics.js"
 import { createState, ioToStore, outOfDescriptors, resumeState, type StateFiles } from "./StateFiles.js"
 
@@ -67,10 +68,28 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
       const folder = `${STATE_FOLDER}/${name}`
       return Effect.gen(function*() {
         if ((yield* dest.kind(folder)) === "none") return
-        yield* Effect.scoped(Effect.zipRight(Effect.uninterruptible(onDestination(leases.acquire(name))), dest.remove(folder)))
+        yield* Effect.uninterruptible(Effect.scoped(Effect.zipRight(onDestination(leases.acquire(name)), dest.remove(folder))))
         yield* Effect.logInfo(`${name}: removed the state folder left beside its commit`)
       }).pipe(Effect.catchAll((e) => Effect.logDebug(`${name}: committed; its state folder stays for now (${e.message})`)))
     }
+
+    /**
+     * The dataset's lease, taken whole in `scope` (made before the dataset's files, so closed after
+     * them); or the commit another server made between our look and our lease: its commit removed the
+     * state folder and our lease made a fresh one, which goes again at once, and the lease with it (the
+     * sender is told Committed, and skips it). Uninterruptible: a lookup whose last opener went away
+     * (its sender heard Committed from that other server) still looks, and tidies.
+     */
+    const leaseUnlessCommitted = (name: string, scope: Scope.CloseableScope): Effect.Effect<Either.Either<Lease, Commit>, StoreError> =>
+      Effect.gen(function*() {
+        const lease = yield* onDestination(leases.acquire(name)).pipe(Scope.extend(scope))
+        const late = yield* onDestination(committedOf(name))
+        if (Option.isNone(late)) return Either.right(lease)
+        yield* Effect.logDebug(`${name}: committed by another server while this one took it up`)
+        yield* dest.remove(`${STATE_FOLDER}/${name}`).pipe(Effect.ignore)
+        yield* Scope.close(scope, Exit.void)
+        return Either.left(late.value)
+      }).pipe(Effect.uninterruptible)
 
     const takeUp = (key: DatasetKey): Effect.Effect<Taken, StoreError, Scope.Scope> =>
       admission.withPermits(1)(Effect.gen(function*() {
@@ -94,19 +113,9 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
           return yield* refuse(name, "TooLarge", `needs ${need} bytes, more than the whole filesystem of ${dest.root} holds (${capacity} bytes): it can never fit there`)
         }
         const leftover = (yield* dest.kind(name).pipe(Effect.mapError(ioToStore(name, "StateUnusable")))) !== "none"
-        // the lease in a scope of its own, made before the dataset's files (so closed after them), to be
-        // let go of at once when the dataset turns out committed; taken whole, or not at all
-        const leaseScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
-        const lease = yield* onDestination(leases.acquire(name)).pipe(Scope.extend(leaseScope), Effect.uninterruptible)
-        // committed by another server between our look and our lease: its commit removed the state folder,
-        // and our lease made a fresh one, which goes again (the sender is told Committed, and skips it)
-        const late = yield* onDestination(committedOf(name))
-        if (Option.isSome(late)) {
-          yield* Effect.logDebug(`${name}: committed by another server while this one took it up`)
-          yield* dest.remove(`${STATE_FOLDER}/${name}`).pipe(Effect.ignore)
-          yield* Scope.close(leaseScope, Exit.void)
-          return { _tag: "Committed", commit: late.value } as const
-        }
+        const leased = yield* leaseUnlessCommitted(name, yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential))
+        if (Either.isLeft(leased)) return { _tag: "Committed", commit: leased.left } as const
+        const lease = leased.right
         const resumed = !lease.resumable
           ? Option.none<StateFiles>()
           : growing === undefined
