@@ -139,7 +139,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const connection: ConnectionOptions = { window: options.window, maxFrame: options.maxFrame, token: options.token, tls: options.tls, handshakeTimeout: options.handshakeTimeout }
     // servers are reached once there is something to send to them
     let uplinks: ReadonlyArray<Uplink> = []
-    const ackedEverywhere = () => uplinks.reduce((n, u) => n + u.acked(), 0)
+    const ackedEverywhere = Effect.suspend(() => Effect.map(Effect.forEach(uplinks, (u) => u.acked), (counts) => counts.reduce((n, c) => n + c, 0)))
 
     const committed: Array<DatasetReport> = []
     const failed: Array<DatasetFailure> = []
@@ -181,8 +181,10 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         const avoid = new Set<string>()
         let stalledSince: { readonly at: number; readonly acked: number } | undefined
         // read on Effect's Clock, so that TestClock can drive --retry-for
-        const stalledTooLong = Effect.map(Clock.currentTimeMillis, (now) => {
-          if (stalledSince === undefined || ackedEverywhere() !== stalledSince.acked) stalledSince = { at: now, acked: ackedEverywhere() }
+        const stalledTooLong = Effect.gen(function*() {
+          const now = yield* Clock.currentTimeMillis
+          const acked = yield* ackedEverywhere
+          if (stalledSince === undefined || acked !== stalledSince.acked) stalledSince = { at: now, acked }
           return !options.watch && now - stalledSince.at > Duration.toMillis(options.retryFor)
         })
         const once = Effect.gen(function*() {

@@ -24,7 +24,7 @@ import { PeerMismatch, TransportError } from "../domain/Errors.js"
 import { type Address, formatAddress, formatBytes } from "../domain/Units.js"
 import { publish } from "../services/Monitor.js"
 import type { Transport } from "../services/Transport.js"
-import { connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
+import { type Acknowledged, connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
 import { dialAhead } from "./DialAhead.js"
 
 /* What a sender counts of its servers (README: Operating ferry). */
@@ -95,7 +95,7 @@ export interface Uplink {
   /** Datasets being sent to it now, for the choice of the least loaded. */
   readonly load: Ref.Ref<number>
   /** Pieces acknowledged by this server over the whole run. */
-  readonly acked: () => number
+  readonly acked: Effect.Effect<number>
 }
 
 interface SessionEnd {
@@ -117,15 +117,15 @@ export const makeUplink = (
     const name = formatAddress(address)
     const state = yield* SubscriptionRef.make<UplinkState>({ _tag: "Connecting" })
     let handles = 0
-    let ackedBefore = 0
     let current: ReadonlyArray<Connection> = []
     /** The last state change told in the log, so that each is told once. */
     let lastLogged: "up" | "down" | undefined
     let wasUp = false
-    const ackedNow = () => current.reduce((n, c) => n + c.acked(), 0)
-    const ackedBytesNow = () => current.reduce((n, c) => n + c.ackedBytes(), 0)
+    /** What this server acknowledged over the run, on every connection to it, old and new. */
+    const acked = yield* Ref.make<Acknowledged>({ pieces: 0, bytes: 0 })
+    const ackedBytes = Effect.map(Ref.get(acked), (a) => a.bytes)
 
-    const dial = () => Effect.sequentialFinalizers(connect(address, options))
+    const dial = () => Effect.sequentialFinalizers(connect(address, options, acked))
 
     /**
      * "auto" to a far server: one more connection while the bytes acknowledged per second still grow
@@ -134,11 +134,11 @@ export const makeUplink = (
     const grow = (roundTrip: number, watch: (c: Connection) => Effect.Effect<void, never, Scope.Scope>) =>
       Effect.gen(function*() {
         const every = probeInterval(roundTrip)
-        let before = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+        let before = { at: yield* Clock.currentTimeMillis, bytes: yield* ackedBytes }
         let previous: number | undefined
         while (true) {
           yield* Effect.sleep(every)
-          const now = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+          const now = { at: yield* Clock.currentTimeMillis, bytes: yield* ackedBytes }
           const rate = ((now.bytes - before.bytes) * 1000) / Math.max(1, now.at - before.at)
           before = now
           const busy = current.some((c) => c.inflight() > 0)
@@ -156,7 +156,7 @@ export const makeUplink = (
           yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${why})`)
           yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
           // the probe starts again once it takes part: its set-up time is no measure of the link
-          before = { at: yield* Clock.currentTimeMillis, bytes: ackedBytesNow() }
+          before = { at: yield* Clock.currentTimeMillis, bytes: yield* ackedBytes }
         }
       })
 
@@ -165,7 +165,7 @@ export const makeUplink = (
      * side: each waits a round trip for the server's end of the stream, and one after another that
      * was a second at the end of a run on a 200 ms link.
      */
-    const session = Effect.scoped(
+    const spell = Effect.scoped(
       Effect.gen(function*() {
         // The first connection is dialed, then the others it calls for (only once it is accepted: a
         // server that refuses us sees one attempt). Transfers start on the first and the others
@@ -181,7 +181,7 @@ export const makeUplink = (
               return isUp ? SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: false }) : Effect.void
             })
           )
-        const ahead = count === "auto" ? yield* dialAhead(address, options, nearMs, FAR_CONNECTIONS - 1) : undefined
+        const ahead = count === "auto" ? yield* dialAhead(address, options, acked, nearMs, FAR_CONNECTIONS - 1) : undefined
         const first = yield* (ahead === undefined ? dial() : ahead.first)
         const measured = first.roundTrip
         const wanted = count === "auto" ? autoConnections(measured, nearMs) : Math.max(1, count)
@@ -226,13 +226,15 @@ export const makeUplink = (
         yield* SubscriptionRef.set(state, { _tag: "Down", error })
         return yield* Effect.fail(error)
       }).pipe(Effect.parallelFinalizers)
+    )
+    // a spell made progress when the server acknowledged pieces during it
+    const session = Effect.flatMap(Ref.get(acked), (before) =>
+      Effect.catchAll(spell, (error) =>
+        Effect.flatMap(Ref.get(acked), (now) => {
+          current = []
+          return Effect.fail<SessionEnd>({ error, progressed: now.pieces > before.pieces })
+        }))
     ).pipe(
-      Effect.mapError((error): SessionEnd => {
-        const progressed = ackedNow() > 0
-        ackedBefore += ackedNow()
-        current = []
-        return { error, progressed }
-      }),
       Effect.tapError((end) => SubscriptionRef.set(state, { _tag: "Down", error: end.error })),
       Effect.tapError((end) =>
         Effect.gen(function*() {
@@ -284,7 +286,7 @@ export const makeUplink = (
       state,
       load: yield* Ref.make(0),
       nextHandle: () => ++handles,
-      acked: () => ackedBefore + ackedNow(),
+      acked: Effect.map(Ref.get(acked), (a) => a.pieces),
       joining: (known) => {
         const seen = new Set(known)
         return state.changes.pipe(
