@@ -5,6 +5,7 @@
  * and any other is a Conflict.
  */
 import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
@@ -41,17 +42,20 @@ export const makeSeals = ({ dest, forget, gunzip, reference }: SealsOptions): Se
     Effect.gen(function*() {
       const m = entry.manifest
       const started = Date.now()
-      // what is committed is checked as it is on disk, not only by the CRC records beside it
-      yield* checkOnDisk(entry.state, crc).pipe(
+      // what is committed is checked as it is on disk, not only by the CRC records beside it; the
+      // reading back (page cache, CPU) and the flushing (the disk) go side by side, both done before
+      // the rename below: on a 200 ms link the commit is time the sender waits for
+      const check = checkOnDisk(entry.state, crc).pipe(
         Effect.provideService(GunzipPool, gunzip),
         Effect.tapError(() => Ref.update(entry.status, (st) => ({ ...st, discard: true })))
       )
-      const checked = Date.now()
-      yield* Effect.all([entry.state.data.sync, entry.state.crcs.sync], { concurrency: 2, discard: true }).pipe(Effect.mapError(ioToStore(m.dataset, "CommitFailed")))
-      const synced = Date.now()
+      const flush = Effect.all([entry.state.data.sync, entry.state.crcs.sync], { concurrency: 2, discard: true }).pipe(Effect.mapError(ioToStore(m.dataset, "CommitFailed")))
+      const [[checked], [synced]] = yield* Effect.all([Effect.timed(check), Effect.timed(flush)], { concurrency: 2 })
       const result = yield* publishCommit(m, entry.lease, crc, entry.leftover).pipe(Effect.provideService(Destination, dest))
       yield* forget(entry.key)
-      yield* Effect.logDebug(`${m.dataset}: commit took ${Date.now() - started} ms: ${checked - started} ms reading the file back, ${synced - checked} ms flushing it to disk`)
+      yield* Effect.logDebug(
+        `${m.dataset}: commit took ${Date.now() - started} ms: ${Math.round(Duration.toMillis(checked))} ms reading the file back and, beside it, ${Math.round(Duration.toMillis(synced))} ms flushing it to disk`
+      )
       yield* Effect.logInfo(`${m.dataset}: committed ${m.size} bytes in ${m.count} pieces, crc32 ${result.crc32}`)
       yield* Metric.increment(datasetsCommitted)
       return result
