@@ -6,7 +6,7 @@
  * the other side act there, so the interleaving is the same on every run.
  */
 import { afterAll, describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Either, Exit, Fiber, FiberId, FiberStatus, Layer, Option, Ref, Schedule, Scope } from "effect"
+import { Context, Deferred, Effect, Either, Exit, Fiber, FiberId, FiberStatus, Layer, Logger, Option, Ref, Schedule, Scope } from "effect"
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
@@ -219,8 +219,13 @@ describe("a committed dataset's state folder left behind (the server was stopped
       writeFileSync(join(stateFolder(dest, d.name), "epoch.3", "manifest.json"), "{}")
       writeFileSync(join(stateFolder(dest, d.name), "epoch.3", "bitmap"), Buffer.alloc(1, 0x3f))
 
-      const session = yield* store.open(d.manifest)
+      // what the store says meanwhile: its tidying under its own lease is not a lease lost to another server
+      const said: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => void said.push(`${logLevel.label} ${Array.isArray(message) ? message.join(" ") : String(message)}`))
+      const session = yield* store.open(d.manifest).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
       expect(session.committed).toEqual(Option.some({ dataset: d.name, size: d.original.length, crc32 }))
+      expect(said).toContain("INFO leftover: removed the state folder left beside its commit")
+      expect(said.filter((l) => l.startsWith("WARN"))).toEqual([])
       expect(existsSync(stateFolder(dest, d.name))).toBe(false)
       expect(stateFolders(dest)).toEqual(["committed"])
       // the result itself is untouched

@@ -68,7 +68,11 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
       const folder = `${STATE_FOLDER}/${name}`
       return Effect.gen(function*() {
         if ((yield* dest.kind(folder)) === "none") return
-        yield* Effect.uninterruptible(Effect.scoped(Effect.zipRight(onDestination(leases.acquire(name)), dest.remove(folder))))
+        yield* Effect.uninterruptible(Effect.scoped(Effect.gen(function*() {
+          const lease = yield* onDestination(leases.acquire(name))
+          yield* lease.retire
+          yield* dest.remove(folder)
+        })))
         yield* Effect.logInfo(`${name}: removed the state folder left beside its commit`)
       }).pipe(Effect.catchAll((e) => Effect.logDebug(`${name}: committed; its state folder stays for now (${e.message})`)))
     }
@@ -86,6 +90,7 @@ export const makeAdmission = (limits: StoreLimits): Effect.Effect<Admission, nev
         const late = yield* onDestination(committedOf(name))
         if (Option.isNone(late)) return Either.right(lease)
         yield* Effect.logDebug(`${name}: committed by another server while this one took it up`)
+        yield* lease.retire
         yield* dest.remove(`${STATE_FOLDER}/${name}`).pipe(Effect.ignore)
         yield* Scope.close(scope, Exit.void)
         return Either.left(late.value)

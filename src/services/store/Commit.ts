@@ -101,6 +101,7 @@ export const publishCommit = (manifest: Manifest, lease: Lease, crc: number, lef
     yield* dest.writeFile(files.markerTmp, Buffer.from(formatMarker(manifest.size)), { sync: true })
     yield* dest.rename(files.markerTmp, markerFileName(name))
     // committed: what follows only tidies, and its failure is a warning, never a failed commit
+    yield* lease.retire
     yield* Effect.all([dest.syncDir(""), dest.remove(`${STATE_FOLDER}/${name}`)], { discard: true }).pipe(
       Effect.catchAll((e) => Effect.logWarning(`${name}: committed, but tidying up after the commit failed (${e.message})`))
     )

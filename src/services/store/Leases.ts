@@ -54,6 +54,12 @@ export interface Lease {
    * and the data it claims not: its state is started afresh.
    */
   readonly resumable: boolean
+  /**
+   * Stops the heartbeat for good, quietly: for a holder about to remove the dataset's state folder
+   * itself (after its commit, or a leftover folder), whose next beat would find its lease gone and
+   * say it was lost to another server.
+   */
+  readonly retire: Effect.Effect<void>
 }
 
 export class Leases extends Context.Tag("ferry/Leases")<Leases, {
@@ -169,8 +175,9 @@ export const makeLeases = (options: LeaseOptions) =>
         const lost = yield* Deferred.make<void>()
         let lastBeat = yield* Clock.currentTimeMillis
         let isLost = false
+        let retired = false
         const markLost = Effect.suspend(() => {
-          if (isLost) return Effect.void
+          if (isLost || retired) return Effect.void
           isLost = true
           return Effect.zipRight(Effect.logWarning(`${dataset}: lost to another server on the same destination`), Deferred.succeed(lost, undefined))
         })
@@ -217,7 +224,7 @@ export const makeLeases = (options: LeaseOptions) =>
 
         const check = Effect.flatMap(stillMine, (mine) => (mine ? Effect.void : markLost))
         const beatOnce = Effect.gen(function*() {
-          if (isLost) return
+          if (isLost || retired) return
           const startedAt = yield* Clock.currentTimeMillis
           yield* file.write(encodeLease({ owner: me, epoch, beat: beat + 1 }), 0)
           // visible to other machines (NFS close-to-open) only once it reached the server
@@ -246,7 +253,11 @@ export const makeLeases = (options: LeaseOptions) =>
           assure: Effect.flatMap(Clock.currentTimeMillis, (now) =>
             isLost ? Effect.fail(lostError(dataset)) : now - lastBeat > leaseMs / 2 ? Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost) : Effect.void
           ),
-          confirm: Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost)
+          confirm: Effect.zipRight(beating.withPermits(1)(beatOnce), failIfLost),
+          // under the beat's permit: no beat is half way when it returns, and none starts after
+          retire: beating.withPermits(1)(Effect.sync(() => {
+            retired = true
+          }))
         } satisfies Lease
       })
 
