@@ -16,7 +16,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
-import type { Address } from "../domain/Units.js"
+import { type Address, formatAddress } from "../domain/Units.js"
 import type { Transport } from "../services/Transport.js"
 import { type Acknowledged, connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
 
@@ -67,7 +67,10 @@ export const dialAhead = (
       return { fiber, own } satisfies Attempt
     })
     const greeted = (roundTripMs: number) =>
-      roundTripMs < nearMs ? Effect.void : Effect.flatMap(Effect.all(Array.from({ length: extra }, () => attempt)), (list) => Ref.set(ahead, list))
+      roundTripMs < nearMs ? Effect.void : Effect.logDebug(`${formatAddress(address)}: far at its greeting (${roundTripMs.toFixed(2)} ms): ${extra} more connection(s) dialed ahead`).pipe(
+        Effect.zipRight(Effect.all(Array.from({ length: extra }, () => attempt))),
+        Effect.flatMap((list) => Ref.set(ahead, list))
+      )
 
     const first = Effect.sequentialFinalizers(connect(address, options, acked, { greeted })).pipe(
       Scope.extend(spell),
