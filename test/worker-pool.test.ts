@@ -15,7 +15,8 @@ const script = () => {
 parentPort.on("message", ({ id, task }) => {
   if (task === "die") process.exit(3)
   if (task === "throw") return parentPort.postMessage({ id, crash: "boom" })
-  parentPort.postMessage({ id, ok: task * 2 })
+  if (typeof task === "object") Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, task.sleep)
+  parentPort.postMessage({ id, ok: typeof task === "object" ? task.sleep : task * 2 })
 })`
   )
   return pathToFileURL(file)
@@ -24,14 +25,14 @@ parentPort.on("message", ({ id, task }) => {
 describe("worker pool", () => {
   it.scoped("runs tasks on every worker and answers each caller", () =>
     Effect.gen(function*() {
-      const pool = yield* makeWorkerPool<number | string, number>(script(), 2)
+      const pool = yield* makeWorkerPool<number | string | { sleep: number }, number>(script(), 2)
       const results = yield* Effect.forEach([1, 2, 3, 4, 5, 6, 7], (n) => pool.run(n), { concurrency: "unbounded" })
       expect(results).toEqual([2, 4, 6, 8, 10, 12, 14])
     }))
 
   it.scoped("a worker that dies fails its job as a defect and is replaced", () =>
     Effect.gen(function*() {
-      const pool = yield* makeWorkerPool<number | string, number>(script(), 1)
+      const pool = yield* makeWorkerPool<number | string | { sleep: number }, number>(script(), 1)
       const died = yield* Effect.exit(pool.run("die"))
       expect(Exit.isFailure(died) && Exit.isInterrupted(died) === false).toBe(true)
       // the replacement answers
@@ -39,5 +40,19 @@ describe("worker pool", () => {
       const crashed = yield* Effect.exit(pool.run("throw"))
       expect(Exit.isFailure(crashed)).toBe(true)
       expect(yield* pool.run(5)).toBe(10)
+    }))
+
+  it.scoped("starts its other threads only when the started ones stay busy with work waiting", () =>
+    Effect.gen(function*() {
+      const pool = yield* makeWorkerPool<number | string | { sleep: number }, number>(script(), 2, { start: 1, depth: 1, growAfterMs: 20 })
+      expect(pool.started()).toBe(1)
+      // one task at a time: nothing ever waits, so the second thread is never needed
+      for (const n of [1, 2, 3, 4]) expect(yield* pool.run(n)).toBe(n * 2)
+      expect(yield* pool.run({ sleep: 40 })).toBe(40)
+      expect(pool.started()).toBe(1)
+      // four at once, each busy 60 ms: the first thread is busy past 20 ms with three waiting
+      const slept = yield* Effect.forEach([60, 60, 60, 60], (ms) => pool.run({ sleep: ms }), { concurrency: "unbounded" })
+      expect(slept).toEqual([60, 60, 60, 60])
+      expect(pool.started()).toBe(2)
     }))
 })

@@ -1,8 +1,9 @@
 /**
- * A fixed pool of worker threads running one script, for the CPU- and
+ * A pool of worker threads running one script, for the CPU- and
  * syscall-heavy batches (reading piece files, gunzip + positional writes).
  * Each task is one batch, so the cost of a message is paid per batch, never
- * per piece. Workers start with the scope and are terminated with it.
+ * per piece. Threads start with the scope (all, or `start` of them and the rest on
+ * demand) and are terminated with it.
  */
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
@@ -21,7 +22,10 @@ export const workerBusySeconds = Metric.counter("ferry_worker_busy_seconds_total
 export const workerThreads = Metric.gauge("ferry_worker_threads", { description: "Worker threads, by pool (inflate, read)." })
 
 export interface WorkerPool<In, Out> {
+  /** Threads at most. */
   readonly size: number
+  /** Threads started so far (see `WorkerPoolOptions.start`). */
+  readonly started: () => number
   readonly run: (task: In, transfer?: ReadonlyArray<Transferable>) => Effect.Effect<Out>
 }
 
@@ -35,48 +39,95 @@ interface Pending<Out> {
   readonly resume: (result: Effect.Effect<Out>) => void
 }
 
+export interface WorkerPoolOptions {
+  /** Given to every worker at start (as `workerData`). */
+  readonly data?: unknown
+  /** Tasks a worker may queue, so it never waits for the main thread between batches. */
+  readonly depth?: number
+  /**
+   * Threads started with the pool (default: all of `size`). The others start one at a time, up to
+   * `size`, when work is waiting and every started thread has been busy without a pause for
+   * `growAfterMs`: a pool that keeps up with its callers never pays for threads it does not need
+   * (a thread's start, and V8 compiling its hot code again in its own isolate).
+   */
+  readonly start?: number
+  /** See `start`. */
+  readonly growAfterMs?: number
+}
+
 export const makeWorkerPool = <In, Out>(
   script: URL,
   size: number,
-  /** Given to every worker at start (as `workerData`). */
-  data: unknown = undefined,
-  /** Tasks a worker may queue, so it never waits for the main thread between batches. */
-  depth = 2
+  options: WorkerPoolOptions = {}
 ): Effect.Effect<WorkerPool<In, Out>, never, import("effect").Scope.Scope> =>
   Effect.acquireRelease(
     Effect.sync(() => {
+      const { data, depth = 2, growAfterMs = 300 } = options
+      const start = Math.max(1, Math.min(size, options.start ?? size))
       // the pool's name for the metrics: its script's (workers/inflate.js is "inflate")
       const pool = (script.pathname.split("/").pop() ?? "worker").replace(/\.[cm]?js$/, "")
       const threads = Metric.tagged(workerThreads, "pool", pool)
-      threads.unsafeModify(size, [])
-      const workers = Array.from({ length: size }, (_, i) => {
-        const worker = new Worker(script, { workerData: data })
-        worker.unref()
-        const busySeconds = Metric.tagged(Metric.tagged(workerBusySeconds, "pool", pool), "thread", String(i))
-        busySeconds.unsafeUpdate(0, []) // shown at 0 from the start
-        return { worker, busy: 0, since: 0, busySeconds }
-      })
+      interface Slot {
+        worker: Worker
+        /** Tasks posted and not answered. */
+        busy: number
+        /** When the current busy time began (for the metric). */
+        since: number
+        /** When the thread last went from idle to busy; undefined while idle. */
+        streak: number | undefined
+        readonly busySeconds: Metric.Metric.Counter<number>
+      }
+      const workers: Array<Slot> = []
       let closing = false
-      const pending = new Map<number, Pending<Out> & { readonly slot: (typeof workers)[number] }>()
+      const pending = new Map<number, Pending<Out> & { readonly slot: Slot }>()
       const queue: Array<{ id: number; task: In; transfer: ReadonlyArray<Transferable> }> = []
       let nextId = 1
+
+      const startThread = (): Slot => {
+        const i = workers.length
+        const busySeconds = Metric.tagged(Metric.tagged(workerBusySeconds, "pool", pool), "thread", String(i))
+        busySeconds.unsafeUpdate(0, []) // shown at 0 from the start
+        const slot: Slot = { worker: spawn(), busy: 0, since: 0, streak: undefined, busySeconds }
+        workers.push(slot)
+        threads.unsafeModify(1, [])
+        attach(slot)
+        return slot
+      }
+      const spawn = () => {
+        const worker = new Worker(script, { workerData: data })
+        worker.unref()
+        return worker
+      }
+      /** Every started thread full and busy without a pause for `growAfterMs`: one more, if the pool may grow. */
+      const grown = (): Slot | undefined => {
+        if (workers.length >= size || closing) return undefined
+        const now = performance.now()
+        for (const w of workers) if (w.streak === undefined || now - w.streak < growAfterMs) return undefined
+        return startThread()
+      }
 
       const pump = () => {
         while (queue.length > 0) {
           let slot = workers[0]!
           for (const w of workers) if (w.busy < slot.busy) slot = w
-          if (slot.busy >= depth) return
+          if (slot.busy >= depth) {
+            const more = grown()
+            if (more === undefined) return
+            slot = more
+          }
           const job = queue.shift()!
           const p = pending.get(job.id)
           if (p === undefined) continue // interrupted while queued
           pending.set(job.id, { resume: p.resume, slot })
-          if (slot.busy === 0) slot.since = performance.now()
+          const now = performance.now()
+          if (slot.busy === 0) slot.since = now
+          slot.streak ??= now
           slot.busy++
           slot.worker.postMessage({ id: job.id, task: job.task }, job.transfer as Array<Transferable>)
         }
       }
 
-      const attach = (slot: (typeof workers)[number]) => {
+      function attach(slot: Slot) {
         slot.worker.on("message", (reply: WorkerReply<Out>) => {
           const p = pending.get(reply.id)
           const now = performance.now()
@@ -88,6 +139,7 @@ export const makeWorkerPool = <In, Out>(
             p.resume("ok" in reply ? Effect.succeed(reply.ok) : Effect.die(new Error(`worker failed: ${reply.crash}`)))
           }
           pump()
+          if (slot.busy === 0) slot.streak = undefined
         })
         // A worker that dies fails the jobs it held (as defects) and is replaced, so that later
         // jobs are not queued behind a thread that will never answer.
@@ -99,15 +151,15 @@ export const makeWorkerPool = <In, Out>(
               p.resume(Effect.die(new Error("a worker thread stopped")))
             }
           }
-          slot.worker = new Worker(script, { workerData: data })
-          slot.worker.unref()
+          slot.worker = spawn()
           slot.busy = 0
+          slot.streak = undefined
           attach(slot)
           pump()
         })
         slot.worker.on("error", () => {}) // followed by "exit"
       }
-      for (const slot of workers) attach(slot)
+      for (let i = 0; i < start; i++) startThread()
 
       const run = (task: In, transfer: ReadonlyArray<Transferable> = []) =>
         Effect.async<Out>((resume) => {
@@ -123,13 +175,15 @@ export const makeWorkerPool = <In, Out>(
       return {
         size,
         run,
+        /** Threads started so far. */
+        started: () => workers.length,
         terminate: () => {
           closing = true
-          threads.unsafeModify(-size, [])
+          threads.unsafeModify(-workers.length, [])
           return Promise.all(workers.map((w) => w.worker.terminate()))
         }
       }
     }),
     // a thread stuck in a syscall (a hung filesystem) never finishes terminating: do not wait on it for good
     (pool) => Effect.promise(() => pool.terminate()).pipe(Effect.timeout("2 seconds"), Effect.ignore)
-  ).pipe(Effect.map(({ run, size }) => ({ run, size })))
+  ).pipe(Effect.map(({ run, size, started }) => ({ run, size, started })))

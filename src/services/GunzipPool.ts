@@ -71,7 +71,7 @@ export const GunzipPoolLive = (options: GunzipOptions = {}) =>
       const frames = yield* FramePool
       const workers = options.workers ?? defaultWorkers()
       const addon = options.nativeAddon === undefined ? nativeAddon : options.nativeAddon
-      const pool = yield* makeWorkerPool<GunzipMessage, GunzipOutcome>(workerScript("inflate"), workers, { nativeAddon: addon })
+      const pool = yield* makeWorkerPool<GunzipMessage, GunzipOutcome>(workerScript("inflate"), workers, { data: { nativeAddon: addon } })
       const name = makeInflater(addon).name
       yield* Effect.logDebug(`gunzip: ${workers} worker thread(s), inflating with ${name}`)
       if (addon !== null && name === "zlib") {

@@ -66,7 +66,7 @@ const inChunks = (indices: Uint32Array, read: (chunk: Uint32Array) => Effect.Eff
   )
 
 export interface ReaderOptions {
-  /** Reader threads: reading is mostly syscalls, so two keep the disk queue full without starving others. */
+  /** Reader threads at most: reading is mostly syscalls, so two keep the disk queue full without starving others; the second starts only when needed. */
   readonly workers?: number
 }
 
@@ -75,7 +75,9 @@ export const PieceReaderLive = (options: ReaderOptions = {}) =>
     PieceReader,
     Effect.gen(function*() {
       const frames = yield* FramePool
-      const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2)
+      // one thread starts; the second only when the first cannot keep up (a cold or slow disk):
+      // a sender whose reader keeps ahead of the network never pays for its start and its JIT
+      const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2, { start: 1 })
       return {
         read: (req) =>
           Effect.suspend(() => {

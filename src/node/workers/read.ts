@@ -29,12 +29,16 @@ const openPiece = (file: string): number => {
   throw new Error(`not a regular file: ${kindOf(st)}`)
 }
 
-const filesIn = (dir: string): PieceFiles => ({
-  open: (name) => openPiece(path.join(dir, name)),
-  read: (fd, into, offset, length, position) => fs.readSync(fd, into, offset, length, position),
-  size: (fd) => fs.fstatSync(fd).size,
-  close: (fd) => fs.closeSync(fd)
-})
+const filesIn = (dir: string): PieceFiles => {
+  // the folder's prefix once per batch; a piece's name holds no separator (domain/Layout.ts)
+  const prefix = path.join(dir, "/")
+  return {
+    open: (name) => openPiece(prefix + name),
+    read: (fd, into, offset, length, position) => fs.readSync(fd, into, offset, length, position),
+    size: (fd) => fs.fstatSync(fd).size,
+    close: (fd) => fs.closeSync(fd)
+  }
+}
 
 const work = (task: ReadTask): { readonly reply: ReadReply; readonly transfer: Array<ArrayBuffer> } => {
   if (task._tag === "Trailers") {
