@@ -14,6 +14,11 @@ export interface IsalInflate {
    * Throws TypeError/RangeError on invalid arguments.
    */
   inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): [InflateStatus, number, number]
+  /**
+   * The CRC32 of gzip and zlib of `bytes`, continuing from `crc` (default 0): the same number as
+   * `zlib.crc32(bytes, crc)`, computed with ISA-L's folding code. Throws TypeError on invalid arguments.
+   */
+  crc32(bytes: Uint8Array, crc?: number): number
 }
 
 declare const binding: IsalInflate | null

@@ -28,6 +28,7 @@
  * no memory is allocated per call (except the 3-element result array).
  */
 #include <node_api.h>
+#include <isa-l/crc.h>
 #include <isa-l/igzip_lib.h>
 
 #include <math.h>
@@ -246,6 +247,42 @@ static napi_value InflateInto(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * crc32(bytes: Uint8Array, crc?: number): number, the CRC32 of gzip and zlib
+ * (zlib's crc32(crc, bytes)), with ISA-L's folding code (PCLMULQDQ where the
+ * CPU has it): used to read a written file back at commit time.
+ */
+static napi_value Crc32(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  uint8_t *bytes;
+  size_t len;
+  uint32_t crc = 0;
+  napi_value result;
+
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || get_bytes(env, argv[0], &bytes, &len) != 0) {
+    napi_throw_type_error(env, NULL, "crc32: bytes must be a Uint8Array");
+    return NULL;
+  }
+  if (argc >= 2) {
+    napi_valuetype t;
+    double d;
+    NAPI_CALL(env, napi_typeof(env, argv[1], &t));
+    if (t != napi_undefined) {
+      if (t != napi_number || napi_get_value_double(env, argv[1], &d) != napi_ok || !(d >= 0) ||
+          d > 4294967295.0 || d != floor(d)) {
+        napi_throw_type_error(env, NULL, "crc32: crc must be an integer from 0 to 2^32 - 1");
+        return NULL;
+      }
+      crc = (uint32_t)d;
+    }
+  }
+  crc = len > 0 ? crc32_gzip_refl(crc, bytes, (uint64_t)len) : crc;
+  NAPI_CALL(env, napi_create_uint32(env, crc, &result));
+  return result;
+}
+
 static void free_state(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -277,5 +314,7 @@ NAPI_MODULE_INIT() {
   NAPI_CALL(env, napi_create_function(env, "inflateInto", NAPI_AUTO_LENGTH, InflateInto,
                                       state, &fn));
   NAPI_CALL(env, napi_set_named_property(env, exports, "inflateInto", fn));
+  NAPI_CALL(env, napi_create_function(env, "crc32", NAPI_AUTO_LENGTH, Crc32, NULL, &fn));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "crc32", fn));
   return exports;
 }

@@ -160,6 +160,25 @@ if (native !== null || isalInstalled) describe("native ISA-L inflate addon", () 
     expect(typeof addon().inflateInto).toBe("function")
   })
 
+  it("computes the CRC32 zlib computes, continuing from a given one, and refuses what is not bytes", () => {
+    let seed = 20261206
+    const next = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0)
+    for (const length of [1, 3, 15, 16, 17, 63, 64, 65, 255, 4096, 65_537, 1_000_003]) {
+      const bytes = Buffer.alloc(length)
+      for (let i = 0; i < length; i++) bytes[i] = next() & 0xff
+      const from = next()
+      expect(addon().crc32(bytes)).toBe(zlib.crc32(bytes))
+      expect(addon().crc32(bytes, from)).toBe(zlib.crc32(bytes, from))
+      // in parts, as the commit's read-back goes
+      const cut = length >> 1
+      expect(addon().crc32(bytes.subarray(cut), addon().crc32(bytes.subarray(0, cut)))).toBe(zlib.crc32(bytes))
+    }
+    expect(addon().crc32(Buffer.alloc(0), 1234)).toBe(1234)
+    expect(() => addon().crc32("text" as unknown as Uint8Array)).toThrow(TypeError)
+    expect(() => addon().crc32(Buffer.alloc(1), -1)).toThrow(TypeError)
+    expect(() => addon().crc32(Buffer.alloc(1), 2 ** 32)).toThrow(TypeError)
+  })
+
   it("inflates a correct piece exactly like zlib", () => {
     const piece = gz(text)
     const { result, window } = inflateChecked(piece, text.length + 100)

@@ -38,6 +38,7 @@ type InflateOne = { readonly produced: number; readonly consumed: number } | { r
 /** The optional ISA-L addon (native/), or null: about 1.3 to 3x faster than zlib, same verdicts. */
 interface IsalInflate {
   inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): [number, number, number]
+  crc32(bytes: Uint8Array, crc?: number): number
 }
 
 /** The addon through its loader (`native/index.cjs`); null when none is given or it cannot load. */
@@ -119,13 +120,19 @@ export interface Inflater {
   readonly name: string
   /** Inflates and verifies a batch; `into`, when given and large enough, receives the slices (workers reuse one buffer). */
   readonly inflate: (task: InflateTask, into?: Buffer) => Inflated
+  /** The CRC32 of `bytes` continuing from `crc` (zlib's crc32): ISA-L's when the addon is there, about 4x zlib's speed here. */
+  readonly crc32: (bytes: Uint8Array, crc: number) => number
 }
 
 /** An inflater with its own engine: one per thread. `addonPath` null means zlib. */
 export const makeInflater = (addonPath: string | null): Inflater => {
   const isal = loadIsal(addonPath)
   const engine = makeEngine(isal)
-  return { name: isal === null ? "zlib" : "ISA-L", inflate: (task, into) => inflatePieces(engine, task, into) }
+  return {
+    name: isal === null ? "zlib" : "ISA-L",
+    inflate: (task, into) => inflatePieces(engine, task, into),
+    crc32: isal === null ? (bytes, crc) => zlib.crc32(bytes, crc) : (bytes, crc) => isal.crc32(bytes, crc)
+  }
 }
 
 const inflatePieces = (engine: Engine, task: InflateTask, into?: Buffer): Inflated => {

@@ -5,7 +5,6 @@
  */
 import * as fs from "node:fs"
 import { parentPort, workerData } from "node:worker_threads"
-import * as zlib from "node:zlib"
 import type { GunzipOutcome, InflateOutcome } from "../../services/GunzipPool.js"
 import { type InflateTask, makeInflater, placementsOf } from "../Inflate.js"
 
@@ -63,7 +62,7 @@ const checksum = (task: ChecksumMessage): GunzipOutcome => {
     for (let at = 0; at < task.length;) {
       const got = fs.readSync(task.fd, scratch, 0, Math.min(READ_BACK, task.length - at), task.position + at)
       if (got <= 0) return { _tag: "ReadFailed", code: "EIO", reason: `the file ends ${task.length - at} bytes early` }
-      crc = zlib.crc32(scratch.subarray(0, got), crc)
+      crc = inflater.crc32(scratch.subarray(0, got), crc)
       at += got
     }
   } catch (e) {
