@@ -91,7 +91,8 @@ describe("auto dials ahead to a far server", () => {
       const address = yield* serve({ ...defaultServeOptions, host: "127.0.0.1", port: 0 })
       const before = yield* counts
       const sending = Effect.scoped(send({ ...defaultSendOptions, dir: join(root, "out"), addresses: [address], nearRoundTripMs: 200 })).pipe(
-        Effect.provide(slowGreeting(1000, 300)),
+        // a greeting 600 ms late: past 2.5 times the near threshold of 200 ms, so far at the greeting
+        Effect.provide(slowGreeting(1000, 600)),
         Effect.provide(ClientLive())
       )
       const { result: summary, lines } = yield* logged(sending)

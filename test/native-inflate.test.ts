@@ -11,6 +11,7 @@ import { makeInflater } from "../src/node/Inflate.js"
 type Result = [status: number, produced: number, consumed: number]
 interface IsalInflate {
   inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): Result
+  crc32(bytes: Uint8Array, crc?: number): number
 }
 
 const require = createRequire(import.meta.url)

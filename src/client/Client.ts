@@ -12,6 +12,7 @@
 import type * as FileSystem from "@effect/platform/FileSystem"
 import type * as Path from "@effect/platform/Path"
 import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -137,7 +138,6 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const scanner = yield* DatasetScanner
     const dir = options.dir
     const connection: ConnectionOptions = { window: options.window, maxFrame: options.maxFrame, token: options.token, tls: options.tls, handshakeTimeout: options.handshakeTimeout }
-    // servers are reached once there is something to send to them
     let uplinks: ReadonlyArray<Uplink> = []
     const ackedEverywhere = Effect.suspend(() => Effect.map(Effect.forEach(uplinks, (u) => u.acked), (counts) => counts.reduce((n, c) => n + c, 0)))
 
@@ -279,6 +279,17 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
         )
       })
 
+    // The servers are dialed while the folder is counted (on a 200 ms link the first connection takes
+    // three round trips), and told of only once there is something to send. The counting gives the
+    // event loop a turn between its batches (DatasetScanner.list), so the round trips measured
+    // meanwhile hold: a server on loopback still looks near.
+    const claimed = yield* Deferred.make<void>()
+    uplinks = yield* Effect.forEach(options.addresses, (a) =>
+      makeUplink(a, options.connections, connection, options, {
+        alone: options.addresses.length === 1 && !options.watch,
+        nearMs: options.nearRoundTripMs,
+        claimed: Deferred.await(claimed)
+      }))
     const found = yield* inventory(dir)
     if (options.onCommit._tag === "Move") {
       for (const name of found.moving) {
@@ -291,9 +302,7 @@ export const send = (options: SendOptions): Effect.Effect<SendSummary, FolderErr
     const names = [...found.datasets.keys()].sort()
     yield* Effect.logDebug(`found ${names.length} dataset(s): ${names.map((n) => `${n} (${found.datasets.get(n)!.pieces} pieces${found.datasets.get(n)!.marker ? "" : ", no marker yet"})`).join(", ")}`)
     if (names.length === 0 && !options.watch) return { found: 0, committed, failed, unreachable } satisfies SendSummary
-    // dialed once the folder is counted: counting keeps the event loop busy, and a round trip measured
-    // meanwhile made a server on loopback look far (four connections where one does)
-    uplinks = yield* Effect.forEach(options.addresses, (a) => makeUplink(a, options.connections, connection, options, options.addresses.length === 1 && !options.watch, options.nearRoundTripMs))
+    yield* Deferred.succeed(claimed, undefined)
     for (const name of names) yield* takeUp(found.datasets.get(name)!, found.datasets.get(name)!.marker)
     yield* finish
 

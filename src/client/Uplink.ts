@@ -37,6 +37,12 @@ export const reconnections = Metric.counter("ferry_send_reconnections_total", {
 
 /** Round trips below this are near: loopback, a LAN, the same region. */
 export const NEAR_ROUND_TRIP_MS = 20
+/**
+ * The others are dialed ahead (client/DialAhead.ts) when the greeting measures at least this many
+ * times the near threshold (50 ms by default): a greeting measured while the sender starts up can
+ * be late by a few milliseconds, and dialing ahead pays off on long links only.
+ */
+export const DIAL_AHEAD_FACTOR = 2.5
 /** Connections opened by "auto" to a server farther away. */
 export const FAR_CONNECTIONS = 4
 
@@ -103,15 +109,24 @@ interface SessionEnd {
   readonly progressed: boolean
 }
 
+export interface UplinkOptions {
+  /** The only server of a run that ends when it is given up on: the run's last line says why, once. */
+  readonly alone?: boolean
+  /** Round trips below this are near (tests set it to see a far server on loopback). */
+  readonly nearMs?: number | undefined
+  /**
+   * Awaited before a failure to reach the server is told (logged, published): a sender dials while
+   * it counts its folder, and a folder with nothing to send ends the run before anything is said.
+   */
+  readonly claimed?: Effect.Effect<void>
+}
+
 export const makeUplink = (
   address: Address,
   count: number | "auto",
   options: ConnectionOptions,
   policy: ReconnectPolicy,
-  /** The only server of a run that ends when it is given up on: the run's last line says why, once. */
-  alone = false,
-  /** Round trips below this are near (tests set it to see a far server on loopback). */
-  nearMs = NEAR_ROUND_TRIP_MS
+  { alone = false, claimed = Effect.void, nearMs = NEAR_ROUND_TRIP_MS }: UplinkOptions = {}
 ): Effect.Effect<Uplink, never, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const name = formatAddress(address)
@@ -181,7 +196,7 @@ export const makeUplink = (
               return isUp ? SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: false }) : Effect.void
             })
           )
-        const ahead = count === "auto" ? yield* dialAhead(address, options, acked, nearMs, FAR_CONNECTIONS - 1) : undefined
+        const ahead = count === "auto" ? yield* dialAhead(address, options, acked, nearMs * DIAL_AHEAD_FACTOR, FAR_CONNECTIONS - 1) : undefined
         const first = yield* (ahead === undefined ? dial() : ahead.first)
         const measured = first.roundTrip
         const wanted = count === "auto" ? autoConnections(measured, nearMs) : Math.max(1, count)
@@ -239,6 +254,7 @@ export const makeUplink = (
       Effect.tapError((end) =>
         Effect.gen(function*() {
           if (!isTransient(end.error) || lastLogged === "down") return
+          yield* claimed
           lastLogged = "down"
           yield* Effect.logWarning(
             end.progressed || wasUp
@@ -257,6 +273,7 @@ export const makeUplink = (
       Effect.retry({ schedule: Schedule.spaced("250 millis"), while: (end) => end.progressed && isTransient(end.error) }),
       Effect.catchAll((end) =>
         Effect.gen(function*() {
+          yield* claimed
           const error = end.error._tag === "PeerMismatch" || !isTransient(end.error)
             ? end.error
             : new TransportError({ address: name, reason: `${end.error.reason} (gave up after ${policy.retries} retries or ${Duration.format(policy.retryFor)})` })

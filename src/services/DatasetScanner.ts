@@ -49,7 +49,7 @@ const folderError = (dir: string, e: unknown) => {
   return new FolderError({ path: dir, reason })
 }
 
-const BATCH = 4096
+const BATCH = 1024
 
 /** Folder events, as names (a change event without a name stands for "look again"). */
 const events = (dir: string) =>
@@ -63,6 +63,12 @@ const events = (dir: string) =>
     }
     return Effect.sync(() => watcher?.close())
   })
+
+/** Lets the event loop run what is due (I/O callbacks included: Effect's own yield is a microtask). */
+const turn = Effect.async<void>((resume) => {
+  const t = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(t))
+})
 
 /** One tick of the sweep: the next entries from a cursor kept open between ticks. */
 const sweep = (dir: string, budget: number) => {
@@ -183,7 +189,10 @@ export const DatasetScannerLive = (pollEvery: Duration.DurationInput = "1 second
               catch: (e) => folderError(dir, e)
             }).pipe(
               Effect.mapError(Option.some),
-              Effect.flatMap((names) => (names.length === 0 ? Effect.fail(Option.none()) : Effect.succeed(names)))
+              Effect.flatMap((names) => (names.length === 0 ? Effect.fail(Option.none()) : Effect.succeed(names))),
+              // the event loop's turn between batches: a count runs while the sender dials, and a
+              // socket event held behind a whole count made a server on loopback measure far
+              Effect.zipLeft(turn)
             )
           )
         )
