@@ -151,23 +151,29 @@ export const makeUplink = (
         const every = probeInterval(roundTrip)
         let before = { at: yield* Clock.currentTimeMillis, bytes: yield* ackedBytes }
         let previous: number | undefined
+        let added = false
         while (true) {
           yield* Effect.sleep(every)
           const now = { at: yield* Clock.currentTimeMillis, bytes: yield* ackedBytes }
           const rate = ((now.bytes - before.bytes) * 1000) / Math.max(1, now.at - before.at)
           before = now
           const busy = current.some((c) => c.inflight() > 0)
-          const step = nextGrowthStep({ rate, previous, connections: current.length, max: MAX_AUTO_CONNECTIONS, busy })
-          const why = previous === undefined ? "the first measure" : `up from ${formatBytes(Math.round(previous))}/s`
-          if (step === "wait") continue
+          const step = nextGrowthStep({ rate, previous, added, connections: current.length, max: MAX_AUTO_CONNECTIONS, busy })
+          const why = added ? `up from ${formatBytes(Math.round(previous ?? 0))}/s with the last one added` : "levelled off"
+          if (step === "wait") {
+            // a probe that saw the link: the next compares with it
+            if (busy && rate > 0) previous = rate
+            continue
+          }
           previous = rate
           if (step === "stop") {
-            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, no longer growing)`)
+            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${added ? "the last one added did not pay" : "no longer growing"})`)
           }
-          const added = yield* Effect.either(dial())
-          if (Either.isLeft(added)) return yield* Effect.logDebug(`${name}: no connection beyond ${current.length} (${added.left.message})`)
-          yield* watch(added.right)
-          current = [...current, added.right]
+          const dialed = yield* Effect.either(dial())
+          if (Either.isLeft(dialed)) return yield* Effect.logDebug(`${name}: no connection beyond ${current.length} (${dialed.left.message})`)
+          yield* watch(dialed.right)
+          current = [...current, dialed.right]
+          added = true
           yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${why})`)
           yield* SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: true })
           // the probe starts again once it takes part: its set-up time is no measure of the link
