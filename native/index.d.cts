@@ -19,6 +19,13 @@ export interface IsalInflate {
    * `zlib.crc32(bytes, crc)`, computed with ISA-L's folding code. Throws TypeError on invalid arguments.
    */
   crc32(bytes: Uint8Array, crc?: number): number
+  /**
+   * Reads a whole piece file into `out[offset, offset + room)`: open (O_NONBLOCK), fstat, read to the
+   * end, close, in one call. Answers the bytes read, or -1 (more than `max` bytes), -2 (more than
+   * `room`, not past `max`: call again with more room), -(100 + k) (not a regular file: 1 FIFO,
+   * 2 folder, 3 socket, 4 device, 5 other), -(1000 + errno). Throws on invalid arguments only.
+   */
+  readPiece(path: string, out: Uint8Array, offset: number, room: number, max: number): number
 }
 
 declare const binding: IsalInflate | null

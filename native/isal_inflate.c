@@ -31,7 +31,11 @@
 #include <isa-l/crc.h>
 #include <isa-l/igzip_lib.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +287,99 @@ static napi_value Crc32(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * readPiece(path: string, out: Uint8Array, offset: number, room: number, max: number): number
+ *
+ * Reads a whole piece file into out[offset, offset + room) the way the sender's reader threads do
+ * over node:fs, in one call: open without ever waiting (O_NONBLOCK: a FIFO named like a piece
+ * cannot hold the thread), fstat, refuse what is not a regular file, read to the end, close.
+ * Answers the bytes read (>= 0), or:
+ *   -1            more than `max` bytes (what was read is left in the window),
+ *   -2            more than `room` bytes but not past `max`: call again with more room,
+ *   -(100 + k)    not a regular file: k = 1 FIFO, 2 folder, 3 socket, 4 device, 5 other,
+ *   -(1000 + e)   the system call failed with errno e.
+ * Throws TypeError/RangeError on invalid arguments only.
+ */
+static napi_value ReadPiece(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  char path[4096];
+  size_t path_len = 0, out_len, off, room, max, want, got = 0;
+  uint8_t *out;
+  struct stat st;
+  double answer;
+  int fd;
+  napi_value result;
+
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) {
+    napi_throw_type_error(env, NULL, "readPiece(path, out, offset, room, max): 5 arguments expected");
+    return NULL;
+  }
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof(path), &path_len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "readPiece: path must be a string");
+    return NULL;
+  }
+  if (get_bytes(env, argv[1], &out, &out_len) != 0) {
+    napi_throw_type_error(env, NULL, "readPiece: out must be a Uint8Array");
+    return NULL;
+  }
+  if (get_size(env, argv[2], &off) != 0 || get_size(env, argv[3], &room) != 0 || get_size(env, argv[4], &max) != 0) {
+    napi_throw_type_error(env, NULL, "readPiece: offset, room and max must be non-negative integers");
+    return NULL;
+  }
+  if (off > out_len || room > out_len - off) {
+    napi_throw_range_error(env, NULL, "readPiece: offset + room exceeds out.length");
+    return NULL;
+  }
+
+  if (path_len >= sizeof(path) - 1) {
+    answer = -(1000.0 + ENAMETOOLONG);
+  } else if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)) < 0) {
+    answer = -(1000.0 + errno);
+  } else if (fstat(fd, &st) != 0) {
+    answer = -(1000.0 + errno);
+    close(fd);
+  } else if (!S_ISREG(st.st_mode)) {
+    answer = S_ISFIFO(st.st_mode)                          ? -101
+             : S_ISDIR(st.st_mode)                         ? -102
+             : S_ISSOCK(st.st_mode)                        ? -103
+             : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? -104
+                                                          : -105;
+    close(fd);
+  } else {
+    /* one byte past `max` tells a file over the limit; one past `room`, a file that needs more */
+    int failed = 0;
+    want = room < max + 1 ? room : max + 1;
+    while (got < want) {
+      ssize_t r = read(fd, out + off + got, want - got);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        failed = errno;
+        break;
+      }
+      if (r == 0) break;
+      got += (size_t)r;
+    }
+    if (failed != 0) {
+      answer = -(1000.0 + failed);
+    } else if (got > max) {
+      answer = -1;
+    } else if (got == want) {
+      /* the window is full: is there more? */
+      uint8_t probe;
+      ssize_t r;
+      do r = read(fd, &probe, 1); while (r < 0 && errno == EINTR);
+      answer = r < 0 ? -(1000.0 + errno) : r == 0 ? (double)got : got == max ? -1 : -2;
+    } else {
+      answer = (double)got;
+    }
+    close(fd);
+  }
+  NAPI_CALL(env, napi_create_double(env, answer, &result));
+  return result;
+}
+
 static void free_state(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -316,5 +413,7 @@ NAPI_MODULE_INIT() {
   NAPI_CALL(env, napi_set_named_property(env, exports, "inflateInto", fn));
   NAPI_CALL(env, napi_create_function(env, "crc32", NAPI_AUTO_LENGTH, Crc32, NULL, &fn));
   NAPI_CALL(env, napi_set_named_property(env, exports, "crc32", fn));
+  NAPI_CALL(env, napi_create_function(env, "readPiece", NAPI_AUTO_LENGTH, ReadPiece, NULL, &fn));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "readPiece", fn));
   return exports;
 }

@@ -1,7 +1,10 @@
 // The optional ISA-L gunzip addon (native/): checks it against node:zlib, which is the
 // reference and the fallback. These tests FAIL (not skip) when the addon is not built:
 // the project's test command builds it first with `node native/build.mjs`.
-import { existsSync } from "node:fs"
+import { execFileSync } from "node:child_process"
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import * as os from "node:os"
+import { join } from "node:path"
 import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
 import * as zlib from "node:zlib"
@@ -12,6 +15,7 @@ type Result = [status: number, produced: number, consumed: number]
 interface IsalInflate {
   inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): Result
   crc32(bytes: Uint8Array, crc?: number): number
+  readPiece(path: string, out: Uint8Array, offset: number, room: number, max: number): number
 }
 
 const require = createRequire(import.meta.url)
@@ -178,6 +182,36 @@ if (native !== null || isalInstalled) describe("native ISA-L inflate addon", () 
     expect(() => addon().crc32("text" as unknown as Uint8Array)).toThrow(TypeError)
     expect(() => addon().crc32(Buffer.alloc(1), -1)).toThrow(TypeError)
     expect(() => addon().crc32(Buffer.alloc(1), 2 ** 32)).toThrow(TypeError)
+  })
+
+  it("reads a whole piece file in one call, and says what it is not: too large, in need of room, no file, not a regular file", () => {
+    const dir = mkdtempSync(join(os.tmpdir(), "ferry-readpiece-"))
+    const bytes = Buffer.alloc(5000)
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 31) & 0xff
+    writeFileSync(join(dir, "p"), bytes)
+    writeFileSync(join(dir, "empty"), "")
+    mkdirSync(join(dir, "folder"))
+    execFileSync("mkfifo", [join(dir, "fifo")])
+    const out = Buffer.alloc(8000, SENTINEL)
+    // whole, at an offset, nothing written past it
+    expect(addon().readPiece(join(dir, "p"), out, 100, 6000, 10_000)).toBe(5000)
+    expect(out.subarray(100, 5100).equals(bytes)).toBe(true)
+    expect(out[99]).toBe(SENTINEL)
+    expect(out[5100]).toBe(SENTINEL)
+    // an exact fit, and one byte short of it
+    expect(addon().readPiece(join(dir, "p"), out, 0, 5000, 5000)).toBe(5000)
+    expect(addon().readPiece(join(dir, "p"), out, 0, 4999, 10_000)).toBe(-2)
+    // over the limit, whatever the room
+    expect(addon().readPiece(join(dir, "p"), out, 0, 8000, 4999)).toBe(-1)
+    expect(addon().readPiece(join(dir, "p"), out, 0, 4999, 4999)).toBe(-1)
+    expect(addon().readPiece(join(dir, "empty"), out, 0, 0, 10)).toBe(0)
+    expect(addon().readPiece(join(dir, "missing"), out, 0, 10, 10)).toBe(-(1000 + os.constants.errno.ENOENT))
+    // a FIFO is refused without waiting for a writer
+    expect(addon().readPiece(join(dir, "fifo"), out, 0, 10, 10)).toBe(-101)
+    expect(addon().readPiece(join(dir, "folder"), out, 0, 10, 10)).toBe(-102)
+    expect(() => addon().readPiece(join(dir, "p"), out, 7000, 2000, 10)).toThrow(RangeError)
+    expect(() => addon().readPiece(join(dir, "p"), "out" as unknown as Uint8Array, 0, 1, 1)).toThrow(TypeError)
+    rmSync(dir, { recursive: true, force: true })
   })
 
   it("inflates a correct piece exactly like zlib", () => {

@@ -17,6 +17,12 @@ export interface PieceFiles {
   readonly read: (fd: number, into: Uint8Array, offset: number, length: number, position: number | null) => number
   readonly size: (fd: number) => number
   readonly close: (fd: number) => void
+  /**
+   * Optional, in one step: reads the whole file `name` into `into[offset, offset + room)`; answers
+   * its bytes, -1 when it holds more than `max`, -2 when it needs more room (and not past `max`).
+   * Throws as `open` does. The reader threads use the native addon's `readPiece` for it.
+   */
+  readonly readWhole?: (name: string, into: Uint8Array, offset: number, room: number, max: number) => number
 }
 
 export interface FrameRequest {
@@ -76,6 +82,28 @@ export const readFrame = (req: FrameRequest, files: PieceFiles, buffer: Buffer):
   for (let k = 0; k < n; k++) {
     const index = req.indices[k]!
     const name = pieceFileName(req.geometry.dataset, index)
+    if (files.readWhole !== undefined) {
+      const start = at + PIECE_ENTRY_HEADER
+      const reserve = (n - k - 1) * PIECE_ENTRY_HEADER
+      let size: number
+      try {
+        for (;;) {
+          const room = frame.length - reserve - start
+          size = room > 0 ? files.readWhole(name, frame, start, room, req.maxPieceBytes) : -2
+          if (size !== -2) break
+          const bigger = Buffer.allocUnsafeSlow(Math.ceil(frame.length * 1.5) + reserve)
+          frame.copy(bigger, 0, 0, start)
+          frame = bigger
+        }
+      } catch (e) {
+        return { _tag: "Unreadable", index, reason: unreadable(name, e) }
+      }
+      if (size === -1) return { _tag: "Unreadable", index, reason: `${name} is over the limit of ${req.maxPieceBytes} bytes` }
+      writePieceEntry(frame, at, index, size)
+      crcs[k] = sliceCrcOf(frame.subarray(start, start + size), lengthOf(req.geometry, index))
+      at = start + size
+      continue
+    }
     let fd = -1
     try {
       fd = files.open(name)

@@ -12,7 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { DatasetError } from "../domain/Errors.js"
 import { type Geometry, pieceFileName } from "../domain/Layout.js"
-import { workerScript } from "../node/Assets.js"
+import { nativeAddon, workerScript } from "../node/Assets.js"
 import { FramePool } from "./BufferPool.js"
 import { frameCapacity, type PieceFiles, readFrame, readTrailers } from "../node/PieceFrames.js"
 import { makeWorkerPool } from "../node/WorkerPool.js"
@@ -68,6 +68,8 @@ const inChunks = (indices: Uint32Array, read: (chunk: Uint32Array) => Effect.Eff
 export interface ReaderOptions {
   /** Reader threads at most: reading is mostly syscalls, so two keep the disk queue full without starving others; the second starts only when needed. */
   readonly workers?: number
+  /** The native addon's loader, whose `readPiece` reads a piece in one call; null: node:fs only (default: the one shipped in native/). */
+  readonly nativeAddon?: string | null
 }
 
 export const PieceReaderLive = (options: ReaderOptions = {}) =>
@@ -77,7 +79,8 @@ export const PieceReaderLive = (options: ReaderOptions = {}) =>
       const frames = yield* FramePool
       // one thread starts; the second only when the first cannot keep up (a cold or slow disk):
       // a sender whose reader keeps ahead of the network never pays for its start and its JIT
-      const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2, { start: 1 })
+      const addon = options.nativeAddon === undefined ? nativeAddon : options.nativeAddon
+      const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2, { start: 1, data: { nativeAddon: addon } })
       return {
         read: (req) =>
           Effect.suspend(() => {

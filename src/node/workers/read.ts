@@ -1,7 +1,9 @@
 /** Reader worker: reads a batch of piece files into a pieces frame, or the trailers of pieces (PieceFrames.ts), over node:fs. */
 import * as fs from "node:fs"
+import { createRequire } from "node:module"
+import * as os from "node:os"
 import * as path from "node:path"
-import { parentPort } from "node:worker_threads"
+import { parentPort, workerData } from "node:worker_threads"
 import type { Geometry } from "../../domain/Layout.js"
 import { type FrameRequest, type PieceFiles, readFrame, readTrailers } from "../PieceFrames.js"
 
@@ -29,10 +31,40 @@ const openPiece = (file: string): number => {
   throw new Error(`not a regular file: ${kindOf(st)}`)
 }
 
+/** The native addon's whole-file read (open, fstat, read, close in one call), when it loads here. */
+const native = ((): { readonly readPiece: (path: string, out: Uint8Array, offset: number, room: number, max: number) => number } | null => {
+  const addon = (workerData as { nativeAddon?: string | null } | undefined)?.nativeAddon
+  if (typeof addon !== "string") return null
+  try {
+    return createRequire(import.meta.url)(addon) as { readPiece: (path: string, out: Uint8Array, offset: number, room: number, max: number) => number } | null
+  } catch {
+    return null
+  }
+})()
+
+const KINDS = ["a FIFO", "a folder", "a socket", "a device", "not a file"]
+const errnoNames = new Map(Object.entries(os.constants.errno).map(([name, n]) => [n, name]))
+
+/** readPiece's answer below -2, as the error node:fs would have thrown. */
+const readError = (answer: number): Error => {
+  if (answer <= -1000) {
+    const code = errnoNames.get(-answer - 1000) ?? `errno ${-answer - 1000}`
+    return Object.assign(new Error(code), { code })
+  }
+  return new Error(`not a regular file: ${KINDS[-answer - 101] ?? "not a file"}`)
+}
+
 const filesIn = (dir: string): PieceFiles => {
   // the folder's prefix once per batch; a piece's name holds no separator (domain/Layout.ts)
   const prefix = path.join(dir, "/")
   return {
+    ...(native === null ? {} : {
+      readWhole: (name: string, into: Uint8Array, offset: number, room: number, max: number) => {
+        const answer = native.readPiece(prefix + name, into, offset, room, max)
+        if (answer >= -2) return answer
+        throw readError(answer)
+      }
+    }),
     open: (name) => openPiece(prefix + name),
     read: (fd, into, offset, length, position) => fs.readSync(fd, into, offset, length, position),
     size: (fd) => fs.fstatSync(fd).size,
