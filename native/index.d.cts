@@ -26,6 +26,8 @@ export interface IsalInflate {
    * 2 folder, 3 socket, 4 device, 5 other), -(1000 + errno). Throws on invalid arguments only.
    */
   readPiece(path: string, out: Uint8Array, offset: number, room: number, max: number): number
+  /** The kernel's smoothed round trip of TCP socket `fd` in milliseconds (TCP_INFO), or -1 when it cannot be read. */
+  tcpRoundTrip(fd: number): number
 }
 
 declare const binding: IsalInflate | null

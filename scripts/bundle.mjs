@@ -11,10 +11,11 @@
 // The worker scripts are not bundled: they import a handful of small modules, and no Effect.
 // The metrics endpoint (`--metrics`, with the HTTP server under it) is imported on demand: it is
 // in the bundle, but esbuild wraps it so that none of its code runs until then.
-import { execFileSync, spawn } from "node:child_process"
+import { execFile, execFileSync, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { promisify } from "node:util"
 import { fileURLToPath } from "node:url"
 import { build } from "esbuild"
 
@@ -41,11 +42,14 @@ rmSync(`${root}dist/ferry.cjs.cache`, { force: true })
 // in it, not only the command line's (W4, 10,000 pieces: about 0.1 CPU-second less per send on
 // this machine). Should that fail (no loopback, say), it is written after `--help` as before.
 const ferry = [`${root}bin/ferry`]
+const run = promisify(execFile)
 const cacheFromSend = async () => {
   const work = mkdtempSync(join(tmpdir(), "ferry-cache-"))
   const server = spawn(process.execPath, [...ferry, "serve", "--port", "0", "--host", "127.0.0.1", "--dest", join(work, "dest")], { stdio: ["ignore", "pipe", "pipe"] })
+  const exited = new Promise((resolve) => server.once("exit", resolve))
   try {
-    execFileSync(process.execPath, [...ferry, "fake", "--path", join(work, "src"), "--size", "1MB"], { stdio: "ignore" })
+    // run without blocking this event loop, which drains the server's output meanwhile
+    await run(process.execPath, [...ferry, "fake", "--path", join(work, "src"), "--size", "1MB"])
     const address = await new Promise((resolve, reject) => {
       let seen = ""
       const look = (chunk) => {
@@ -58,14 +62,18 @@ const cacheFromSend = async () => {
       server.once("exit", () => reject(new Error(`ferry serve exited: ${seen.trim()}`)))
       setTimeout(() => reject(new Error("ferry serve did not start listening in 20 s")), 20_000).unref()
     })
-    execFileSync(process.execPath, [...ferry, "send", "--path", join(work, "src"), "--address", address, "--quiet", "--retry-for", "5s"], {
+    await run(process.execPath, [...ferry, "send", "--path", join(work, "src"), "--address", address, "--quiet", "--retry-for", "5s"], {
       env: { ...process.env, FERRY_WRITE_CODE_CACHE: "1" },
-      stdio: "ignore",
       timeout: 60_000
     })
   } finally {
     server.kill("SIGTERM")
-    rmSync(work, { recursive: true, force: true })
+    await exited
+    try {
+      rmSync(work, { recursive: true, force: true })
+    } catch {
+      // a temporary folder left behind is no reason to make the cache again
+    }
   }
 }
 try {

@@ -24,7 +24,7 @@ describe("auto grows its connections once the ones it has level off, while each 
     expect(nextGrowthStep({ ...probe, connections: MAX_AUTO_CONNECTIONS, previous: 1e6 })).toBe("stop")
   })
 
-  it("before any addition it waits while the rate still grows by a tenth and adds once it does not; after one, it adds while each pays and stops at the first that does not", () => {
+  it("before any addition it waits while the rate still grows by a tenth (or drops) and adds once it holds; after one, it adds while each pays and stops at the first that does not", () => {
     fc.assert(
       fc.property(
         fc.double({ min: 1, max: 1e10, noNaN: true }),
@@ -34,11 +34,19 @@ describe("auto grows its connections once the ones it has level off, while each 
         (previous, rate, connections, added) => {
           const step = nextGrowthStep({ rate, previous, added, connections, max: MAX_AUTO_CONNECTIONS, busy: true })
           const grew = rate >= previous * GROWTH
-          // nothing acknowledged yet is slow start, not the end of growth
-          expect(step).toBe(rate === 0 ? "wait" : added ? (grew ? "add" : "stop") : grew ? "wait" : "add")
+          const dropped = rate * GROWTH < previous
+          // nothing acknowledged yet is slow start, not the end of growth; a drop before any addition is a pause
+          expect(step).toBe(rate === 0 ? "wait" : added ? (grew ? "add" : "stop") : grew || dropped ? "wait" : "add")
         }
       )
     )
+  })
+
+  it("a drop before any addition (the data paused: a dataset's end, a commit) waits; a rate that holds within a tenth adds", () => {
+    expect(nextGrowthStep({ ...probe, previous: 40e6, rate: 10e6 })).toBe("wait")
+    expect(nextGrowthStep({ ...probe, previous: 40e6, rate: 37e6 })).toBe("add")
+    expect(nextGrowthStep({ ...probe, previous: 40e6, rate: 43e6 })).toBe("add")
+    expect(nextGrowthStep({ ...probe, previous: 40e6, rate: 45e6 })).toBe("wait")
   })
 
   it("on a link whose connections ramp up and then fill it, adds one connection after the ramp and stops there", () => {

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import * as zlib from "node:zlib"
-import { adoptWithOwnBuffer, rawSocketOf } from "../src/node/Sockets.js"
+import { adoptWithOwnBuffer, kernelRoundTrip, rawSocketOf } from "../src/node/Sockets.js"
 import { openZlibHandle } from "../src/node/ZlibHandle.js"
 
 describe("zlib's native handle behind a Gunzip stream (node/ZlibHandle.ts)", () => {
@@ -53,6 +53,21 @@ describe("sockets (node/Sockets.ts)", () => {
     expect(own.subarray(0, 5).toString()).toBe("hello")
     client.destroy()
     adopted!.destroy()
+    await new Promise<void>((ok) => server.close(() => ok()))
+  })
+
+  it("a connected client socket's descriptor gives the kernel's round trip (through the native addon): loopback is far under a millisecond", async () => {
+    const server = net.createServer((s) => s.destroy())
+    await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok))
+    const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1")
+    await new Promise<void>((ok) => client.once("connect", () => ok()))
+    const ms = kernelRoundTrip(client)
+    expect(ms, `Node ${process.version} has no _handle.fd on a client socket, or native/ is not built`).toBeDefined()
+    expect(ms!).toBeGreaterThan(0)
+    expect(ms!).toBeLessThan(1)
+    client.destroy()
+    // a socket with no descriptor: no measure, not a wrong one
+    expect(kernelRoundTrip(new net.Socket())).toBeUndefined()
     await new Promise<void>((ok) => server.close(() => ok()))
   })
 

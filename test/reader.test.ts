@@ -10,6 +10,7 @@ import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import { execFileSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs"
+import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as zlib from "node:zlib"
@@ -46,6 +47,11 @@ const read = (nativeAddon: string | null, dir: string, dataset: string, indices:
 
 describe("the sender's reader threads, with and without the native addon", () => {
   const dir = folder()
+
+  it("the addon with readPiece loads here (the test command builds it), so the cases below compare two paths", () => {
+    const loaded = createRequire(import.meta.url)(nativeAddon) as { readPiece?: unknown } | null
+    expect(typeof loaded?.readPiece, "native/ is not built: `node native/build.mjs` builds it").toBe("function")
+  })
   const cases: Array<[string, string, Array<number>, number, number]> = [
     ["a whole batch", "abc", [0, 1, 2, 3, 4, 5, 6, 7], 64 * 1024, 8 * SLICE],
     ["a frame that must grow past a small first guess", "abc", [0, 2, 4, 6], 64 * 1024, 100],

@@ -45,7 +45,9 @@ export const dialAhead = (
   /** Round trips below this are near: nothing is dialed ahead. */
   nearMs: number,
   /** Connections to dial ahead when the server looks far. */
-  extra: number
+  extra: number,
+  /** Awaited before the first connection's hello (client/Uplink.ts: until the folder is counted). */
+  beforeHello: Effect.Effect<void> = Effect.void
 ): Effect.Effect<DialedAhead, never, Transport | Scope.Scope> =>
   Effect.gen(function*() {
     const spell = yield* Effect.scope
@@ -72,7 +74,7 @@ export const dialAhead = (
         Effect.flatMap((list) => Ref.set(ahead, list))
       )
 
-    const first = Effect.sequentialFinalizers(connect(address, options, acked, { greeted })).pipe(
+    const first = Effect.sequentialFinalizers(connect(address, options, acked, { greeted, beforeHello })).pipe(
       Scope.extend(spell),
       Effect.tapError((e) => Deferred.fail(go, e))
     )

@@ -43,6 +43,8 @@ export const NEAR_ROUND_TRIP_MS = 20
  * be late by a few milliseconds, and dialing ahead pays off on long links only.
  */
 export const DIAL_AHEAD_FACTOR = 2.5
+/** The longest the first connection's hello waits for the folder's count. */
+const HOLD_HELLO = "2 seconds"
 /** Connections opened by "auto" to a server farther away. */
 export const FAR_CONNECTIONS = 4
 
@@ -115,8 +117,9 @@ export interface UplinkOptions {
   /** Round trips below this are near (tests set it to see a far server on loopback). */
   readonly nearMs?: number | undefined
   /**
-   * Awaited before a failure to reach the server is told (logged, published): a sender dials while
-   * it counts its folder, and a folder with nothing to send ends the run before anything is said.
+   * Awaited before anything about the server is told (logged, published: up, down, given up on): a
+   * sender dials while it counts its folder, and a folder with nothing to send ends the run before
+   * anything is said.
    */
   readonly claimed?: Effect.Effect<void>
 }
@@ -167,7 +170,8 @@ export const makeUplink = (
           }
           previous = rate
           if (step === "stop") {
-            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${added ? "the last one added did not pay" : "no longer growing"})`)
+            const why = current.length >= MAX_AUTO_CONNECTIONS ? `the most auto opens` : added ? "the last one added did not pay" : "no longer growing"
+            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${why})`)
           }
           const dialed = yield* Effect.either(dial())
           if (Either.isLeft(dialed)) return yield* Effect.logDebug(`${name}: no connection beyond ${current.length} (${dialed.left.message})`)
@@ -202,8 +206,12 @@ export const makeUplink = (
               return isUp ? SubscriptionRef.set(state, { _tag: "Up", connections: current, settled: false }) : Effect.void
             })
           )
-        const ahead = count === "auto" ? yield* dialAhead(address, options, acked, nearMs * DIAL_AHEAD_FACTOR, FAR_CONNECTIONS - 1) : undefined
-        const first = yield* (ahead === undefined ? dial() : ahead.first)
+        // the first hello waits for the folder's count (2 s at most, well inside the server's
+        // handshake timeout): its round trip decides near or far, and measured while several
+        // senders start at once on a small machine, loopback looked far (four clients: 17-52 ms)
+        const helloAfterCount = Effect.ignore(Effect.timeout(claimed, HOLD_HELLO))
+        const ahead = count === "auto" ? yield* dialAhead(address, options, acked, nearMs * DIAL_AHEAD_FACTOR, FAR_CONNECTIONS - 1, helloAfterCount) : undefined
+        const first = yield* (ahead === undefined ? Effect.sequentialFinalizers(connect(address, options, acked, { beforeHello: helloAfterCount })) : ahead.first)
         const measured = first.roundTrip
         const wanted = count === "auto" ? autoConnections(measured, nearMs) : Math.max(1, count)
         const others = Effect.gen(function*() {
@@ -225,6 +233,8 @@ export const makeUplink = (
         const othersDone = yield* Effect.forkScoped(others)
         yield* watch(first)
         current = [first, ...current]
+        // nothing is told of the server before there is something to send to it (dialed while the folder is counted)
+        yield* claimed
         // one line per change of state: the first connection is not news, a reconnection is
         if (lastLogged === "down") yield* Effect.logInfo(`connected to ${name} again`)
         else yield* Effect.logDebug(`connected to ${name}`)

@@ -4,7 +4,8 @@
  * per second. While the connections it has still speed up by themselves (TCP's slow start: a tenth
  * more or better from one probe to the next), it waits: a connection added then would only share
  * the ramp, and on a link without loss each extra one costs (four connections took 13.0 s on the
- * 200 ms link here, growing to six during the ramp 13.7-14.4 s). Once they level off, it adds one;
+ * 200 ms link here, growing to six during the ramp 13.7-14.4 s). Once they level off (the rate
+ * holds within a tenth of the probe before: a drop is a pause in the data, and waits), it adds one;
  * if the next probe shows a tenth more, it adds another, and so on; the first added connection that
  * does not pay ends the growth for that spell of being connected. A probe with nothing in flight,
  * or nothing acknowledged yet, says nothing about the link and waits. Pure.
@@ -37,9 +38,12 @@ export const nextGrowthStep = (p: Probe): GrowthStep => {
   // the first measure: a trend needs two
   if (p.previous === undefined) return "wait"
   const grew = p.rate >= p.previous * GROWTH
-  // after an addition: another while each pays; before any: wait while the ramp lasts, then add
+  // after an addition: another while each pays
   if (p.added) return grew ? "add" : "stop"
-  return grew ? "wait" : "add"
+  // before any: wait while the ramp lasts, and after a drop (a pause in the data, such as the end
+  // of one dataset, is no sign of a full link); add once the rate holds within a tenth
+  const dropped = p.rate * GROWTH < p.previous
+  return grew || dropped ? "wait" : "add"
 }
 
 /** Time between probes: long enough for a new connection's slow start to show (five round trips), half a second at least. */

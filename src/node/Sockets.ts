@@ -10,10 +10,39 @@
  * address was read as it was accepted; when a handshake fails the TLS socket
  * may no longer have one, and the log line names the peer through this.
  *
- * test/node-internals.test.ts fails when a Node release changes either.
+ * `_handle.fd` of a connected client socket: the kernel's round trip of the
+ * connection (TCP_INFO, read by the native addon), which a busy event loop
+ * does not inflate. Without the addon, or without a descriptor there (TLS),
+ * the callers measure with their clock alone.
+ *
+ * test/node-internals.test.ts fails when a Node release changes any of them.
  */
+import { createRequire } from "node:module"
 import * as net from "node:net"
 import type * as tls from "node:tls"
+import { nativeAddon } from "./Assets.js"
+
+let tcpInfo: ((fd: number) => number) | null | undefined
+/** The addon's tcpRoundTrip, loaded on first use; null when it is not built here. */
+const tcpRoundTrip = (): ((fd: number) => number) | null => {
+  if (tcpInfo === undefined) {
+    try {
+      tcpInfo = (createRequire(import.meta.url)(nativeAddon) as { tcpRoundTrip?: (fd: number) => number } | null)?.tcpRoundTrip ?? null
+    } catch {
+      tcpInfo = null
+    }
+  }
+  return tcpInfo
+}
+
+/** The kernel's smoothed round trip of a connected TCP socket, in milliseconds; undefined when it cannot be read. */
+export const kernelRoundTrip = (socket: net.Socket): number | undefined => {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd
+  const read = tcpRoundTrip()
+  if (read === null || typeof fd !== "number" || fd < 0) return undefined
+  const ms = read(fd)
+  return ms > 0 ? ms : undefined
+}
 
 export interface OwnRead {
   readonly buffer: Buffer

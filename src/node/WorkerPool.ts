@@ -79,7 +79,10 @@ export const makeWorkerPool = <In, Out>(
       }
       const workers: Array<Slot> = []
       let closing = false
-      const pending = new Map<number, Pending<Out> & { readonly slot: Slot }>()
+      /** Tasks asked for: `slot` is the thread a task was posted to, undefined while it waits in the queue. */
+      const pending = new Map<number, Pending<Out> & { readonly slot: Slot | undefined }>()
+      /** A look again at the queue once a busy pool may grow: no task or answer may come meanwhile (a thread stuck in a syscall). */
+      let recheck: NodeJS.Timeout | undefined
       const queue: Array<{ id: number; task: In; transfer: ReadonlyArray<Transferable> }> = []
       let nextId = 1
 
@@ -112,7 +115,16 @@ export const makeWorkerPool = <In, Out>(
           for (const w of workers) if (w.busy < slot.busy) slot = w
           if (slot.busy >= depth) {
             const more = grown()
-            if (more === undefined) return
+            if (more === undefined) {
+              if (recheck === undefined && workers.length < size && !closing) {
+                recheck = setTimeout(() => {
+                  recheck = undefined
+                  pump()
+                }, growAfterMs)
+                recheck.unref()
+              }
+              return
+            }
             slot = more
           }
           const job = queue.shift()!
@@ -164,7 +176,7 @@ export const makeWorkerPool = <In, Out>(
       const run = (task: In, transfer: ReadonlyArray<Transferable> = []) =>
         Effect.async<Out>((resume) => {
           const id = nextId++
-          pending.set(id, { resume, slot: workers[0]! })
+          pending.set(id, { resume, slot: undefined })
           queue.push({ id, task, transfer })
           pump()
           return Effect.sync(() => {
@@ -179,6 +191,7 @@ export const makeWorkerPool = <In, Out>(
         started: () => workers.length,
         terminate: () => {
           closing = true
+          if (recheck !== undefined) clearTimeout(recheck)
           threads.unsafeModify(-workers.length, [])
           return Promise.all(workers.map((w) => w.worker.terminate()))
         }

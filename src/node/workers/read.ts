@@ -1,7 +1,7 @@
 /** Reader worker: reads a batch of piece files into a pieces frame, or the trailers of pieces (PieceFrames.ts), over node:fs. */
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
-import * as os from "node:os"
+import * as util from "node:util"
 import * as path from "node:path"
 import { parentPort, workerData } from "node:worker_threads"
 import type { Geometry } from "../../domain/Layout.js"
@@ -43,12 +43,11 @@ const native = ((): { readonly readPiece: (path: string, out: Uint8Array, offset
 })()
 
 const KINDS = ["a FIFO", "a folder", "a socket", "a device", "not a file"]
-const errnoNames = new Map(Object.entries(os.constants.errno).map(([name, n]) => [n, name]))
 
 /** readPiece's answer below -2, as the error node:fs would have thrown. */
 const readError = (answer: number): Error => {
   if (answer <= -1000) {
-    const code = errnoNames.get(-answer - 1000) ?? `errno ${-answer - 1000}`
+    const code = util.getSystemErrorName(answer + 1000)
     return Object.assign(new Error(code), { code })
   }
   return new Error(`not a regular file: ${KINDS[-answer - 101] ?? "not a file"}`)
