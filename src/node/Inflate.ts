@@ -8,9 +8,9 @@
  * order, so that a run of consecutive pieces is one positional write, and so
  * that no buffer is allocated per piece.
  */
-import { createRequire } from "node:module"
 import * as zlib from "node:zlib"
 import { crcOffsetOf, type Geometry, lengthOf, offsetOf, pieceFileName } from "../domain/Layout.js"
+import { loadNative, type NativeAddon } from "./Native.js"
 import { openZlibHandle, type ZlibEngine } from "./ZlibHandle.js"
 
 export interface InflateTask {
@@ -35,22 +35,6 @@ export type Inflated =
 
 type InflateOne = { readonly produced: number; readonly consumed: number } | { readonly error: NodeJS.ErrnoException }
 
-/** The optional ISA-L addon (native/), or null: about 1.3 to 3x faster than zlib, same verdicts. */
-interface IsalInflate {
-  inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): [number, number, number]
-  crc32(bytes: Uint8Array, crc?: number): number
-}
-
-/** The addon through its loader (`native/index.cjs`); null when none is given or it cannot load. */
-const loadIsal = (addonPath: string | null): IsalInflate | null => {
-  if (addonPath === null) return null
-  try {
-    return createRequire(import.meta.url)(addonPath) as IsalInflate | null
-  } catch {
-    return null
-  }
-}
-
 const ISAL_PROBLEMS: Record<number, string> = {
   2: "unexpected end of file",
   3: "incorrect header check",
@@ -62,7 +46,8 @@ const ISAL_PROBLEMS: Record<number, string> = {
 
 type Engine = (input: Uint8Array, out: Buffer, at: number, room: number) => InflateOne
 
-const makeEngine = (isal: IsalInflate | null): Engine => {
+/** ISA-L through the native addon (about 1.3 to 3x faster than zlib, same verdicts), or zlib. */
+const makeEngine = (isal: NativeAddon | null): Engine => {
   if (isal !== null) {
     return (input, out, at, room) => {
       const [status, produced, consumed] = isal.inflateInto(input, out, at, room + 1)
@@ -126,7 +111,7 @@ export interface Inflater {
 
 /** An inflater with its own engine: one per thread. `addonPath` null means zlib. */
 export const makeInflater = (addonPath: string | null): Inflater => {
-  const isal = loadIsal(addonPath)
+  const isal = loadNative(addonPath)
   const engine = makeEngine(isal)
   return {
     name: isal === null ? "zlib" : "ISA-L",

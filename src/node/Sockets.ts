@@ -17,30 +17,17 @@
  *
  * test/node-internals.test.ts fails when a Node release changes any of them.
  */
-import { createRequire } from "node:module"
 import * as net from "node:net"
 import type * as tls from "node:tls"
 import { nativeAddon } from "./Assets.js"
-
-let tcpInfo: ((fd: number) => number) | null | undefined
-/** The addon's tcpRoundTrip, loaded on first use; null when it is not built here. */
-const tcpRoundTrip = (): ((fd: number) => number) | null => {
-  if (tcpInfo === undefined) {
-    try {
-      tcpInfo = (createRequire(import.meta.url)(nativeAddon) as { tcpRoundTrip?: (fd: number) => number } | null)?.tcpRoundTrip ?? null
-    } catch {
-      tcpInfo = null
-    }
-  }
-  return tcpInfo
-}
+import { loadNative } from "./Native.js"
 
 /** The kernel's smoothed round trip of a connected TCP socket, in milliseconds; undefined when it cannot be read. */
 export const kernelRoundTrip = (socket: net.Socket): number | undefined => {
   const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd
-  const read = tcpRoundTrip()
-  if (read === null || typeof fd !== "number" || fd < 0) return undefined
-  const ms = read(fd)
+  const native = loadNative(nativeAddon)
+  if (native === null || typeof fd !== "number" || fd < 0) return undefined
+  const ms = native.tcpRoundTrip(fd)
   return ms > 0 ? ms : undefined
 }
 

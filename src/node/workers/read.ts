@@ -1,10 +1,10 @@
 /** Reader worker: reads a batch of piece files into a pieces frame, or the trailers of pieces (PieceFrames.ts), over node:fs. */
 import * as fs from "node:fs"
-import { createRequire } from "node:module"
 import * as util from "node:util"
 import * as path from "node:path"
 import { parentPort, workerData } from "node:worker_threads"
 import type { Geometry } from "../../domain/Layout.js"
+import { loadNative } from "../Native.js"
 import { type FrameRequest, type PieceFiles, readFrame, readTrailers } from "../PieceFrames.js"
 
 export type ReadTask =
@@ -32,15 +32,7 @@ const openPiece = (file: string): number => {
 }
 
 /** The native addon's whole-file read (open, fstat, read, close in one call), when it loads here. */
-const native = ((): { readonly readPiece: (path: string, out: Uint8Array, offset: number, room: number, max: number) => number } | null => {
-  const addon = (workerData as { nativeAddon?: string | null } | undefined)?.nativeAddon
-  if (typeof addon !== "string") return null
-  try {
-    return createRequire(import.meta.url)(addon) as { readPiece: (path: string, out: Uint8Array, offset: number, room: number, max: number) => number } | null
-  } catch {
-    return null
-  }
-})()
+const native = loadNative((workerData as { nativeAddon?: string | null } | undefined)?.nativeAddon)
 
 const KINDS = ["a FIFO", "a folder", "a socket", "a device", "not a file"]
 
