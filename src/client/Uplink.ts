@@ -24,7 +24,7 @@ import { PeerMismatch, TransportError } from "../domain/Errors.js"
 import { type Address, formatAddress, formatBytes } from "../domain/Units.js"
 import { publish } from "../services/Monitor.js"
 import type { Transport } from "../services/Transport.js"
-import { type Acknowledged, connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
+import { type Acknowledged, connect, type Connection, type ConnectionOptions, type HandshakeSteps, type LinkError } from "./Connection.js"
 import { dialAhead } from "./DialAhead.js"
 
 /* What a sender counts of its servers (README: Operating ferry). */
@@ -143,7 +143,7 @@ export const makeUplink = (
     const acked = yield* Ref.make<Acknowledged>({ pieces: 0, bytes: 0 })
     const ackedBytes = Effect.map(Ref.get(acked), (a) => a.bytes)
 
-    const dial = () => Effect.sequentialFinalizers(connect(address, options, acked))
+    const dial = (steps: HandshakeSteps = {}) => Effect.sequentialFinalizers(connect(address, options, acked, steps))
 
     /**
      * "auto" to a far server: one more connection while the bytes acknowledged per second still grow
@@ -211,12 +211,12 @@ export const makeUplink = (
         // senders start at once on a small machine, loopback looked far (four clients: 17-52 ms)
         const helloAfterCount = Effect.ignore(Effect.timeout(claimed, HOLD_HELLO))
         const ahead = count === "auto" ? yield* dialAhead(address, options, acked, nearMs * DIAL_AHEAD_FACTOR, FAR_CONNECTIONS - 1, helloAfterCount) : undefined
-        const first = yield* (ahead === undefined ? Effect.sequentialFinalizers(connect(address, options, acked, { beforeHello: helloAfterCount })) : ahead.first)
+        const first = yield* (ahead === undefined ? dial({ beforeHello: helloAfterCount }) : ahead.first)
         const measured = first.roundTrip
         const wanted = count === "auto" ? autoConnections(measured, nearMs) : Math.max(1, count)
         const others = Effect.gen(function*() {
           const { attempts, ahead: early } = ahead === undefined
-            ? { attempts: Array.from({ length: wanted - 1 }, dial), ahead: 0 }
+            ? { attempts: Array.from({ length: wanted - 1 }, () => dial()), ahead: 0 }
             : yield* ahead.others(wanted - 1)
           const dialed = yield* Effect.forEach(attempts, (a) => Effect.tap(Effect.either(a), (r) => Either.isRight(r) ? join(r.right) : Effect.void), {
             concurrency: "unbounded"

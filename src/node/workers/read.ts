@@ -16,8 +16,11 @@ export type ReadReply =
   | { readonly _tag: "Trailers"; readonly crcs: Uint32Array }
   | { readonly _tag: "Unreadable"; readonly index: number; readonly reason: string }
 
+/** What a piece's name may stand for besides a regular file, in the words of the refusal (readPiece's kinds 1 to 5 in this order). */
+const KINDS = ["a FIFO", "a folder", "a socket", "a device", "not a file"] as const
+
 const kindOf = (st: fs.Stats) =>
-  st.isFIFO() ? "a FIFO" : st.isDirectory() ? "a folder" : st.isSocket() ? "a socket" : st.isCharacterDevice() || st.isBlockDevice() ? "a device" : "not a file"
+  st.isFIFO() ? KINDS[0] : st.isDirectory() ? KINDS[1] : st.isSocket() ? KINDS[2] : st.isCharacterDevice() || st.isBlockDevice() ? KINDS[3] : KINDS[4]
 
 /**
  * Opens a piece without ever waiting: O_NONBLOCK, so that a FIFO named like a piece cannot hold
@@ -34,15 +37,13 @@ const openPiece = (file: string): number => {
 /** The native addon's whole-file read (open, fstat, read, close in one call), when it loads here. */
 const native = loadNative((workerData as { nativeAddon?: string | null } | undefined)?.nativeAddon)
 
-const KINDS = ["a FIFO", "a folder", "a socket", "a device", "not a file"]
-
 /** readPiece's answer below -2, as the error node:fs would have thrown. */
 const readError = (answer: number): Error => {
   if (answer <= -1000) {
     const code = util.getSystemErrorName(answer + 1000)
     return Object.assign(new Error(code), { code })
   }
-  return new Error(`not a regular file: ${KINDS[-answer - 101] ?? "not a file"}`)
+  return new Error(`not a regular file: ${KINDS[-answer - 101] ?? KINDS[4]}`)
 }
 
 const filesIn = (dir: string): PieceFiles => {
