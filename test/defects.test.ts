@@ -198,7 +198,8 @@ describe("4. free space is counted with the datasets in progress", () => {
       makeFake(src, "second", ["--size", "10MiB", "--slice", "64KiB", "--seed", "52"])
     ])
     const server = await startServer(disk.dir)
-    const client = spawnFerry(["send", "--path", src, "--address", server.address, "--parallel", "2", "--quiet"])
+    // the limit keeps the one admitted in progress while the other asks, however the two opens are spaced on a busy machine
+    const client = spawnFerry(["send", "--path", src, "--address", server.address, "--parallel", "2", "--bwlimit", "4MiB/s", "--quiet"])
     try {
       // one is admitted; the other is told there is no room beside it, and waits
       const waiting = await client.waitFor(/(first|second): \S+ cannot take it now \(NoSpace: needs \d+ more bytes, but of the \d+ free, \d+ are promised to datasets in progress/)
