@@ -47,18 +47,17 @@ export type FrameOutcome =
 const PIECES_START = HEADER_BYTES + PIECES_HEADER
 
 /**
- * The CRC32 of a piece's slice: its gzip trailer's, when the trailer's ISIZE
- * says the last member is the whole slice (or the piece is one member);
- * otherwise (several members) by inflating it. A piece that does not inflate
- * gets its trailer's value: the server will refuse it anyway.
+ * The CRC32 of a piece's slice, the piece being `bytes[start, end)`: its gzip trailer's, when the
+ * trailer's ISIZE says the last member is the whole slice (or the piece is one member); otherwise
+ * (several members) by inflating it. A piece that does not inflate gets its trailer's value: the
+ * server will refuse it anyway. The trailer is read in place: no view is made per piece.
  */
-export const sliceCrcOf = (piece: Uint8Array, expected: number): number => {
-  if (piece.length < 18) return 0
-  const view = Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength)
-  const trailerCrc = view.readUInt32LE(piece.length - 8)
-  if (view.readUInt32LE(piece.length - 4) === expected >>> 0) return trailerCrc
+export const sliceCrcOf = (bytes: Buffer, start: number, end: number, expected: number): number => {
+  if (end - start < 18) return 0
+  const trailerCrc = bytes.readUInt32LE(end - 8)
+  if (bytes.readUInt32LE(end - 4) === expected >>> 0) return trailerCrc
   try {
-    return zlib.crc32(zlib.gunzipSync(view, { maxOutputLength: Math.max(1, expected + 1) }))
+    return zlib.crc32(zlib.gunzipSync(bytes.subarray(start, end), { maxOutputLength: Math.max(1, expected + 1) }))
   } catch {
     return trailerCrc
   }
@@ -100,7 +99,7 @@ export const readFrame = (req: FrameRequest, files: PieceFiles, buffer: Buffer):
       }
       if (size === -1) return { _tag: "Unreadable", index, reason: `${name} is over the limit of ${req.maxPieceBytes} bytes` }
       writePieceEntry(frame, at, index, size)
-      crcs[k] = sliceCrcOf(frame.subarray(start, start + size), lengthOf(req.geometry, index))
+      crcs[k] = sliceCrcOf(frame, start, start + size, lengthOf(req.geometry, index))
       at = start + size
       continue
     }
@@ -128,7 +127,7 @@ export const readFrame = (req: FrameRequest, files: PieceFiles, buffer: Buffer):
         if (got === 0 || got < room) break
       }
       writePieceEntry(frame, at, index, size)
-      crcs[k] = sliceCrcOf(frame.subarray(start, start + size), lengthOf(req.geometry, index))
+      crcs[k] = sliceCrcOf(frame, start, start + size, lengthOf(req.geometry, index))
       at = start + size
     } catch (e) {
       return { _tag: "Unreadable", index, reason: unreadable(name, e) }
@@ -169,7 +168,7 @@ export const readTrailers = (geometry: Geometry, indices: Uint32Array, files: Pi
           if (r === 0) break
           got += r
         }
-        crcs[k] = sliceCrcOf(whole.subarray(0, got), expected)
+        crcs[k] = sliceCrcOf(whole, 0, got, expected)
       }
     } catch (e) {
       return { _tag: "Unreadable", index, reason: unreadable(name, e) }
