@@ -68,75 +68,90 @@ const unreadable = (name: string, e: unknown) => {
   return `${name} cannot be read (${err.code ?? err.message})`
 }
 
+/** The frame being filled: a piece's read replaces it with a larger one when the piece does not fit. */
+interface Filling {
+  frame: Buffer
+}
+
+const overLimit = (name: string, max: number) => `${name} is over the limit of ${max} bytes`
+
+/**
+ * One piece into `into.frame` at `start`, leaving `reserve` bytes after it: its size, or why it
+ * cannot be read. In one call per try (`readWhole`); a frame too small grows by half and the
+ * piece is read again.
+ */
+const readWholeInto = (readWhole: NonNullable<PieceFiles["readWhole"]>, name: string, into: Filling, start: number, reserve: number, max: number): number | string => {
+  try {
+    for (;;) {
+      const room = into.frame.length - reserve - start
+      const size = room > 0 ? readWhole(name, into.frame, start, room, max) : -2
+      if (size === -1) return overLimit(name, max)
+      if (size !== -2) return size
+      const bigger = Buffer.allocUnsafeSlow(Math.ceil(into.frame.length * 1.5) + reserve)
+      into.frame.copy(bigger, 0, 0, start)
+      into.frame = bigger
+    }
+  } catch (e) {
+    return unreadable(name, e)
+  }
+}
+
+/**
+ * The same over open, read, close: a short read means end of file, so most pieces cost no fstat;
+ * a frame too small grows to the size fstat tells.
+ */
+const readByParts = (files: PieceFiles, name: string, into: Filling, start: number, reserve: number, max: number): number | string => {
+  let fd = -1
+  try {
+    fd = files.open(name)
+    let size = 0
+    for (;;) {
+      const room = into.frame.length - reserve - (start + size)
+      if (room <= 0) {
+        const known = files.size(fd)
+        const bigger = Buffer.allocUnsafeSlow(Math.max(start + Math.max(known, size) + 1 + reserve, Math.ceil(into.frame.length * 1.5)))
+        into.frame.copy(bigger, 0, 0, start + size)
+        into.frame = bigger
+        continue
+      }
+      const got = files.read(fd, into.frame, start + size, Math.min(room, max + 1 - size), null)
+      size += got
+      if (size > max) return overLimit(name, max)
+      if (got === 0 || got < room) return size
+    }
+  } catch (e) {
+    return unreadable(name, e)
+  } finally {
+    if (fd >= 0) files.close(fd)
+  }
+}
+
 /**
  * Reads a batch's piece files into one pieces frame, in `buffer` when it is
- * large enough (it grows otherwise). A short read means end of file, so most
- * pieces cost open, read, close: no fstat.
+ * large enough (it grows otherwise), each piece's entry header before it.
  */
 export const readFrame = (req: FrameRequest, files: PieceFiles, buffer: Buffer): FrameOutcome => {
   const n = req.indices.length
   const crcs = new Uint32Array(n)
-  let frame = buffer
+  const into: Filling = { frame: buffer }
   let at = PIECES_START
   for (let k = 0; k < n; k++) {
     const index = req.indices[k]!
     const name = pieceFileName(req.geometry.dataset, index)
-    if (files.readWhole !== undefined) {
-      const start = at + PIECE_ENTRY_HEADER
-      const reserve = (n - k - 1) * PIECE_ENTRY_HEADER
-      let size: number
-      try {
-        for (;;) {
-          const room = frame.length - reserve - start
-          size = room > 0 ? files.readWhole(name, frame, start, room, req.maxPieceBytes) : -2
-          if (size !== -2) break
-          const bigger = Buffer.allocUnsafeSlow(Math.ceil(frame.length * 1.5) + reserve)
-          frame.copy(bigger, 0, 0, start)
-          frame = bigger
-        }
-      } catch (e) {
-        return { _tag: "Unreadable", index, reason: unreadable(name, e) }
-      }
-      if (size === -1) return { _tag: "Unreadable", index, reason: `${name} is over the limit of ${req.maxPieceBytes} bytes` }
-      writePieceEntry(frame, at, index, size)
-      crcs[k] = sliceCrcOf(frame, start, start + size, lengthOf(req.geometry, index))
-      at = start + size
-      continue
-    }
-    let fd = -1
-    try {
-      fd = files.open(name)
-      const start = at + PIECE_ENTRY_HEADER
-      // room is left for the entry headers still to come
-      const reserve = (n - k - 1) * PIECE_ENTRY_HEADER
-      let size = 0
-      for (;;) {
-        const room = frame.length - reserve - (start + size)
-        if (room <= 0) {
-          const known = files.size(fd)
-          const bigger = Buffer.allocUnsafeSlow(Math.max(start + Math.max(known, size) + 1 + reserve, Math.ceil(frame.length * 1.5)))
-          frame.copy(bigger, 0, 0, start + size)
-          frame = bigger
-          continue
-        }
-        const got = files.read(fd, frame, start + size, Math.min(room, req.maxPieceBytes + 1 - size), null)
-        size += got
-        if (size > req.maxPieceBytes) {
-          return { _tag: "Unreadable", index, reason: `${name} is over the limit of ${req.maxPieceBytes} bytes` }
-        }
-        if (got === 0 || got < room) break
-      }
-      writePieceEntry(frame, at, index, size)
-      crcs[k] = sliceCrcOf(frame, start, start + size, lengthOf(req.geometry, index))
-      at = start + size
-    } catch (e) {
-      return { _tag: "Unreadable", index, reason: unreadable(name, e) }
-    } finally {
-      if (fd >= 0) files.close(fd)
-    }
+    const start = at + PIECE_ENTRY_HEADER
+    // room is left for the entry headers still to come
+    const reserve = (n - k - 1) * PIECE_ENTRY_HEADER
+    const size = files.readWhole !== undefined
+      ? readWholeInto(files.readWhole, name, into, start, reserve, req.maxPieceBytes)
+      : readByParts(files, name, into, start, reserve, req.maxPieceBytes)
+    if (typeof size === "string") return { _tag: "Unreadable", index, reason: size }
+    writePieceEntry(into.frame, at, index, size)
+    crcs[k] = sliceCrcOf(into.frame, start, start + size, lengthOf(req.geometry, index))
+    at = start + size
   }
-  writePiecesHeader(frame.subarray(0, at), req.handle, req.seq, n)
-  return { _tag: "Frame", frame: frame.subarray(0, at), pieceBytes: at - PIECES_START - n * PIECE_ENTRY_HEADER, crcs }
+  const frame = into.frame.subarray(0, at)
+  writePiecesHeader(frame, req.handle, req.seq, n)
+  return { _tag: "Frame", frame, pieceBytes: at - PIECES_START - n * PIECE_ENTRY_HEADER, crcs }
 }
 
 /** A frame's capacity for a batch expected to hold about `expectBytes` of pieces. */
