@@ -71,6 +71,20 @@ describe("the sender's reader threads, with and without the native addon", () =>
       }))
   }
 
+  it.live("the CRCs are the slices' own, from the trailer or, for a piece of two gzip members, by inflating it", () =>
+    Effect.gen(function*() {
+      const two = mkdtempSync(join(tmpdir(), "ferry-reader-members-"))
+      const slices = [0, 1].map((i) => Buffer.alloc(SLICE, 97 + i).fill(120 + i, 5000))
+      writeFileSync(join(two, pieceFileName("abc", 0)), zlib.gzipSync(slices[0]!))
+      // the last member's trailer covers half the slice: only inflating the piece gives its CRC
+      writeFileSync(join(two, pieceFileName("abc", 1)), Buffer.concat([zlib.gzipSync(slices[1]!.subarray(0, SLICE / 2)), zlib.gzipSync(slices[1]!.subarray(SLICE / 2))]))
+      const truth = slices.map((slice) => zlib.crc32(slice))
+      for (const addon of [nativeAddon, null]) {
+        const outcome = yield* read(addon, two, "abc", [0, 1], 64 * 1024, 2 * SLICE)
+        expect(outcome).toMatchObject({ crcs: truth })
+      }
+    }))
+
   it.live("names what is wrong in the words node:fs gives", () =>
     Effect.gen(function*() {
       expect(yield* read(nativeAddon, dir, "fifo", [0], 64 * 1024, 1000)).toEqual({ error: expect.stringContaining("not a regular file: a FIFO") })
