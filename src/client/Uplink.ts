@@ -162,16 +162,16 @@ export const makeUplink = (
           before = now
           const busy = current.some((c) => c.inflight() > 0)
           const step = nextGrowthStep({ rate, previous, added, connections: current.length, max: MAX_AUTO_CONNECTIONS, busy })
-          const why = added ? `up from ${formatBytes(Math.round(previous ?? 0))}/s with the last one added` : "levelled off"
           if (step === "wait") {
             // a probe that saw the link: the next compares with it
             if (busy && rate > 0) previous = rate
             continue
           }
+          const why = added ? `up from ${formatBytes(Math.round(previous ?? 0))}/s with the last one added` : "levelled off"
           previous = rate
           if (step === "stop") {
-            const why = current.length >= MAX_AUTO_CONNECTIONS ? `the most auto opens` : added ? "the last one added did not pay" : "no longer growing"
-            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${why})`)
+            const ended = current.length >= MAX_AUTO_CONNECTIONS ? `the most auto opens` : added ? "the last one added did not pay" : "no longer growing"
+            return yield* Effect.logDebug(`${name}: ${current.length} connection(s) (auto: ${formatBytes(Math.round(rate))}/s, ${ended})`)
           }
           const dialed = yield* Effect.either(dial())
           if (Either.isLeft(dialed)) return yield* Effect.logDebug(`${name}: no connection beyond ${current.length} (${dialed.left.message})`)
