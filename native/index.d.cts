@@ -20,12 +20,17 @@ export interface IsalInflate {
    */
   crc32(bytes: Uint8Array, crc?: number): number
   /**
-   * Reads a whole piece file into `out[offset, offset + room)`: open (O_NONBLOCK), fstat, read to the
-   * end, close, in one call. Answers the bytes read, or -1 (more than `max` bytes), -2 (more than
-   * `room`, not past `max`: call again with more room), -(100 + k) (not a regular file: 1 FIFO,
-   * 2 folder, 3 socket, 4 device, 5 other), -(1000 + errno). Throws on invalid arguments only.
+   * A batch of piece files read whole, as one piece of async work on libuv's thread pool (no JavaScript
+   * runs meanwhile); each is opened with O_NONBLOCK, fstat-ed, refused when not a regular file, read to
+   * the end and closed. `paths`: each piece's path followed by a NUL. Piece j goes `gap` bytes past the
+   * end of the one before (the first at `at + gap`), leaving room for the gaps of those after it;
+   * `sizes[j]` gets its bytes, or -1 (more than `max`), -2 (it does not fit in `out`: read it again with
+   * more room), -(100 + k) (not a regular file: 1 FIFO, 2 folder, 3 socket, 4 device, 5 other) or
+   * -(1000 + errno); reading stops at the first answer below 0. `done(count)` runs on
+   * this thread with the pieces read; count short of the paths means `sizes[count]` says why. `out` and
+   * `sizes` must be left alone until then. Throws on invalid arguments only.
    */
-  readPiece(path: string, out: Uint8Array, offset: number, room: number, max: number): number
+  readPieces(paths: string, out: Uint8Array, at: number, gap: number, max: number, sizes: Float64Array, done: (count: number) => void): void
   /** The kernel's smoothed round trip of TCP socket `fd` in milliseconds (TCP_INFO), or -1 when it cannot be read. */
   tcpRoundTrip(fd: number): number
 }

@@ -293,73 +293,41 @@ static napi_value Crc32(napi_env env, napi_callback_info info) {
 }
 
 /*
- * readPiece(path: string, out: Uint8Array, offset: number, room: number, max: number): number
- *
- * Reads a whole piece file into out[offset, offset + room) the way the sender's reader threads do
- * over node:fs, in one call: open without ever waiting (O_NONBLOCK: a FIFO named like a piece
- * cannot hold the thread), fstat, refuse what is not a regular file, read to the end, close.
+ * One piece file read whole into out[0, room): open without ever waiting (O_NONBLOCK: a FIFO named
+ * like a piece cannot hold the thread), fstat, refuse what is not a regular file, read to the end
+ * (one byte past `max` tells a file over the limit; one past `room`, a file that needs more), close.
  * Answers the bytes read (>= 0), or:
- *   -1            more than `max` bytes (what was read is left in the window),
- *   -2            more than `room` bytes but not past `max`: call again with more room,
+ *   -1            more than `max` bytes,
+ *   -2            more than `room` bytes but not past `max`: read it again with more room,
  *   -(100 + k)    not a regular file: k = 1 FIFO, 2 folder, 3 socket, 4 device, 5 other,
  *   -(1000 + e)   the system call failed with errno e.
- * Throws TypeError/RangeError on invalid arguments only.
+ * Touches no JavaScript value: readPieces runs it on libuv's thread pool.
  */
-static napi_value ReadPiece(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  char path[PATH_MAX + 1];
-  size_t path_len = 0, out_len, off, room, max, want, got = 0;
-  uint8_t *out;
+static double read_piece(const char *path, uint8_t *out, size_t room, size_t max) {
   struct stat st;
+  size_t want, got = 0;
   double answer;
   int fd;
-  napi_value result;
-
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) {
-    napi_throw_type_error(env, NULL, "readPiece(path, out, offset, room, max): 5 arguments expected");
-    return NULL;
-  }
-  if (napi_get_value_string_utf8(env, argv[0], path, sizeof(path), &path_len) != napi_ok) {
-    napi_throw_type_error(env, NULL, "readPiece: path must be a string");
-    return NULL;
-  }
-  if (get_bytes(env, argv[1], &out, &out_len) != 0) {
-    napi_throw_type_error(env, NULL, "readPiece: out must be a Uint8Array");
-    return NULL;
-  }
-  if (get_size(env, argv[2], &off) != 0 || get_size(env, argv[3], &room) != 0 || get_size(env, argv[4], &max) != 0) {
-    napi_throw_type_error(env, NULL, "readPiece: offset, room and max must be non-negative integers");
-    return NULL;
-  }
-  if (off > out_len || room > out_len - off) {
-    napi_throw_range_error(env, NULL, "readPiece: offset + room exceeds out.length");
-    return NULL;
-  }
-
-  if (path_len >= PATH_MAX) {
-    answer = -(1000.0 + ENAMETOOLONG);
-  } else if (strlen(path) != path_len) {
-    answer = -(1000.0 + EINVAL); /* a NUL inside the name: no such path can be opened */
-  } else if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)) < 0) {
-    answer = -(1000.0 + errno);
-  } else if (fstat(fd, &st) != 0) {
+  if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)) < 0) return -(1000.0 + errno);
+  if (fstat(fd, &st) != 0) {
     answer = -(1000.0 + errno);
     close(fd);
-  } else if (!S_ISREG(st.st_mode)) {
+    return answer;
+  }
+  if (!S_ISREG(st.st_mode)) {
     answer = S_ISFIFO(st.st_mode)                          ? -101
              : S_ISDIR(st.st_mode)                         ? -102
              : S_ISSOCK(st.st_mode)                        ? -103
              : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? -104
                                                           : -105;
     close(fd);
-  } else {
-    /* one byte past `max` tells a file over the limit; one past `room`, a file that needs more */
+    return answer;
+  }
+  {
     int failed = 0;
     want = room < max + 1 ? room : max + 1;
     while (got < want) {
-      ssize_t r = read(fd, out + off + got, want - got);
+      ssize_t r = read(fd, out + got, want - got);
       if (r < 0) {
         if (errno == EINTR) continue;
         failed = errno;
@@ -381,10 +349,127 @@ static napi_value ReadPiece(napi_env env, napi_callback_info info) {
     } else {
       answer = (double)got;
     }
-    close(fd);
   }
-  NAPI_CALL(env, napi_create_double(env, answer, &result));
-  return result;
+  close(fd);
+  return answer;
+}
+
+/*
+ * readPieces(paths: string, out: Uint8Array, at: number, gap: number, max: number,
+ *            sizes: Float64Array, done: (count: number) => void): void
+ *
+ * A batch of pieces read, each by read_piece, as one piece of async work on libuv's thread pool: no JavaScript runs, and no thread of ferry's own is needed, while the files are read.
+ * `paths` holds the pieces' paths, each one followed by a NUL. Piece j goes at `gap` bytes past
+ * where the one before ended (the first at at + gap), leaving room for the gaps of the pieces after
+ * it; sizes[j] gets its answer (read_piece's codes). Reading stops at the first answer below zero.
+ * `done(count)` is called on the main thread with the pieces read: count < the number of paths means
+ * sizes[count] says why piece `count` was not. `out` and `sizes` must not be touched until then.
+ * Throws TypeError/RangeError on invalid arguments only.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_ref out_ref, sizes_ref, done_ref;
+  char *paths;
+  size_t paths_len, count, done;
+  uint8_t *out;
+  size_t out_len, at, gap, max;
+  double *sizes;
+} read_batch;
+
+static void read_batch_execute(napi_env env, void *data) {
+  read_batch *b = (read_batch *)data;
+  const char *p = b->paths, *end = b->paths + b->paths_len;
+  size_t at = b->at;
+  (void)env;
+  for (size_t j = 0; j < b->count; j++) {
+    size_t len = strlen(p);
+    size_t start = at + b->gap, reserve = (b->count - j - 1) * b->gap;
+    double answer;
+    if (len >= PATH_MAX) answer = -(1000.0 + ENAMETOOLONG);
+    else if (start > b->out_len || reserve > b->out_len - start) answer = -2;
+    else answer = read_piece(p, b->out + start, b->out_len - reserve - start, b->max);
+    b->sizes[j] = answer;
+    if (answer < 0) break;
+    at = start + (size_t)answer;
+    b->done = j + 1;
+    p += len + 1;
+    if (p > end) break;
+  }
+}
+
+static void read_batch_complete(napi_env env, napi_status status, void *data) {
+  read_batch *b = (read_batch *)data;
+  napi_value done, global, arg;
+  (void)status;
+  if (napi_get_reference_value(env, b->done_ref, &done) == napi_ok && napi_get_global(env, &global) == napi_ok &&
+      napi_create_double(env, (double)b->done, &arg) == napi_ok) {
+    napi_call_function(env, global, done, 1, &arg, NULL);
+  }
+  napi_delete_reference(env, b->out_ref);
+  napi_delete_reference(env, b->sizes_ref);
+  napi_delete_reference(env, b->done_ref);
+  napi_delete_async_work(env, b->work);
+  free(b->paths);
+  free(b);
+}
+
+static napi_value ReadPieces(napi_env env, napi_callback_info info) {
+  size_t argc = 7, sizes_len, paths_len;
+  napi_value argv[7], name;
+  napi_typedarray_type type;
+  napi_valuetype t;
+  void *sizes_data;
+  read_batch *b;
+
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 7) {
+    napi_throw_type_error(env, NULL, "readPieces(paths, out, at, gap, max, sizes, done): 7 arguments expected");
+    return NULL;
+  }
+  if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &paths_len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "readPieces: paths must be a string");
+    return NULL;
+  }
+  b = (read_batch *)calloc(1, sizeof(read_batch));
+  if (b == NULL || (b->paths = (char *)malloc(paths_len + 1)) == NULL) {
+    free(b);
+    napi_throw_error(env, NULL, "readPieces: out of memory");
+    return NULL;
+  }
+  napi_get_value_string_utf8(env, argv[0], b->paths, paths_len + 1, &b->paths_len);
+  for (size_t i = 0; i < b->paths_len; i++) if (b->paths[i] == '\0') b->count++;
+  if (get_bytes(env, argv[1], &b->out, &b->out_len) != 0) {
+    napi_throw_type_error(env, NULL, "readPieces: out must be a Uint8Array");
+    goto fail;
+  }
+  if (get_size(env, argv[2], &b->at) != 0 || get_size(env, argv[3], &b->gap) != 0 || get_size(env, argv[4], &b->max) != 0) {
+    napi_throw_type_error(env, NULL, "readPieces: at, gap and max must be non-negative integers");
+    goto fail;
+  }
+  if (napi_get_typedarray_info(env, argv[5], &type, &sizes_len, &sizes_data, NULL, NULL) != napi_ok || type != napi_float64_array) {
+    napi_throw_type_error(env, NULL, "readPieces: sizes must be a Float64Array");
+    goto fail;
+  }
+  if (sizes_len < b->count) {
+    napi_throw_range_error(env, NULL, "readPieces: sizes is shorter than the paths");
+    goto fail;
+  }
+  b->sizes = (double *)sizes_data;
+  if (napi_typeof(env, argv[6], &t) != napi_ok || t != napi_function) {
+    napi_throw_type_error(env, NULL, "readPieces: done must be a function");
+    goto fail;
+  }
+  NAPI_CALL(env, napi_create_reference(env, argv[1], 1, &b->out_ref));
+  NAPI_CALL(env, napi_create_reference(env, argv[5], 1, &b->sizes_ref));
+  NAPI_CALL(env, napi_create_reference(env, argv[6], 1, &b->done_ref));
+  NAPI_CALL(env, napi_create_string_utf8(env, "ferry.readPieces", NAPI_AUTO_LENGTH, &name));
+  NAPI_CALL(env, napi_create_async_work(env, NULL, name, read_batch_execute, read_batch_complete, b, &b->work));
+  NAPI_CALL(env, napi_queue_async_work(env, b->work));
+  return NULL;
+fail:
+  free(b->paths);
+  free(b);
+  return NULL;
 }
 
 /*
@@ -446,8 +531,8 @@ NAPI_MODULE_INIT() {
   NAPI_CALL(env, napi_set_named_property(env, exports, "inflateInto", fn));
   NAPI_CALL(env, napi_create_function(env, "crc32", NAPI_AUTO_LENGTH, Crc32, NULL, &fn));
   NAPI_CALL(env, napi_set_named_property(env, exports, "crc32", fn));
-  NAPI_CALL(env, napi_create_function(env, "readPiece", NAPI_AUTO_LENGTH, ReadPiece, NULL, &fn));
-  NAPI_CALL(env, napi_set_named_property(env, exports, "readPiece", fn));
+  NAPI_CALL(env, napi_create_function(env, "readPieces", NAPI_AUTO_LENGTH, ReadPieces, NULL, &fn));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "readPieces", fn));
   NAPI_CALL(env, napi_create_function(env, "tcpRoundTrip", NAPI_AUTO_LENGTH, TcpRoundTrip, NULL, &fn));
   NAPI_CALL(env, napi_set_named_property(env, exports, "tcpRoundTrip", fn));
   return exports;

@@ -15,7 +15,7 @@ type Result = [status: number, produced: number, consumed: number]
 interface IsalInflate {
   inflateInto(input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number): Result
   crc32(bytes: Uint8Array, crc?: number): number
-  readPiece(path: string, out: Uint8Array, offset: number, room: number, max: number): number
+  readPieces(paths: string, out: Uint8Array, at: number, gap: number, max: number, sizes: Float64Array, done: (count: number) => void): void
 }
 
 const require = createRequire(import.meta.url)
@@ -184,7 +184,14 @@ if (native !== null || isalInstalled) describe("native ISA-L inflate addon", () 
     expect(() => addon().crc32(Buffer.alloc(1), 2 ** 32)).toThrow(TypeError)
   })
 
-  it("reads a whole piece file in one call, and says what it is not: too large, in need of room, no file, not a regular file", () => {
+  /** readPieces over one piece: `out` cut to offset + room, no gap. */
+  const readOne = (path: string, out: Buffer, offset: number, room: number, max: number) =>
+    new Promise<number>((resolve) => {
+      const sizes = new Float64Array(1)
+      addon().readPieces(`${path}\0`, out.subarray(0, offset + room), offset, 0, max, sizes, () => resolve(sizes[0]!))
+    })
+
+  it("reads whole piece files off the main thread, and says what one is not: too large, in need of room, no file, not a regular file", async () => {
     const dir = mkdtempSync(join(os.tmpdir(), "ferry-readpiece-"))
     const bytes = Buffer.alloc(5000)
     for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 31) & 0xff
@@ -194,23 +201,42 @@ if (native !== null || isalInstalled) describe("native ISA-L inflate addon", () 
     execFileSync("mkfifo", [join(dir, "fifo")])
     const out = Buffer.alloc(8000, SENTINEL)
     // whole, at an offset, nothing written past it
-    expect(addon().readPiece(join(dir, "p"), out, 100, 6000, 10_000)).toBe(5000)
+    expect(await readOne(join(dir, "p"), out, 100, 6000, 10_000)).toBe(5000)
     expect(out.subarray(100, 5100).equals(bytes)).toBe(true)
     expect(out[99]).toBe(SENTINEL)
     expect(out[5100]).toBe(SENTINEL)
     // an exact fit, and one byte short of it
-    expect(addon().readPiece(join(dir, "p"), out, 0, 5000, 5000)).toBe(5000)
-    expect(addon().readPiece(join(dir, "p"), out, 0, 4999, 10_000)).toBe(-2)
+    expect(await readOne(join(dir, "p"), out, 0, 5000, 5000)).toBe(5000)
+    expect(await readOne(join(dir, "p"), out, 0, 4999, 10_000)).toBe(-2)
     // over the limit, whatever the room
-    expect(addon().readPiece(join(dir, "p"), out, 0, 8000, 4999)).toBe(-1)
-    expect(addon().readPiece(join(dir, "p"), out, 0, 4999, 4999)).toBe(-1)
-    expect(addon().readPiece(join(dir, "empty"), out, 0, 0, 10)).toBe(0)
-    expect(addon().readPiece(join(dir, "missing"), out, 0, 10, 10)).toBe(-(1000 + os.constants.errno.ENOENT))
+    expect(await readOne(join(dir, "p"), out, 0, 8000, 4999)).toBe(-1)
+    expect(await readOne(join(dir, "p"), out, 0, 4999, 4999)).toBe(-1)
+    expect(await readOne(join(dir, "empty"), out, 0, 0, 10)).toBe(0)
+    expect(await readOne(join(dir, "missing"), out, 0, 10, 10)).toBe(-(1000 + os.constants.errno.ENOENT))
     // a FIFO is refused without waiting for a writer
-    expect(addon().readPiece(join(dir, "fifo"), out, 0, 10, 10)).toBe(-101)
-    expect(addon().readPiece(join(dir, "folder"), out, 0, 10, 10)).toBe(-102)
-    expect(() => addon().readPiece(join(dir, "p"), out, 7000, 2000, 10)).toThrow(RangeError)
-    expect(() => addon().readPiece(join(dir, "p"), "out" as unknown as Uint8Array, 0, 1, 1)).toThrow(TypeError)
+    expect(await readOne(join(dir, "fifo"), out, 0, 10, 10)).toBe(-101)
+    expect(await readOne(join(dir, "folder"), out, 0, 10, 10)).toBe(-102)
+
+    // a batch: each piece `gap` bytes past the one before, room kept for the gaps still to come, a stop at the first refusal
+    const batch = Buffer.alloc(3 * 5000 + 3 * 8 + 10, SENTINEL)
+    const sizes = new Float64Array(4)
+    const paths = ["p", "empty", "p", "missing"].map((n) => `${join(dir, n)}\0`).join("")
+    const count = await new Promise<number>((resolve) => addon().readPieces(paths, batch, 2, 8, 10_000, sizes, resolve))
+    expect(count).toBe(3)
+    expect([...sizes]).toEqual([5000, 0, 5000, -(1000 + os.constants.errno.ENOENT)])
+    expect(batch.subarray(10, 5010).equals(bytes)).toBe(true)
+    expect(batch.subarray(2, 10).every((b) => b === SENTINEL)).toBe(true)
+    expect(batch.subarray(5026, 10026).equals(bytes)).toBe(true)
+    expect(batch.subarray(10026).every((b) => b === SENTINEL)).toBe(true)
+    // the last piece's room is what is left after the gaps of those after it: 5000 bytes do not fit in 4999
+    const tight = Buffer.alloc(8 + 5000 + 8 + 4999 + 8)
+    const short = await new Promise<number>((resolve) => addon().readPieces(`${join(dir, "p")}\0${join(dir, "p")}\0${join(dir, "empty")}\0`, tight, 0, 8, 10_000, sizes, resolve))
+    expect([short, sizes[0], sizes[1]]).toEqual([1, 5000, -2])
+    expect(await new Promise<number>((resolve) => addon().readPieces("", out, 0, 8, 10, sizes, resolve))).toBe(0)
+
+    expect(() => addon().readPieces(`${join(dir, "p")}\0${join(dir, "p")}\0`, out, 0, 0, 10, new Float64Array(1), () => {})).toThrow(RangeError)
+    expect(() => addon().readPieces(`${join(dir, "p")}\0`, "out" as unknown as Uint8Array, 0, 0, 1, sizes, () => {})).toThrow(TypeError)
+    expect(() => addon().readPieces(`${join(dir, "p")}\0`, out, 0, 0, 1, new Float32Array(1) as unknown as Float64Array, () => {})).toThrow(TypeError)
     rmSync(dir, { recursive: true, force: true })
   })
 

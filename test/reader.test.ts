@@ -1,8 +1,8 @@
 /**
- * The sender's reader threads read a batch of piece files into a frame the same way with the
- * native addon's one-call read (`readPiece`) as over node:fs alone: same frame, same CRCs, same
- * refusals by name (a piece over the limit, a FIFO, a folder, a missing piece), and frames that
- * grow past a small first guess.
+ * The sender's reader reads a batch of piece files into a frame the same way with the native
+ * addon's batch read (`readPieces`, on libuv's thread pool) as in a reader thread over node:fs
+ * alone: same frame, same CRCs, same refusals by name (a piece over the limit, a FIFO, a folder, a
+ * missing piece), and frames that grow past a small first guess.
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
@@ -45,12 +45,12 @@ const read = (nativeAddon: string | null, dir: string, dataset: string, indices:
       : { frame: Buffer.from(outcome.right.frame).toString("base64"), crcs: [...outcome.right.crcs], pieceBytes: outcome.right.pieceBytes }
   }).pipe(Effect.scoped, Effect.provide(PieceReaderLive({ nativeAddon }).pipe(Layer.provide(FramePoolLive))))
 
-describe("the sender's reader threads, with and without the native addon", () => {
+describe("the sender's reader, with and without the native addon", () => {
   const dir = folder()
 
-  it("the addon with readPiece loads here (the test command builds it), so the cases below compare two paths", () => {
-    const loaded = createRequire(import.meta.url)(nativeAddon) as { readPiece?: unknown } | null
-    expect(typeof loaded?.readPiece, "native/ is not built: `node native/build.mjs` builds it").toBe("function")
+  it("the addon with readPieces loads here (the test command builds it), so the cases below compare two paths", () => {
+    const loaded = createRequire(import.meta.url)(nativeAddon) as { readPieces?: unknown } | null
+    expect(typeof loaded?.readPieces, "native/ is not built: `node native/build.mjs` builds it").toBe("function")
   })
   const cases: Array<[string, string, Array<number>, number, number]> = [
     ["a whole batch", "abc", [0, 1, 2, 3, 4, 5, 6, 7], 64 * 1024, 8 * SLICE],

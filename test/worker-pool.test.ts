@@ -55,4 +55,11 @@ describe("worker pool", () => {
       expect(slept).toEqual([60, 60, 60, 60])
       expect(pool.started()).toBe(2)
     }))
+  it.scoped("with start 0, starts no thread until the first task, then one", () =>
+    Effect.gen(function*() {
+      const pool = yield* makeWorkerPool<number | string | { sleep: number }, number>(script(), 2, { start: 0 })
+      expect(pool.started()).toBe(0)
+      expect(yield* pool.run(21)).toBe(42)
+      expect(pool.started()).toBe(1)
+    }))
 })

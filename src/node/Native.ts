@@ -1,5 +1,5 @@
 /**
- * The optional native addon (native/: ISA-L's inflate and CRC32, a piece read in one call, the
+ * The optional native addon (native/: ISA-L's inflate and CRC32, a piece or a batch of them read in one call, the
  * kernel's round trip of a socket), loaded through its loader `native/index.cjs`, once per thread
  * and loader. Null where it is not built (or does not load): every caller has a way without it.
  * No Effect here: worker threads import this module.
@@ -11,8 +11,13 @@ export interface NativeAddon {
   readonly inflateInto: (input: Uint8Array, out: Uint8Array, outOffset: number, outLength: number) => [number, number, number]
   /** zlib's crc32(bytes, crc), with ISA-L's folding code. */
   readonly crc32: (bytes: Uint8Array, crc?: number) => number
-  /** A whole piece file into out[offset, offset + room): its bytes, -1 over `max`, -2 needs room, -(100 + kind), -(1000 + errno). */
-  readonly readPiece: (path: string, out: Uint8Array, offset: number, room: number, max: number) => number
+  /**
+   * A batch of whole piece files read on libuv's thread pool: piece j `gap` bytes past the end of the one
+   * before (the first at `at + gap`); sizes[j] its bytes, -1 over `max`, -2 needs room, -(100 + kind),
+   * -(1000 + errno); `done(count)` with the pieces read, `sizes[count]` why not the next. `paths`: each
+   * path followed by a NUL. Leave `out` and `sizes` alone until `done`.
+   */
+  readonly readPieces: (paths: string, out: Uint8Array, at: number, gap: number, max: number, sizes: Float64Array, done: (count: number) => void) => void
   /** The kernel's smoothed round trip of TCP socket `fd` in milliseconds, or -1. */
   readonly tcpRoundTrip: (fd: number) => number
 }

@@ -2,10 +2,14 @@
  * Reading pieces, the way both reader layers do it: a batch of piece files
  * read straight into one pieces frame, and the CRC32 of each piece's slice
  * taken from its gzip trailer, so that the sender can vouch for the whole
- * file's CRC32 without inflating anything. The reader worker threads run
- * these over node:fs; the in-process reader over files it loaded through the
- * injected FileSystem. No Effect here: worker threads import this module.
+ * file's CRC32 without inflating anything. With the native addon a batch is
+ * read as one piece of async work on libuv's thread pool (readFrameInBatch);
+ * without it the reader worker threads run readFrame over node:fs; the
+ * in-process reader runs it over files it loaded through the injected
+ * FileSystem. No Effect here: worker threads import this module.
  */
+import * as path from "node:path"
+import * as util from "node:util"
 import * as zlib from "node:zlib"
 import { HEADER_BYTES, PIECE_ENTRY_HEADER, PIECES_HEADER, piecesFrameBytes, writePieceEntry, writePiecesHeader } from "../domain/Frame.js"
 import { type Geometry, lengthOf, pieceFileName } from "../domain/Layout.js"
@@ -17,12 +21,6 @@ export interface PieceFiles {
   readonly read: (fd: number, into: Uint8Array, offset: number, length: number, position: number | null) => number
   readonly size: (fd: number) => number
   readonly close: (fd: number) => void
-  /**
-   * Optional, in one step: reads the whole file `name` into `into[offset, offset + room)`; answers
-   * its bytes, -1 when it holds more than `max`, -2 when it needs more room (and not past `max`).
-   * Throws as `open` does. The reader threads use the native addon's `readPiece` for it.
-   */
-  readonly readWhole?: (name: string, into: Uint8Array, offset: number, room: number, max: number) => number
 }
 
 export interface FrameRequest {
@@ -77,28 +75,8 @@ const overLimit = (name: string, max: number) => `${name} is over the limit of $
 
 /**
  * One piece into `into.frame` at `start`, leaving `reserve` bytes after it: its size, or why it
- * cannot be read. In one call per try (`readWhole`); a frame too small grows by half and the
- * piece is read again.
- */
-const readWholeInto = (readWhole: NonNullable<PieceFiles["readWhole"]>, name: string, into: Filling, start: number, reserve: number, max: number): number | string => {
-  try {
-    for (;;) {
-      const room = into.frame.length - reserve - start
-      const size = room > 0 ? readWhole(name, into.frame, start, room, max) : -2
-      if (size === -1) return overLimit(name, max)
-      if (size !== -2) return size
-      const bigger = Buffer.allocUnsafeSlow(Math.ceil(into.frame.length * 1.5) + reserve)
-      into.frame.copy(bigger, 0, 0, start)
-      into.frame = bigger
-    }
-  } catch (e) {
-    return unreadable(name, e)
-  }
-}
-
-/**
- * The same over open, read, close: a short read means end of file, so most pieces cost no fstat;
- * a frame too small grows to the size fstat tells.
+ * cannot be read. A short read means end of file, so most pieces cost no fstat; a frame too small
+ * grows to the size fstat tells.
  */
 const readByParts = (files: PieceFiles, name: string, into: Filling, start: number, reserve: number, max: number): number | string => {
   let fd = -1
@@ -141,9 +119,7 @@ export const readFrame = (req: FrameRequest, files: PieceFiles, buffer: Buffer):
     const start = at + PIECE_ENTRY_HEADER
     // room is left for the entry headers still to come
     const reserve = (n - k - 1) * PIECE_ENTRY_HEADER
-    const size = files.readWhole !== undefined
-      ? readWholeInto(files.readWhole, name, into, start, reserve, req.maxPieceBytes)
-      : readByParts(files, name, into, start, reserve, req.maxPieceBytes)
+    const size = readByParts(files, name, into, start, reserve, req.maxPieceBytes)
     if (typeof size === "string") return { _tag: "Unreadable", index, reason: size }
     writePieceEntry(into.frame, at, index, size)
     crcs[k] = sliceCrcOf(into.frame, start, start + size, lengthOf(req.geometry, index))
@@ -152,6 +128,64 @@ export const readFrame = (req: FrameRequest, files: PieceFiles, buffer: Buffer):
   const frame = into.frame.subarray(0, at)
   writePiecesHeader(frame, req.handle, req.seq, n)
   return { _tag: "Frame", frame, pieceBytes: at - PIECES_START - n * PIECE_ENTRY_HEADER, crcs }
+}
+
+/** The native addon's batch read (readPieces in native/index.d.cts). */
+export type BatchRead = (paths: string, out: Uint8Array, at: number, gap: number, max: number, sizes: Float64Array, done: (count: number) => void) => void
+
+/** What a piece's name may stand for besides a regular file, in the words of the refusal (the addon's kinds 1 to 5 in this order). */
+export const KINDS = ["a FIFO", "a folder", "a socket", "a device", "not a file"] as const
+
+/** The addon's answer below -2 for a piece, as the error node:fs would have thrown. */
+const answerError = (answer: number): Error => {
+  if (answer <= -1000) {
+    const code = util.getSystemErrorName(answer + 1000)
+    return Object.assign(new Error(code), { code })
+  }
+  return new Error(`not a regular file: ${KINDS[-answer - 101] ?? KINDS[4]}`)
+}
+
+/**
+ * readFrame's work with the addon's batch read: the batch's pieces are read into the frame in one
+ * call off this thread, each after room for its entry header; then the entry headers and slice
+ * CRCs are written here. A piece that does not fit grows the frame by half, and the read goes on
+ * from that piece. `done` gets the outcome on this thread.
+ */
+export const readFrameInBatch = (req: FrameRequest, dir: string, readPieces: BatchRead, buffer: Buffer, done: (outcome: FrameOutcome) => void): void => {
+  const n = req.indices.length
+  const crcs = new Uint32Array(n)
+  const sizes = new Float64Array(n)
+  const prefix = path.join(dir, "/")
+  const names = Array.from(req.indices, (index) => pieceFileName(req.geometry.dataset, index))
+  let frame = buffer
+  let at = PIECES_START
+  let k = 0
+  const from = () => {
+    readPieces(`${prefix}${names.slice(k).join(`\0${prefix}`)}\0`, frame, at, PIECE_ENTRY_HEADER, req.maxPieceBytes, sizes.subarray(k), (count) => {
+      for (const end = k + count; k < end; k++) {
+        const index = req.indices[k]!
+        const size = sizes[k]!
+        writePieceEntry(frame, at, index, size)
+        crcs[k] = sliceCrcOf(frame, at + PIECE_ENTRY_HEADER, at + PIECE_ENTRY_HEADER + size, lengthOf(req.geometry, index))
+        at += PIECE_ENTRY_HEADER + size
+      }
+      if (k === n) {
+        const whole = frame.subarray(0, at)
+        writePiecesHeader(whole, req.handle, req.seq, n)
+        return done({ _tag: "Frame", frame: whole, pieceBytes: at - PIECES_START - n * PIECE_ENTRY_HEADER, crcs })
+      }
+      const answer = sizes[k]!
+      if (answer === -2) {
+        const bigger = Buffer.allocUnsafeSlow(Math.ceil(frame.length * 1.5) + (n - k) * PIECE_ENTRY_HEADER)
+        frame.copy(bigger, 0, 0, at)
+        frame = bigger
+        return from()
+      }
+      const name = names[k]!
+      done({ _tag: "Unreadable", index: req.indices[k]!, reason: answer === -1 ? overLimit(name, req.maxPieceBytes) : unreadable(name, answerError(answer)) })
+    })
+  }
+  from()
 }
 
 /** A frame's capacity for a batch expected to hold about `expectBytes` of pieces. */

@@ -45,7 +45,7 @@ export interface WorkerPoolOptions {
   /** Tasks a worker may queue, so it never waits for the main thread between batches. */
   readonly depth?: number
   /**
-   * Threads started with the pool (default: all of `size`). The others start one at a time, up to
+   * Threads started with the pool (default: all of `size`; 0: the first starts with the first task). The others start one at a time, up to
    * `size`, when work is waiting and every started thread has been busy without a pause for
    * `growAfterMs`: a pool that keeps up with its callers never pays for threads it does not need
    * (a thread's start, and V8 compiling its hot code again in its own isolate).
@@ -63,7 +63,7 @@ export const makeWorkerPool = <In, Out>(
   Effect.acquireRelease(
     Effect.sync(() => {
       const { data, depth = 2, growAfterMs = 300 } = options
-      const start = Math.max(1, Math.min(size, options.start ?? size))
+      const start = Math.max(0, Math.min(size, options.start ?? size))
       // the pool's name for the metrics: its script's (workers/inflate.js is "inflate")
       const pool = (script.pathname.split("/").pop() ?? "worker").replace(/\.[cm]?js$/, "")
       const threads = Metric.tagged(workerThreads, "pool", pool)
@@ -111,7 +111,7 @@ export const makeWorkerPool = <In, Out>(
 
       const pump = () => {
         while (queue.length > 0) {
-          let slot = workers[0]!
+          let slot = workers[0] ?? startThread()
           for (const w of workers) if (w.busy < slot.busy) slot = w
           if (slot.busy >= depth) {
             const more = grown()
@@ -171,6 +171,7 @@ export const makeWorkerPool = <In, Out>(
         })
         slot.worker.on("error", () => {}) // followed by "exit"
       }
+      threads.unsafeModify(0, []) // shown from the start, at 0 when no thread has started yet
       for (let i = 0; i < start; i++) startThread()
 
       const run = (task: In, transfer: ReadonlyArray<Transferable> = []) =>

@@ -1,9 +1,11 @@
 /**
  * Piece reader: turns a batch of piece files into one ready-to-send pieces
  * frame, with the CRC32 of each piece's slice, and reads the trailers of
- * pieces that are not sent. Both layers run the same code (PieceFrames.ts):
- * live, in worker threads doing the open/read/close syscalls off the event
- * loop; in process, over files loaded through the injected FileSystem.
+ * pieces that are not sent. Both layers run the code of PieceFrames.ts. Live,
+ * the open/read/close syscalls run off the event loop: a whole batch as one
+ * piece of the native addon's async work on libuv's thread pool, or, where
+ * the addon is not built, in a reader worker thread over node:fs (trailers
+ * always there). In process, over files loaded through the injected FileSystem.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "@effect/platform/Path"
@@ -14,7 +16,8 @@ import { DatasetError } from "../domain/Errors.js"
 import { type Geometry, pieceFileName } from "../domain/Layout.js"
 import { nativeAddon, workerScript } from "../node/Assets.js"
 import { FramePool } from "./BufferPool.js"
-import { frameCapacity, type PieceFiles, readFrame, readTrailers } from "../node/PieceFrames.js"
+import { loadNative } from "../node/Native.js"
+import { type FrameOutcome, frameCapacity, type PieceFiles, readFrame, readFrameInBatch, readTrailers } from "../node/PieceFrames.js"
 import { makeWorkerPool } from "../node/WorkerPool.js"
 import type { ReadReply, ReadTask } from "../node/workers/read.js"
 
@@ -68,7 +71,7 @@ const inChunks = (indices: Uint32Array, read: (chunk: Uint32Array) => Effect.Eff
 export interface ReaderOptions {
   /** Reader threads at most: reading is mostly syscalls, so two keep the disk queue full without starving others; the second starts only when needed. */
   readonly workers?: number
-  /** The native addon's loader, whose `readPiece` reads a piece in one call; null: node:fs only (default: the one shipped in native/). */
+  /** The native addon's loader, whose `readPieces` reads a batch on libuv's thread pool; null: reader threads over node:fs (default: the one shipped in native/). */
   readonly nativeAddon?: string | null
 }
 
@@ -77,16 +80,28 @@ export const PieceReaderLive = (options: ReaderOptions = {}) =>
     PieceReader,
     Effect.gen(function*() {
       const frames = yield* FramePool
-      // one thread starts; the second only when the first cannot keep up (a cold or slow disk):
-      // a sender whose reader keeps ahead of the network never pays for its start and its JIT
-      const addon = options.nativeAddon === undefined ? nativeAddon : options.nativeAddon
-      const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2, { start: 1, data: { nativeAddon: addon } })
+      const native = loadNative(options.nativeAddon === undefined ? nativeAddon : options.nativeAddon)
+      // with the addon no thread starts for frames; without it one does, and a second only when the
+      // first cannot keep up (a cold or slow disk): a sender whose reader keeps ahead of the network
+      // never pays for a thread's start and its JIT. Trailers (a resumed dataset) start one on demand.
+      const pool = yield* makeWorkerPool<ReadTask, ReadReply>(workerScript("read"), options.workers ?? 2, { start: native === null ? 1 : 0 })
       return {
         read: (req) =>
           Effect.suspend(() => {
-            const buffer = frames.take(frameCapacity(req.indices.length, req.expectBytes)).buffer as ArrayBuffer
+            const buffer = frames.take(frameCapacity(req.indices.length, req.expectBytes))
             const { dir, expectBytes: _, ...request } = req
-            return Effect.flatMap(pool.run({ _tag: "Frame", dir, request, buffer }, [buffer]), (r) =>
+            if (native !== null) {
+              // interrupted meanwhile, the frame is left to the collector: the read may still be filling it
+              return Effect.flatMap(
+                Effect.async<FrameOutcome>((resume) => readFrameInBatch(request, dir, native.readPieces, buffer, (r) => resume(Effect.succeed(r)))),
+                (r) =>
+                  r._tag === "Frame"
+                    ? Effect.succeed<PieceFrame>({ seq: req.seq, frame: r.frame, pieceBytes: r.pieceBytes, crcs: r.crcs, release: () => frames.give(r.frame.buffer) })
+                    : failed(req.geometry.dataset, r)
+              )
+            }
+            const ab = buffer.buffer as ArrayBuffer
+            return Effect.flatMap(pool.run({ _tag: "Frame", dir, request, buffer: ab }, [ab]), (r) =>
               r._tag === "Frame"
                 ? Effect.succeed<PieceFrame>({ seq: req.seq, frame: Buffer.from(r.frame, 0, r.length), pieceBytes: r.pieceBytes, crcs: r.crcs, release: () => frames.give(r.frame) })
                 : failed(req.geometry.dataset, r._tag === "Unreadable" ? r : { reason: "unexpected reply from a reader thread" }))

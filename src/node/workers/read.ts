@@ -1,11 +1,13 @@
-/** Reader worker: reads a batch of piece files into a pieces frame, or the trailers of pieces (PieceFrames.ts), over node:fs. */
+/**
+ * Reader worker: reads a batch of piece files into a pieces frame, or the trailers of pieces
+ * (PieceFrames.ts), over node:fs. The sender reads its frames here only where the native addon
+ * (whose batch read needs no thread of ferry's own) is not built; trailers are read here always.
+ */
 import * as fs from "node:fs"
-import * as util from "node:util"
 import * as path from "node:path"
-import { parentPort, workerData } from "node:worker_threads"
+import { parentPort } from "node:worker_threads"
 import type { Geometry } from "../../domain/Layout.js"
-import { loadNative } from "../Native.js"
-import { type FrameRequest, type PieceFiles, readFrame, readTrailers } from "../PieceFrames.js"
+import { type FrameRequest, KINDS, type PieceFiles, readFrame, readTrailers } from "../PieceFrames.js"
 
 export type ReadTask =
   | { readonly _tag: "Frame"; readonly dir: string; readonly request: FrameRequest; readonly buffer: ArrayBuffer }
@@ -15,9 +17,6 @@ export type ReadReply =
   | { readonly _tag: "Frame"; readonly frame: ArrayBuffer; readonly length: number; readonly pieceBytes: number; readonly crcs: Uint32Array }
   | { readonly _tag: "Trailers"; readonly crcs: Uint32Array }
   | { readonly _tag: "Unreadable"; readonly index: number; readonly reason: string }
-
-/** What a piece's name may stand for besides a regular file, in the words of the refusal (readPiece's kinds 1 to 5 in this order). */
-const KINDS = ["a FIFO", "a folder", "a socket", "a device", "not a file"] as const
 
 const kindOf = (st: fs.Stats) =>
   st.isFIFO() ? KINDS[0] : st.isDirectory() ? KINDS[1] : st.isSocket() ? KINDS[2] : st.isCharacterDevice() || st.isBlockDevice() ? KINDS[3] : KINDS[4]
@@ -34,29 +33,10 @@ const openPiece = (file: string): number => {
   throw new Error(`not a regular file: ${kindOf(st)}`)
 }
 
-/** The native addon's whole-file read (open, fstat, read, close in one call), when it loads here. */
-const native = loadNative((workerData as { nativeAddon?: string | null } | undefined)?.nativeAddon)
-
-/** readPiece's answer below -2, as the error node:fs would have thrown. */
-const readError = (answer: number): Error => {
-  if (answer <= -1000) {
-    const code = util.getSystemErrorName(answer + 1000)
-    return Object.assign(new Error(code), { code })
-  }
-  return new Error(`not a regular file: ${KINDS[-answer - 101] ?? KINDS[4]}`)
-}
-
 const filesIn = (dir: string): PieceFiles => {
   // the folder's prefix once per batch; a piece's name holds no separator (domain/Layout.ts)
   const prefix = path.join(dir, "/")
   return {
-    ...(native === null ? {} : {
-      readWhole: (name: string, into: Uint8Array, offset: number, room: number, max: number) => {
-        const answer = native.readPiece(prefix + name, into, offset, room, max)
-        if (answer >= -2) return answer
-        throw readError(answer)
-      }
-    }),
     open: (name) => openPiece(prefix + name),
     read: (fd, into, offset, length, position) => fs.readSync(fd, into, offset, length, position),
     size: (fd) => fs.fstatSync(fd).size,
