@@ -63,13 +63,13 @@ export const ServerLive = (options: ServerLayerOptions) =>
   )
 
 export interface ClientLayerOptions {
-  /** Reader threads (default 2). */
+  /** Reader threads at most where the native addon is not built (default 2); with it, batches are read on libuv's thread pool. */
   readonly readers?: number
   /** How often a folder without filesystem events is looked at again. */
   readonly pollEvery?: import("effect/Duration").DurationInput
 }
 
-/** A sender over TCP and the real disk: reader threads, the folder scanner, progress, and the filesystem. */
+/** A sender over TCP and the real disk: the piece reader, the folder scanner, progress, and the filesystem. */
 export const ClientLive = (options: ClientLayerOptions = {}) =>
   Layer.mergeAll(
     TransportLive,
