@@ -41,7 +41,7 @@ rmSync(`${root}dist/ferry.cjs.cache`, { force: true })
 // of a real `ferry send` of a small sample to a local `ferry serve`: the code a send runs is then
 // in it, not only the command line's (W4, 10,000 pieces: about 0.1 CPU-second less per send on
 // this machine). Should that fail (no loopback, say), it is written after `--help` as before.
-const ferry = [`${root}bin/ferry`]
+const ferry = [`${root}bin/ferry.mjs`]
 const run = promisify(execFile)
 const cacheFromSend = async () => {
   const work = mkdtempSync(join(tmpdir(), "ferry-cache-"))

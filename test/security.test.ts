@@ -101,6 +101,29 @@ describe("TLS", () => {
     }
   })
 
+  it("NODE_EXTRA_CA_CERTS is honoured as Node.js honours it: --tls alone trusts the certificates it names", async () => {
+    // bin/ferry hands the variable over (Node.js would parse it at every start) and ferry adds its
+    // certificates to Node.js's roots for a connection without --tls-ca: with it the send commits,
+    // without it the same send is refused, and an unreadable file is a warning, not a failure
+    const dest = dirs.make("dest")
+    const server = await startServer(dest, ["--tls-cert", cert, "--tls-key", key])
+    try {
+      const args = ["send", "--path", sample.dir, "--address", server.address, "--quiet", "--retries", "0", "--tls", "--tls-servername", "localhost"]
+      const without = await ferry(args, { env: { NODE_EXTRA_CA_CERTS: "" } })
+      expect(without.code).toBe(3)
+      expect(without.stderr).toMatch(/TLS certificate not trusted/)
+      const missing = await ferry(args, { env: { NODE_EXTRA_CA_CERTS: join(dest, "no-such.pem") } })
+      expect(missing.code).toBe(3)
+      expect(missing.stderr).toMatch(/Ignoring extra certs from `.*no-such\.pem`, load failed/)
+      const trusted = await ferry(args, { env: { NODE_EXTRA_CA_CERTS: cert } })
+      expect(trusted.stderr).not.toMatch(/warning|error|not trusted/i)
+      expect(trusted.code).toBe(0)
+      expect(sha256File(join(dest, "safe"))).toBe(sample.sha)
+    } finally {
+      await server.stop()
+    }
+  })
+
   it("verification is on: an unknown certificate is refused", async () => {
     const dest = dirs.make("dest")
     const server = await startServer(dest, ["--tls-cert", cert, "--tls-key", key])

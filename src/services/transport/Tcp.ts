@@ -11,6 +11,7 @@ import { PeerMismatch, TransportError } from "../../domain/Errors.js"
 import { type BufferPool, FramePool } from "../BufferPool.js"
 import { type Address, formatAddress } from "../../domain/Units.js"
 import { type ClientCertificate, handshakesFailed, refusesOurCertificate, type TlsServer, Transport } from "../Transport.js"
+import { defaultRoots } from "../../node/ExtraCa.js"
 import { adoptWithOwnBuffer, kernelRoundTrip, rawSocketOf } from "../../node/Sockets.js"
 import { linkFromDuplex, ownReadBuffer, reasonOf, scopedSocket } from "./Link.js"
 
@@ -112,7 +113,7 @@ const makeTcpTransport = (pool: BufferPool): Transport["Type"] => ({
             host: address.host,
             port: address.port,
             servername: secure.servername ?? (net.isIP(address.host) === 0 ? address.host : undefined),
-            ...(secure.ca === undefined ? {} : { ca: secure.ca }),
+            ...(secure.ca === undefined ? defaultRoots() : { ca: secure.ca }),
             ...(secure.cert === undefined || secure.key === undefined ? {} : { cert: secure.cert, key: secure.key }),
             rejectUnauthorized: true
           })
