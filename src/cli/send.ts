@@ -105,7 +105,7 @@ export const sendCommand = Command.make(
     tlsServername: setting("tls-servername", Text, "NAME", "Name the server's certificate must carry (default: the host of --address).").optional,
     handshakeTimeout: handshakeTimeout(false),
     quiet: flag("quiet", "No progress display."),
-    readers: setting("readers", PositiveCount, "N", "Threads reading piece files (default 2).").optional,
+    readers: setting("readers", PositiveCount, "N", "Threads reading piece files where the native addon is not built (default 2); with it, batches are read on libuv's thread pool.").optional,
     metrics: metricsOption,
     ...logging
   },
