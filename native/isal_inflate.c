@@ -358,11 +358,12 @@ static double read_piece(const char *path, uint8_t *out, size_t room, size_t max
  * readPieces(paths: string, out: Uint8Array, at: number, gap: number, max: number,
  *            sizes: Float64Array, done: (count: number) => void): void
  *
- * A batch of pieces read, each by read_piece, as one piece of async work on libuv's thread pool: no JavaScript runs, and no thread of ferry's own is needed, while the files are read.
- * `paths` holds the pieces' paths, each one followed by a NUL. Piece j goes at `gap` bytes past
- * where the one before ended (the first at at + gap), leaving room for the gaps of the pieces after
- * it; sizes[j] gets its answer (read_piece's codes). Reading stops at the first answer below zero.
- * `done(count)` is called on the main thread with the pieces read: count < the number of paths means
+ * A batch of pieces read, each by read_piece, as one piece of async work on libuv's thread pool:
+ * no JavaScript runs, and no thread of ferry's own is needed, while the files are read. `paths`
+ * holds the pieces' paths, each one followed by a NUL. Piece j goes `gap` bytes past where the one
+ * before ended (the first at at + gap), leaving room for the gaps of the pieces after it; sizes[j]
+ * gets its answer (read_piece's codes). Reading stops at the first answer below zero. `done(count)`
+ * is called on the main thread with the pieces read: count < the number of paths means
  * sizes[count] says why piece `count` was not. `out` and `sizes` must not be touched until then.
  * Throws TypeError/RangeError on invalid arguments only.
  */

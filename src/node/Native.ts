@@ -1,7 +1,7 @@
 /**
- * The optional native addon (native/: ISA-L's inflate and CRC32, a piece or a batch of them read in one call, the
- * kernel's round trip of a socket), loaded through its loader `native/index.cjs`, once per thread
- * and loader. Null where it is not built (or does not load): every caller has a way without it.
+ * The optional native addon (native/: ISA-L's inflate and CRC32, a batch of pieces read in one
+ * call, the kernel's round trip of a socket), loaded through its loader `native/index.cjs`, once
+ * per thread and loader. Null where it is not built (or does not load): every caller has a way without it.
  * No Effect here: worker threads import this module.
  */
 import { createRequire } from "node:module"
