@@ -104,6 +104,22 @@ const readByParts = (files: PieceFiles, name: string, into: Filling, start: numb
   }
 }
 
+/** Piece `k` of the batch, `size` bytes read after its entry header at `at`: the header and the slice's CRC written; where the next entry goes. */
+const entered = (req: FrameRequest, frame: Buffer, at: number, k: number, size: number, crcs: Uint32Array): number => {
+  const index = req.indices[k]!
+  writePieceEntry(frame, at, index, size)
+  const start = at + PIECE_ENTRY_HEADER
+  crcs[k] = sliceCrcOf(frame, start, start + size, lengthOf(req.geometry, index))
+  return start + size
+}
+
+/** The frame once every entry is in, `end` bytes long: its header written. */
+const sealed = (req: FrameRequest, frame: Buffer, end: number, crcs: Uint32Array): FrameOutcome => {
+  const whole = frame.subarray(0, end)
+  writePiecesHeader(whole, req.handle, req.seq, req.indices.length)
+  return { _tag: "Frame", frame: whole, pieceBytes: end - PIECES_START - req.indices.length * PIECE_ENTRY_HEADER, crcs }
+}
+
 /**
  * Reads a batch's piece files into one pieces frame, in `buffer` when it is
  * large enough (it grows otherwise), each piece's entry header before it.
@@ -121,13 +137,9 @@ export const readFrame = (req: FrameRequest, files: PieceFiles, buffer: Buffer):
     const reserve = (n - k - 1) * PIECE_ENTRY_HEADER
     const size = readByParts(files, name, into, start, reserve, req.maxPieceBytes)
     if (typeof size === "string") return { _tag: "Unreadable", index, reason: size }
-    writePieceEntry(into.frame, at, index, size)
-    crcs[k] = sliceCrcOf(into.frame, start, start + size, lengthOf(req.geometry, index))
-    at = start + size
+    at = entered(req, into.frame, at, k, size, crcs)
   }
-  const frame = into.frame.subarray(0, at)
-  writePiecesHeader(frame, req.handle, req.seq, n)
-  return { _tag: "Frame", frame, pieceBytes: at - PIECES_START - n * PIECE_ENTRY_HEADER, crcs }
+  return sealed(req, into.frame, at, crcs)
 }
 
 /** The native addon's batch read (readPieces in native/index.d.cts). */
@@ -162,18 +174,8 @@ export const readFrameInBatch = (req: FrameRequest, dir: string, readPieces: Bat
   let k = 0
   const from = () => {
     readPieces(`${prefix}${names.slice(k).join(`\0${prefix}`)}\0`, frame, at, PIECE_ENTRY_HEADER, req.maxPieceBytes, sizes.subarray(k), (count) => {
-      for (const end = k + count; k < end; k++) {
-        const index = req.indices[k]!
-        const size = sizes[k]!
-        writePieceEntry(frame, at, index, size)
-        crcs[k] = sliceCrcOf(frame, at + PIECE_ENTRY_HEADER, at + PIECE_ENTRY_HEADER + size, lengthOf(req.geometry, index))
-        at += PIECE_ENTRY_HEADER + size
-      }
-      if (k === n) {
-        const whole = frame.subarray(0, at)
-        writePiecesHeader(whole, req.handle, req.seq, n)
-        return done({ _tag: "Frame", frame: whole, pieceBytes: at - PIECES_START - n * PIECE_ENTRY_HEADER, crcs })
-      }
+      for (const end = k + count; k < end; k++) at = entered(req, frame, at, k, sizes[k]!, crcs)
+      if (k === n) return done(sealed(req, frame, at, crcs))
       const answer = sizes[k]!
       if (answer === -2) {
         const bigger = Buffer.allocUnsafeSlow(Math.ceil(frame.length * 1.5) + (n - k) * PIECE_ENTRY_HEADER)

@@ -45,10 +45,11 @@ export interface WorkerPoolOptions {
   /** Tasks a worker may queue, so it never waits for the main thread between batches. */
   readonly depth?: number
   /**
-   * Threads started with the pool (default: all of `size`; 0: the first starts with the first task). The others start one at a time, up to
-   * `size`, when work is waiting and every started thread has been busy without a pause for
-   * `growAfterMs`: a pool that keeps up with its callers never pays for threads it does not need
-   * (a thread's start, and V8 compiling its hot code again in its own isolate).
+   * Threads started with the pool (default: all of `size`; with 0, the first starts with the first
+   * task). The others start one at a time, up to `size`, when work is waiting and every started
+   * thread has been busy without a pause for `growAfterMs`: a pool that keeps up with its callers
+   * never pays for threads it does not need (a thread's start, and V8 compiling its hot code again
+   * in its own isolate).
    */
   readonly start?: number
   /** See `start`. */
