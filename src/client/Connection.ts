@@ -89,18 +89,20 @@ export const connect = (
     const opening = new Map<number, Deferred.Deferred<Opened, DatasetRejected>>()
     const lost = yield* Deferred.make<never, LinkError>()
 
-    const release = (handle: number, seq: number) => {
+    /** A batch's window given back; counted in `acked` only when the server acknowledged it. */
+    const release = (handle: number, seq: number, acknowledged: boolean) => {
       const batch = held.get(handle)?.get(seq)
       if (batch === undefined) return Effect.void
       held.get(handle)!.delete(seq)
       inflight -= batch.bytes
-      return Effect.zipRight(Ref.update(acked, (a) => ({ pieces: a.pieces + batch.pieces, bytes: a.bytes + batch.bytes })), window.release(batch.bytes))
+      const free = window.release(batch.bytes)
+      return acknowledged ? Effect.zipRight(Ref.update(acked, (a) => ({ pieces: a.pieces + batch.pieces, bytes: a.bytes + batch.bytes })), free) : free
     }
-    /** The server drops a failed handle and will ack none of its batches: free their window. */
+    /** The server drops a failed handle and will ack none of its batches: free their window, counting none of them. */
     const forget = (handle: number) =>
       Effect.suspend(() => {
         const seqs = [...(held.get(handle)?.keys() ?? [])]
-        return Effect.zipRight(Effect.forEach(seqs, (seq) => release(handle, seq), { discard: true }), Effect.sync(() => held.delete(handle)))
+        return Effect.zipRight(Effect.forEach(seqs, (seq) => release(handle, seq, false), { discard: true }), Effect.sync(() => held.delete(handle)))
       })
     const deliver = (handle: number, reply: Reply) => {
       const box = mailboxes.get(handle)
@@ -111,7 +113,7 @@ export const connect = (
       if (frame.kind === FrameKind.Ack) {
         const ack = decodeAck(frame.body)
         if (ack === undefined) return Effect.fail(new ProtocolError({ peer, code: "BadFrame", reason: "malformed ack" }))
-        return Effect.zipRight(release(ack.handle, ack.seq), deliver(ack.handle, { _tag: "Ack", seq: ack.seq }))
+        return Effect.zipRight(release(ack.handle, ack.seq, true), deliver(ack.handle, { _tag: "Ack", seq: ack.seq }))
       }
       return Effect.flatMap(expectControl(peer, frame), (m) => {
         switch (m._tag) {
