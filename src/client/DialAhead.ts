@@ -18,7 +18,7 @@ import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import { type Address, formatAddress } from "../domain/Units.js"
 import type { Transport } from "../services/Transport.js"
-import { type Acknowledged, connect, type Connection, type ConnectionOptions, type LinkError } from "./Connection.js"
+import type { Connection, HandshakeSteps, LinkError } from "./Connection.js"
 
 /** A connection dialed ahead, in a scope of its own so that it can be closed unused. */
 interface Attempt {
@@ -39,9 +39,8 @@ export interface DialedAhead {
 /** Dials in the scope of the caller: every connection lives as long as it does. */
 export const dialAhead = (
   address: Address,
-  options: ConnectionOptions,
-  /** The server's ledger of acknowledgements (client/Uplink.ts). */
-  acked: Ref.Ref<Acknowledged>,
+  /** One connection to the server, with these handshake hooks (client/Uplink.ts: `connect` with its options and ledger). */
+  connectTo: (steps?: HandshakeSteps) => Effect.Effect<Connection, LinkError, Transport | Scope.Scope>,
   /** Round trips below this are near: nothing is dialed ahead. */
   nearMs: number,
   /** Connections to dial ahead when the server looks far. */
@@ -52,14 +51,14 @@ export const dialAhead = (
   Effect.gen(function*() {
     const spell = yield* Effect.scope
     const context = yield* Effect.context<Transport>()
-    const dial = () => Effect.sequentialFinalizers(connect(address, options, acked)).pipe(Scope.extend(spell))
+    const dial = () => Effect.sequentialFinalizers(connectTo()).pipe(Scope.extend(spell))
     /** Succeeds once the first connection is accepted, fails with its error if it is not. */
     const go = yield* Deferred.make<void, LinkError>()
     const ahead = yield* Ref.make<ReadonlyArray<Attempt>>([])
 
     const attempt = Effect.gen(function*() {
       const own = yield* Scope.fork(spell, ExecutionStrategy.sequential)
-      const fiber = yield* connect(address, options, acked, { beforeHello: Deferred.await(go) }).pipe(
+      const fiber = yield* connectTo({ beforeHello: Deferred.await(go) }).pipe(
         Scope.extend(own),
         Effect.tapError(() => Scope.close(own, Exit.void)),
         Effect.either,
@@ -74,7 +73,7 @@ export const dialAhead = (
         Effect.flatMap((list) => Ref.set(ahead, list))
       )
 
-    const first = Effect.sequentialFinalizers(connect(address, options, acked, { greeted, beforeHello })).pipe(
+    const first = Effect.sequentialFinalizers(connectTo({ greeted, beforeHello })).pipe(
       Scope.extend(spell),
       Effect.tapError((e) => Deferred.fail(go, e))
     )

@@ -143,7 +143,8 @@ export const makeUplink = (
     const acked = yield* Ref.make<Acknowledged>({ pieces: 0, bytes: 0 })
     const ackedBytes = Effect.map(Ref.get(acked), (a) => a.bytes)
 
-    const dial = (steps: HandshakeSteps = {}) => Effect.sequentialFinalizers(connect(address, options, acked, steps))
+    const connectTo = (steps: HandshakeSteps = {}) => connect(address, options, acked, steps)
+    const dial = (steps: HandshakeSteps = {}) => Effect.sequentialFinalizers(connectTo(steps))
 
     /**
      * "auto" to a far server: one more connection while the bytes acknowledged per second still grow
@@ -210,7 +211,7 @@ export const makeUplink = (
         // handshake timeout): its round trip decides near or far, and measured while several
         // senders start at once on a small machine, loopback looked far (four clients: 17-52 ms)
         const helloAfterCount = Effect.ignore(Effect.timeout(claimed, HOLD_HELLO))
-        const ahead = count === "auto" ? yield* dialAhead(address, options, acked, nearMs * DIAL_AHEAD_FACTOR, FAR_CONNECTIONS - 1, helloAfterCount) : undefined
+        const ahead = count === "auto" ? yield* dialAhead(address, connectTo, nearMs * DIAL_AHEAD_FACTOR, FAR_CONNECTIONS - 1, helloAfterCount) : undefined
         const first = yield* (ahead === undefined ? dial({ beforeHello: helloAfterCount }) : ahead.first)
         const measured = first.roundTrip
         const wanted = count === "auto" ? autoConnections(measured, nearMs) : Math.max(1, count)
